@@ -1,0 +1,1 @@
+"""Click commands of the ``npga`` tool (imported as ``npga_taichi.cli``), one module per command."""

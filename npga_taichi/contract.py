@@ -1,0 +1,115 @@
+"""The rasterizer contract shared by our Taichi rasterizer and its PyTorch oracle.
+
+Both :func:`npga_taichi.render.rasterize` and :func:`npga_taichi.reference.rasterize` validate
+their inputs with :func:`validate_inputs` and return a :class:`RasterOutput`, so they accept and
+reject exactly the same things. The numeric constants below *are* the contract
+(see ../shared/DESIGN.md, "The rasterizer contract").
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+TILE_SIZE = 16            # pixels per tile side used by tile binning (culling never changes the image)
+ALPHA_MIN = 1.0 / 255.0   # a Gaussian contributes to a pixel iff sigma >= 0 and alpha >= ALPHA_MIN
+ALPHA_MAX = 0.999         # alpha = min(ALPHA_MAX, opacity * exp(-sigma))
+T_EPS = 1e-4              # stop before the first Gaussian whose T * (1 - alpha) <= T_EPS
+FRUSTUM_CLAMP = 1.3       # J's x/z and y/z are clamped to 1.3x the frustum (3DGS / gsplat)
+MAX_SH_DEGREE = 3
+
+
+@dataclass
+class RasterOutput:
+    """Result of one rasterization.
+
+    image:   (H, W, C) composited colours (or features) plus T_final * background
+    alpha:   (H, W, 1) 1 - T_final
+    depth:   (H, W, 1) expected camera-z depth, sum_i alpha_i T_i z_i (not normalised by alpha)
+    radii:   (N,) int32 pixel radius per Gaussian, 0 = culled
+    means2d: (N, 2) projected centres in pixels; part of the autograd graph, so after
+             ``backward()`` its ``.grad`` is the screen-space gradient densification uses
+    """
+
+    image: torch.Tensor
+    alpha: torch.Tensor
+    depth: torch.Tensor
+    radii: torch.Tensor
+    means2d: torch.Tensor
+
+
+def _require(cond: bool, message: str) -> None:
+    if not cond:
+        raise ValueError(message)
+
+
+def validate_inputs(
+    means: torch.Tensor,
+    quats: torch.Tensor,
+    scales: torch.Tensor,
+    opacities: torch.Tensor,
+    colors: torch.Tensor,
+    viewmat: torch.Tensor,
+    K: torch.Tensor,
+    width: int,
+    height: int,
+    sh_degree: int | None = None,
+    background: torch.Tensor | None = None,
+    near: float = 0.01,
+    far: float = 1e10,
+    eps2d: float = 0.3,
+) -> int:
+    """Check shapes, dtypes, devices and finiteness; return the channel count C.
+
+    Every failure is a ValueError that names the offending argument.
+    """
+    tensors = {
+        "means": means, "quats": quats, "scales": scales, "opacities": opacities,
+        "colors": colors, "viewmat": viewmat, "K": K,
+    }
+    if background is not None:
+        tensors["background"] = background
+    for name, t in tensors.items():
+        _require(isinstance(t, torch.Tensor), f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    dtype, device = means.dtype, means.device
+    _require(dtype in (torch.float32, torch.float64), f"means must be float32 or float64, got {dtype}")
+    for name, t in tensors.items():
+        _require(t.dtype == dtype, f"{name} has dtype {t.dtype} but means has {dtype}; use one dtype")
+        _require(t.device == device, f"{name} is on {t.device} but means is on {device}")
+
+    _require(means.dim() == 2 and means.shape[1] == 3, f"means must be (N, 3), got {tuple(means.shape)}")
+    n = means.shape[0]
+    _require(tuple(quats.shape) == (n, 4), f"quats must be (N, 4) = ({n}, 4), got {tuple(quats.shape)}")
+    _require(tuple(scales.shape) == (n, 3), f"scales must be (N, 3) = ({n}, 3), got {tuple(scales.shape)}")
+    _require(tuple(opacities.shape) == (n,), f"opacities must be (N,) = ({n},), got {tuple(opacities.shape)}")
+    if sh_degree is None:
+        _require(colors.dim() == 2 and colors.shape[0] == n and colors.shape[1] >= 1,
+                 f"colors must be (N, C) with C >= 1 and N = {n}, got {tuple(colors.shape)}")
+        channels = colors.shape[1]
+    else:
+        _require(isinstance(sh_degree, int) and 0 <= sh_degree <= MAX_SH_DEGREE,
+                 f"sh_degree must be an int in 0..{MAX_SH_DEGREE} or None, got {sh_degree!r}")
+        k = (sh_degree + 1) ** 2
+        _require(colors.dim() == 3 and colors.shape[0] == n and colors.shape[1] >= k and colors.shape[2] == 3,
+                 f"colors must be SH coefficients (N, K>={k}, 3) for sh_degree={sh_degree}, "
+                 f"got {tuple(colors.shape)}")
+        channels = 3
+    _require(tuple(viewmat.shape) == (4, 4), f"viewmat must be (4, 4), got {tuple(viewmat.shape)}")
+    _require(tuple(K.shape) == (3, 3), f"K must be (3, 3), got {tuple(K.shape)}")
+    if background is not None:
+        _require(tuple(background.shape) == (channels,),
+                 f"background must be ({channels},) to match the colour channels, got {tuple(background.shape)}")
+    _require(isinstance(width, int) and width > 0, f"width must be a positive int, got {width!r}")
+    _require(isinstance(height, int) and height > 0, f"height must be a positive int, got {height!r}")
+    _require(0 < near < far, f"near and far must satisfy 0 < near < far, got near={near}, far={far}")
+    _require(eps2d >= 0, f"eps2d must be >= 0, got {eps2d}")
+
+    for name, t in tensors.items():
+        _require(bool(torch.isfinite(t).all()), f"{name} contains NaN or Inf")
+    _require(bool((scales > 0).all()), "scales must be positive (activated, e.g. exp(log_scales))")
+    _require(bool(((opacities >= 0) & (opacities <= 1)).all()),
+             "opacities must lie in [0, 1] (activated, e.g. sigmoid(logits))")
+    _require(bool((quats.norm(dim=-1) > 0).all()) if n else True, "quats contains a zero quaternion")
+    fx, fy = float(K[0, 0]), float(K[1, 1])
+    _require(fx > 0 and fy > 0, f"K must have positive focal lengths, got fx={fx}, fy={fy}")
+    return channels
