@@ -1,0 +1,189 @@
+"""Configuration of an NPGA avatar (model) and of its training run, with presets.
+
+Both dataclasses are saved as JSON into every run directory (``RUN/config.json``) and read back
+by :func:`npga_taichi.avatar.model.load_avatar`, so a run is fully described by its folder.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field, asdict
+from pathlib import Path
+from typing import Any
+
+
+@dataclass
+class AvatarConfig:
+    """What the avatar is: its Gaussians, latent features and networks."""
+
+    num_init_gaussians: int = 6000      # Gaussians sampled on the prior's zero level set at init
+    max_gaussians: int = 16000          # hard cap on the count during densification
+    latent_dim: int = 32                # per-Gaussian latent feature f_i (paper: "lifting" input of F and G)
+    use_latents: bool = True            # False = ablation --no-latents (no f_i anywhere)
+    sh_degree: int = 3                  # SH degree of view-dependent colour (ignored with use_cnn)
+    use_cnn: bool = False               # render features and turn them into RGB with a screen-space CNN
+    cnn_feature_dim: int = 16           # rendered feature channels when use_cnn
+    cnn_hidden: int = 32                # hidden channels of the screen-space CNN
+    cnn_layers: int = 3                 # 3x3 conv layers of the screen-space CNN
+    use_detail: bool = True             # False = ablation --no-detail (no detail network G)
+    detail_hidden: int = 128            # hidden width of G
+    detail_layers: int = 3              # hidden layers of G
+    detail_pos_freqs: int = 4           # sin/cos frequencies of the canonical position fed to G
+    use_prior_field: bool = True        # False = ablation --no-prior (F learned from scratch)
+    scratch_field_hidden: int = 128     # hidden width of F when learned from scratch
+    scratch_field_layers: int = 4       # hidden layers of F when learned from scratch
+    static: bool = False                # True = ablation --static (no F, no G: only the rigid pose moves)
+    knn_k: int = 8                      # neighbours per Gaussian in the canonical Laplacian graph
+    init_opacity: float = 0.1           # opacity of freshly initialised Gaussians
+    init_scale_mult: float = 1.0        # initial scale = mult * mean distance to the 3 nearest neighbours
+    init_latent_std: float = 0.05       # std of the random initial latents (zero would be a saddle)
+    init_surface_band: float = 0.02     # |SDF| tolerance (canonical units) for accepted surface samples
+    exp_dim: int = 0                    # expression code size (filled from the tracking at init)
+
+    def validate(self) -> "AvatarConfig":
+        """Raise ValueError naming the offending field; return self."""
+        if self.num_init_gaussians < 8:
+            raise ValueError(f"num_init_gaussians must be >= 8, got {self.num_init_gaussians}")
+        if self.max_gaussians < self.num_init_gaussians:
+            raise ValueError(f"max_gaussians ({self.max_gaussians}) must be >= num_init_gaussians "
+                             f"({self.num_init_gaussians})")
+        if not 0 <= self.sh_degree <= 3:
+            raise ValueError(f"sh_degree must be in 0..3, got {self.sh_degree}")
+        if self.latent_dim < 1:
+            raise ValueError(f"latent_dim must be >= 1, got {self.latent_dim}")
+        if self.knn_k < 1:
+            raise ValueError(f"knn_k must be >= 1, got {self.knn_k}")
+        if not 0 < self.init_opacity < 1:
+            raise ValueError(f"init_opacity must be in (0, 1), got {self.init_opacity}")
+        return self
+
+    @property
+    def feature_dim(self) -> int:
+        """Latent size actually used (0 when latents are ablated)."""
+        return self.latent_dim if self.use_latents else 0
+
+
+@dataclass
+class TrainConfig:
+    """How the avatar is trained."""
+
+    steps: int = 6000                   # optimisation steps of the schedule
+    views_per_step: int = 1             # (camera, frame) pairs rendered and averaged per step
+    image_scale: float = 1.0            # extra downscale of the loaded images (1 = as stored)
+    background: tuple[float, float, float] = (1.0, 1.0, 1.0)  # colour the targets are composited onto
+    mask_loss: bool = False             # restrict L1 to the alpha matte (SSIM always uses the whole image)
+    lambda_dssim: float = 0.2           # weight of D-SSIM = 1 - SSIM in the loss L1 + lambda * D-SSIM
+    lambda_lap_latent: float = 1e-2     # Laplacian regulariser on the latent features
+    lambda_lap_dynamics: float = 1e-1   # Laplacian regulariser on the predicted per-Gaussian dynamics
+    lambda_detail_l2: float = 1e-3      # small L2 pull of G's position offsets towards 0 (F explains motion)
+    lambda_alpha: float = 0.05          # L1 between rendered alpha and the matte (keeps the silhouette)
+    use_laplacian: bool = True          # False = ablation --no-laplacian
+    lr_means: float = 4e-4              # Adam LR of canonical positions (canonical units), decays to 1%
+    lr_quats: float = 1e-3              # Adam LR of canonical rotations
+    lr_scales: float = 5e-3             # Adam LR of log-scales
+    lr_opacities: float = 5e-2          # Adam LR of opacity logits
+    lr_colors: float = 2.5e-3           # Adam LR of SH DC / rendered features
+    lr_sh_rest: float = 1.25e-4         # Adam LR of higher SH bands
+    lr_latents: float = 1e-3            # Adam LR of latent features
+    lr_detail: float = 1e-3             # Adam LR of G, decays to 10%
+    lr_field: float = 1e-4              # Adam LR of F (fine-tuning a distilled field), decays to 10%
+    lr_scratch_field: float = 1e-3      # Adam LR of F when learned from scratch (--no-prior)
+    lr_cnn: float = 1e-3                # Adam LR of the screen-space CNN
+    densify_from: int = 300             # first step of adaptive density control
+    densify_until_frac: float = 0.6     # ADC stops after this fraction of the schedule
+    densify_interval: int = 100         # steps between densification passes
+    densify_grad_threshold: float = 2e-4  # mean |d loss / d means2d| in NDC units (3DGS) that triggers densify
+    percent_dense: float = 0.01         # scale (fraction of extent) separating clone (small) from split (large)
+    prune_opacity: float = 0.005        # Gaussians below this opacity are pruned
+    prune_max_scale_frac: float = 0.1   # Gaussians larger than this fraction of the extent are pruned
+    opacity_reset_interval: int = 2000  # steps between opacity resets (0 = never)
+    val_interval: int = 500             # steps between validation images / PSNR on held-out data
+    val_views: int = 4                  # held-out (camera, frame) pairs per validation
+    checkpoint_interval: int = 500      # steps between checkpoints
+    keep_checkpoints: int = 3           # numbered checkpoints kept (latest.pt always kept)
+    log_interval: int = 10              # steps between log.jsonl records
+    seed: int = 0                       # seeds torch, numpy and python RNGs
+    frame_stride: int = 1               # use every k-th frame of the training sequences
+    holdout_sequences: tuple[str, ...] = ("FREE",)  # never seen in training (self-reenactment test)
+    camera_holdout: str = "nersemble"   # held-out camera set (see npga_taichi.data.nersemble.split_cameras)
+    num_threads: int = 0                # torch intra-op threads (0 = torch default)
+
+    def validate(self) -> "TrainConfig":
+        if self.steps < 1:
+            raise ValueError(f"steps must be >= 1, got {self.steps}")
+        if self.views_per_step < 1:
+            raise ValueError(f"views_per_step must be >= 1, got {self.views_per_step}")
+        if not 0 < self.image_scale <= 1:
+            raise ValueError(f"image_scale must be in (0, 1], got {self.image_scale}")
+        if len(self.background) != 3:
+            raise ValueError(f"background must have 3 values, got {self.background}")
+        for name in ("densify_interval", "checkpoint_interval", "val_interval", "log_interval"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        return self
+
+    @property
+    def densify_until(self) -> int:
+        return int(self.densify_until_frac * self.steps)
+
+
+PRESETS: dict[str, dict[str, dict[str, Any]]] = {
+    # Seconds on the 2-core CPU: for tests and smoke runs on the tiny synthetic capture.
+    "tiny": {
+        "avatar": dict(num_init_gaussians=1500, max_gaussians=3000, latent_dim=8, sh_degree=1,
+                       detail_hidden=32, detail_layers=2, detail_pos_freqs=2,
+                       scratch_field_hidden=32, scratch_field_layers=2, knn_k=6,
+                       cnn_feature_dim=8, cnn_hidden=16, cnn_layers=2),
+        "train": dict(steps=300, densify_from=100, densify_interval=50, opacity_reset_interval=0,
+                      val_interval=100, val_views=2, checkpoint_interval=100, log_interval=10),
+    },
+    # The schedule the README's numbers refer to (default synthetic capture, 2-core CPU).
+    "default": {"avatar": {}, "train": {}},
+}
+
+
+def preset(name: str) -> tuple[AvatarConfig, TrainConfig]:
+    """Configs of a named preset ("tiny" or "default")."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
+    p = PRESETS[name]
+    return AvatarConfig(**p["avatar"]).validate(), TrainConfig(**p["train"]).validate()
+
+
+def _from_dict(cls, data: dict[str, Any], source: str):
+    names = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(names))
+    if unknown:
+        raise ValueError(f"{source}: unknown {cls.__name__} fields {unknown}")
+    kwargs = {}
+    for key, value in data.items():
+        # JSON has no tuples: restore them so configs compare equal after a round trip.
+        if isinstance(value, list):
+            value = tuple(value)
+        kwargs[key] = value
+    return cls(**kwargs)
+
+
+def configs_to_json(avatar: AvatarConfig, train: TrainConfig, extra: dict[str, Any] | None = None) -> str:
+    """JSON text of both configs (+ free-form ``extra`` such as input paths)."""
+    return json.dumps({"avatar": asdict(avatar), "train": asdict(train), "extra": extra or {}},
+                      indent=2, sort_keys=True)
+
+
+def configs_from_json(text: str, source: str = "config.json") -> tuple[AvatarConfig, TrainConfig, dict]:
+    """Inverse of :func:`configs_to_json`; ValueError naming ``source`` on bad content."""
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{source} is not valid JSON: {err}") from err
+    if not isinstance(data, dict) or "avatar" not in data or "train" not in data:
+        raise ValueError(f"{source} lacks the 'avatar' and 'train' sections")
+    return (_from_dict(AvatarConfig, data["avatar"], source).validate(),
+            _from_dict(TrainConfig, data["train"], source).validate(), data.get("extra", {}))
+
+
+def load_configs(run_dir: str | Path) -> tuple[AvatarConfig, TrainConfig, dict]:
+    path = Path(run_dir) / "config.json"
+    if not path.is_file():
+        raise ValueError(f"no config.json in run directory {run_dir}")
+    return configs_from_json(path.read_text(), str(path))

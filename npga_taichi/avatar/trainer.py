@@ -1,0 +1,483 @@
+"""Training loop of an NPGA avatar: data sampling, losses, Adam, ADC, validation, checkpoints.
+
+Run directory layout (everything a later ``npga render / eval / export`` needs)::
+
+    RUN/config.json                 AvatarConfig + TrainConfig + extra (data root, participant, inputs)
+    RUN/checkpoints/step_<k>.pt     full training state at step k (the last few are kept)
+    RUN/checkpoints/latest.pt       the newest of them (written atomically)
+    RUN/val/step_<k>.png            held-out views: rendered | ground truth, one row per view
+    RUN/log.jsonl                   one JSON record per log interval / validation / ADC pass
+    RUN/summary.json                final numbers (steps, wall time, steps/s, PSNRs, counts)
+
+A checkpoint holds the pickled avatar (any Gaussian count), the Adam state, the ADC gradient
+statistics, the step, the skipped-step count, and the torch / numpy / python RNG states plus the
+view sampler's state: ``resume`` continues exactly where the run stopped.
+
+A step whose loss or gradients are not finite changes nothing (no Adam update, no ADC
+statistics); it is counted in ``skipped_steps`` and reported in the log and summary.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import imageio.v3 as iio
+import numpy as np
+import torch
+import torch.nn.functional as F_nn
+from tqdm import tqdm
+
+from npga_taichi import metrics
+from npga_taichi.avatar.config import AvatarConfig, TrainConfig, configs_to_json
+from npga_taichi.avatar.deformation import FrameCode
+from npga_taichi.avatar.density_control import GradientStats, densify_and_prune, reset_opacity
+from npga_taichi.avatar.laplacian import laplacian_loss
+from npga_taichi.avatar.model import NPGAAvatar, RenderCamera, get_rasterizer, render_frame
+from npga_taichi.checkpoint import load_checkpoint, save_checkpoint, write_text_atomic
+
+CHECKPOINT_FORMAT = "npga-avatar-train-v1"
+IMAGE_CACHE_ENTRIES = 4096  # decoded training images kept in memory (uint8)
+
+
+# ------------------------------------------------------------------------------------------ data
+@dataclass(frozen=True)
+class View:
+    """One training / validation sample: a frame of a sequence seen by one camera."""
+
+    sequence: str
+    frame_index: int   # row in the sequence's tracking arrays
+    timestep: int      # capture timestep (folder frame_<t>)
+    serial: str
+
+
+def frame_code(tracking: Any, index: int) -> FrameCode:
+    """FrameCode of row ``index`` of a Tracking (scale per sequence or per frame)."""
+    scale = np.asarray(tracking.scale, dtype=np.float64).reshape(-1)
+    s = float(scale[index] if scale.size > 1 else scale[0])
+    return FrameCode(torch.as_tensor(np.asarray(tracking.z_exp[index]), dtype=torch.float32).reshape(-1),
+                     torch.as_tensor(np.asarray(tracking.rot[index]), dtype=torch.float32),
+                     torch.as_tensor(np.asarray(tracking.trans[index]), dtype=torch.float32), s)
+
+
+class AvatarData:
+    """Views, frame codes and (cached, composited) target images of one capture.
+
+    capture: a NersembleCapture (cameras, load_image, load_alpha); trackings: sequence ->
+    Tracking; train/val views are lists of :class:`View`. Targets are composited onto
+    ``background`` and downscaled by ``image_scale``; cameras follow the same scale.
+    """
+
+    def __init__(self, capture: Any, trackings: dict[str, Any], train_views: list[View],
+                 val_views: list[View], background: tuple[float, float, float], image_scale: float = 1.0,
+                 device: torch.device | str = "cpu"):
+        if not train_views:
+            raise ValueError("no training views: check the sequences, cameras and tracking files")
+        self.capture, self.trackings = capture, trackings
+        self.train_views, self.val_views = train_views, val_views
+        self.background = torch.tensor(background, dtype=torch.float32, device=device)
+        self.image_scale, self.device = image_scale, torch.device(device)
+        self._cache: dict[View, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._cameras: dict[str, RenderCamera] = {}
+
+    def camera(self, serial: str) -> RenderCamera:
+        if serial not in self._cameras:
+            self._cameras[serial] = RenderCamera.from_camera(self.capture.cameras[serial], self.device,
+                                                             torch.float32, self.image_scale)
+        return self._cameras[serial]
+
+    def frame(self, view: View) -> FrameCode:
+        return frame_code(self.trackings[view.sequence], view.frame_index).to(self.device)
+
+    def target(self, view: View) -> tuple[torch.Tensor, torch.Tensor]:
+        """(image (H, W, 3) composited on the background, alpha (H, W, 1)), float32 in [0, 1]."""
+        if view not in self._cache:
+            img = torch.as_tensor(np.asarray(self.capture.load_image(view.sequence, view.timestep, view.serial)),
+                                  dtype=torch.float32)
+            alpha = torch.as_tensor(np.asarray(self.capture.load_alpha(view.sequence, view.timestep, view.serial)),
+                                    dtype=torch.float32)
+            if alpha.dim() == 2:
+                alpha = alpha[..., None]
+            cam = self.camera(view.serial)
+            if img.shape[:2] != (cam.height, cam.width):
+                # Area averaging = the box filter of a lower-resolution sensor.
+                img = F_nn.interpolate(img.permute(2, 0, 1)[None], size=(cam.height, cam.width),
+                                       mode="area")[0].permute(1, 2, 0)
+                alpha = F_nn.interpolate(alpha.permute(2, 0, 1)[None], size=(cam.height, cam.width),
+                                         mode="area")[0].permute(1, 2, 0)
+            entry = ((img * 255).round().clamp(0, 255).to(torch.uint8),
+                     (alpha * 255).round().clamp(0, 255).to(torch.uint8))
+            if len(self._cache) < IMAGE_CACHE_ENTRIES:
+                self._cache[view] = entry
+        else:
+            entry = self._cache[view]
+        img = entry[0].to(self.device, torch.float32) / 255
+        alpha = entry[1].to(self.device, torch.float32) / 255
+        bg = self.background.to(img)
+        return img * alpha + bg * (1 - alpha), alpha
+
+
+def build_views(capture: Any, trackings: dict[str, Any], sequences: list[str], serials: list[str],
+                frame_stride: int = 1) -> list[View]:
+    """Every (tracked frame, camera) pair of ``sequences`` x ``serials`` (every stride-th frame)."""
+    views = []
+    for seq in sequences:
+        if seq not in trackings:
+            continue
+        timesteps = np.asarray(trackings[seq].timesteps).reshape(-1)
+        for i in range(0, len(timesteps), frame_stride):
+            for serial in serials:
+                views.append(View(seq, i, int(timesteps[i]), serial))
+    return views
+
+
+# ---------------------------------------------------------------------------------- optimiser
+def build_optimizer(avatar: NPGAAvatar, cfg: TrainConfig) -> torch.optim.Adam:
+    """Adam with one named group per parameter kind (learning rates from ``cfg``)."""
+    g = avatar.gaussians
+    groups = [
+        {"name": "means", "params": [g.means], "lr": cfg.lr_means},
+        {"name": "quats", "params": [g.quats], "lr": cfg.lr_quats},
+        {"name": "log_scales", "params": [g.log_scales], "lr": cfg.lr_scales},
+        {"name": "opacity_logits", "params": [g.opacity_logits], "lr": cfg.lr_opacities},
+        {"name": "colors", "params": [g.colors], "lr": cfg.lr_colors},
+    ]
+    if "sh_rest" in g.names:
+        groups.append({"name": "sh_rest", "params": [g.sh_rest], "lr": cfg.lr_sh_rest})
+    if "latents" in g.names:
+        groups.append({"name": "latents", "params": [g.latents], "lr": cfg.lr_latents})
+    if avatar.field is not None:
+        lr = cfg.lr_field if avatar.config.use_prior_field else cfg.lr_scratch_field
+        groups.append({"name": "field", "params": list(avatar.field.parameters()), "lr": lr})
+    if avatar.detail is not None:
+        groups.append({"name": "detail", "params": list(avatar.detail.parameters()), "lr": cfg.lr_detail})
+    if avatar.cnn is not None:
+        groups.append({"name": "cnn", "params": list(avatar.cnn.parameters()), "lr": cfg.lr_cnn})
+    for group in groups:
+        group["base_lr"] = group["lr"]
+    # eps 1e-15 as in 3DGS: tiny per-Gaussian gradients must still move their parameters.
+    return torch.optim.Adam(groups, lr=0.0, eps=1e-15)
+
+
+# Final LR as a fraction of the initial one (log-linear decay over the schedule).
+LR_FINAL_FRACTION = {"means": 0.01, "field": 0.1, "detail": 0.1, "cnn": 0.1}
+
+
+def learning_rate(group: dict, step: int, total: int) -> float:
+    """Stateless schedule: base_lr * final_fraction ** (step / total) (constant for the rest)."""
+    frac = LR_FINAL_FRACTION.get(group["name"], 1.0)
+    return group["base_lr"] * frac ** min(step / max(total, 1), 1.0)
+
+
+# --------------------------------------------------------------------------------------- losses
+def photometric_loss(pred: torch.Tensor, target: torch.Tensor, alpha: torch.Tensor,
+                     cfg: TrainConfig) -> tuple[torch.Tensor, dict[str, float]]:
+    """L1 (optionally alpha-masked) + lambda * D-SSIM on (H, W, 3) images."""
+    l1 = metrics.l1_loss(pred, target, alpha if cfg.mask_loss else None)
+    dssim = metrics.dssim_loss(pred, target) if cfg.lambda_dssim > 0 else pred.new_zeros(())
+    return l1 + cfg.lambda_dssim * dssim, {"l1": float(l1), "dssim": float(dssim)}
+
+
+def regularizers(avatar: NPGAAvatar, posed, raster_alpha: torch.Tensor, alpha: torch.Tensor,
+                 cfg: TrainConfig) -> tuple[torch.Tensor, dict[str, float]]:
+    """Laplacians (latents, dynamics), G offset L2, silhouette L1; returns total and parts."""
+    total = raster_alpha.new_zeros(())
+    parts: dict[str, float] = {}
+    if cfg.use_laplacian and avatar.neighbors.shape[0] == len(avatar.gaussians):
+        if "latents" in avatar.gaussians.names and cfg.lambda_lap_latent > 0:
+            lap = laplacian_loss(avatar.gaussians.latents, avatar.neighbors)
+            total = total + cfg.lambda_lap_latent * lap
+            parts["lap_latent"] = float(lap)
+        if posed.dynamics is not None and cfg.lambda_lap_dynamics > 0:
+            lap = laplacian_loss(posed.dynamics, avatar.neighbors)
+            total = total + cfg.lambda_lap_dynamics * lap
+            parts["lap_dynamics"] = float(lap)
+    if posed.d_means is not None and cfg.lambda_detail_l2 > 0:
+        l2 = posed.d_means.pow(2).sum(-1).mean()
+        total = total + cfg.lambda_detail_l2 * l2
+        parts["detail_l2"] = float(l2)
+    if cfg.lambda_alpha > 0:
+        sil = (raster_alpha - alpha).abs().mean()
+        total = total + cfg.lambda_alpha * sil
+        parts["silhouette"] = float(sil)
+    return total, parts
+
+
+# -------------------------------------------------------------------------------------- trainer
+def _grads_finite(params) -> bool:
+    return all(p.grad is None or bool(torch.isfinite(p.grad).all()) for p in params)
+
+
+def _posed_finite(posed) -> bool:
+    return all(bool(torch.isfinite(t).all()) for t in
+               (posed.means, posed.quats, posed.scales, posed.opacities, posed.colors))
+
+
+class Trainer:
+    """Owns one run directory; ``train()`` runs (or continues) the schedule.
+
+    avatar: an initialised NPGAAvatar (ignored when resuming: the checkpoint's is used);
+    data: the AvatarData; rasterizer: rasterize function (default: ours).
+    """
+
+    def __init__(self, run_dir: str | os.PathLike, avatar: NPGAAvatar | None, data: AvatarData,
+                 avatar_cfg: AvatarConfig, train_cfg: TrainConfig, extra: dict | None = None,
+                 resume: bool = False, rasterizer: Callable | None = None, progress: bool = True):
+        self.run_dir = Path(run_dir)
+        self.ckpt_dir = self.run_dir / "checkpoints"
+        self.data, self.cfg, self.avatar_cfg = data, train_cfg.validate(), avatar_cfg
+        self.rasterize = rasterizer or get_rasterizer()
+        self.progress = progress
+        self.device = data.device
+        self.extra = extra or {}
+        if train_cfg.num_threads > 0:
+            torch.set_num_threads(train_cfg.num_threads)
+        latest = self.ckpt_dir / "latest.pt"
+        if resume and latest.is_file():
+            self._load(latest)
+        else:
+            if avatar is None:
+                raise ValueError("no avatar given and nothing to resume in " + str(self.run_dir))
+            self.avatar = avatar.to(self.device)
+            if self.avatar.neighbors.shape[0] != len(self.avatar.gaussians):
+                self.avatar.rebuild_graph()
+            self.optimizer = build_optimizer(self.avatar, self.cfg)
+            self.stats = GradientStats(len(self.avatar.gaussians), self.device)
+            self.step = 0
+            self.skipped_steps = 0
+            self.elapsed = 0.0
+            self._seed_everything(self.cfg.seed)
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            write_text_atomic(configs_to_json(avatar_cfg, train_cfg, self.extra), self.run_dir / "config.json")
+        self.timings: dict[str, float] = {}
+
+    # ----------------------------------------------------------------------------- state
+    def _seed_everything(self, seed: int) -> None:
+        random.seed(seed)
+        np.random.seed(seed)
+        torch.manual_seed(seed)
+        self.sampler = np.random.Generator(np.random.PCG64(seed))
+
+    def state(self) -> dict:
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "avatar": self.avatar,
+            "optimizer": self.optimizer.state_dict(),
+            "stats": self.stats.state_dict(),
+            "step": self.step,
+            "skipped_steps": self.skipped_steps,
+            "elapsed": self.elapsed,
+            "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(),
+                    "python": random.getstate(), "sampler": self.sampler.bit_generator.state},
+        }
+
+    def _load(self, path: Path) -> None:
+        state = load_checkpoint(path, map_location=self.device,
+                                required_keys=("format", "avatar", "optimizer", "stats", "step", "rng"))
+        if state["format"] != CHECKPOINT_FORMAT:
+            raise ValueError(f"{path} is not an avatar training checkpoint (format {state['format']!r})")
+        self.avatar = state["avatar"].to(self.device)
+        self.optimizer = build_optimizer(self.avatar, self.cfg)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.stats = GradientStats(len(self.avatar.gaussians), self.device)
+        self.stats.load_state_dict(state["stats"])
+        self.step = int(state["step"])
+        self.skipped_steps = int(state.get("skipped_steps", 0))
+        self.elapsed = float(state.get("elapsed", 0.0))
+        rng = state["rng"]
+        torch.set_rng_state(rng["torch"].cpu())
+        np.random.set_state(rng["numpy"])
+        random.setstate(rng["python"])
+        self.sampler = np.random.Generator(np.random.PCG64())
+        self.sampler.bit_generator.state = rng["sampler"]
+
+    def save(self) -> Path:
+        """Write checkpoints/step_<k>.pt and checkpoints/latest.pt (both atomically)."""
+        state = self.state()
+        path = save_checkpoint(state, self.ckpt_dir / f"step_{self.step:07d}.pt")
+        tmp = self.ckpt_dir / f".latest.{os.getpid()}.tmp"
+        try:
+            os.link(path, tmp)             # same bytes, no second serialisation
+            os.replace(tmp, self.ckpt_dir / "latest.pt")
+        except OSError:
+            if tmp.exists():
+                tmp.unlink()
+            save_checkpoint(state, self.ckpt_dir / "latest.pt")
+        numbered = sorted(self.ckpt_dir.glob("step_*.pt"))
+        for old in numbered[: max(len(numbered) - self.cfg.keep_checkpoints, 0)]:
+            old.unlink()
+        return path
+
+    def log(self, record: dict) -> None:
+        with open(self.run_dir / "log.jsonl", "a") as handle:
+            handle.write(json.dumps(record) + "\n")
+
+    # ------------------------------------------------------------------------------ step
+    def _time(self, key: str, start: float) -> float:
+        now = time.perf_counter()
+        self.timings[key] = self.timings.get(key, 0.0) + now - start
+        return now
+
+    def train_step(self) -> dict[str, Any]:
+        """One optimisation step over ``views_per_step`` random training views."""
+        cfg, avatar = self.cfg, self.avatar
+        self.optimizer.zero_grad(set_to_none=True)
+        record: dict[str, Any] = {"step": self.step + 1}
+        views = [self.data.train_views[int(i)] for i in
+                 self.sampler.integers(0, len(self.data.train_views), size=cfg.views_per_step)]
+        finite = True
+        total_loss, total_mse = 0.0, 0.0
+        screen_grads = []
+        for view in views:
+            t0 = time.perf_counter()
+            target, alpha = self.data.target(view)
+            camera = self.data.camera(view.serial)
+            frame = self.data.frame(view)
+            t0 = self._time("data", t0)
+            posed = avatar.deform(frame)
+            t0 = self._time("deform_forward", t0)
+            if not _posed_finite(posed):
+                finite = False
+                break
+            colors, sh_degree = avatar.raster_colors(posed)
+            bg = (torch.zeros(colors.shape[1], dtype=colors.dtype, device=colors.device)
+                  if avatar.cnn is not None else self.data.background)
+            raster = self.rasterize(posed.means, posed.quats, posed.scales, posed.opacities, colors,
+                                    camera.viewmat, camera.K, camera.width, camera.height,
+                                    sh_degree=sh_degree, background=bg)
+            image = raster.image
+            if avatar.cnn is not None:
+                image = avatar.cnn(image.permute(2, 0, 1)[None])[0].permute(1, 2, 0)
+            t0 = self._time("raster_forward", t0)
+            photo, parts = photometric_loss(image, target, alpha, cfg)
+            reg, reg_parts = regularizers(avatar, posed, raster.alpha, alpha, cfg)
+            loss = (photo + reg) / len(views)
+            t0 = self._time("losses", t0)
+            if not bool(torch.isfinite(loss)):
+                finite = False
+                break
+            loss.backward()
+            t0 = self._time("backward", t0)
+            total_loss += float(loss)
+            total_mse += float(metrics.mse(image.detach(), target))
+            for k, v in {**parts, **reg_parts}.items():
+                record[k] = record.get(k, 0.0) + v / len(views)
+            if raster.means2d.grad is not None:
+                screen_grads.append((raster.means2d.grad * len(views), raster.radii, camera))
+        t0 = time.perf_counter()
+        params = [p for group in self.optimizer.param_groups for p in group["params"]]
+        if finite and not _grads_finite(params):
+            finite = False
+        if not finite:
+            # Nothing of this step reaches the parameters, the Adam moments or the ADC statistics.
+            self.optimizer.zero_grad(set_to_none=True)
+            self.skipped_steps += 1
+            self.step += 1
+            record.update(skipped=True, skipped_steps=self.skipped_steps)
+            return record
+        for group in self.optimizer.param_groups:
+            group["lr"] = learning_rate(group, self.step, cfg.steps)
+        self.optimizer.step()
+        t0 = self._time("optimizer", t0)
+        self.step += 1
+        if self.step < cfg.densify_until:
+            for grad, radii, camera in screen_grads:
+                self.stats.update(grad, radii, camera.width, camera.height)
+        self._density_control(record)
+        self._time("adc", t0)
+        record.update(loss=total_loss, psnr=metrics.psnr_from_mse(total_mse / len(views)),
+                      gaussians=len(avatar.gaussians))
+        return record
+
+    def _density_control(self, record: dict) -> None:
+        cfg, step = self.cfg, self.step
+        if step >= cfg.densify_until:
+            return
+        if step > cfg.densify_from and step % cfg.densify_interval == 0:
+            result = densify_and_prune(
+                self.avatar.gaussians, self.optimizer, self.stats, grad_threshold=cfg.densify_grad_threshold,
+                extent=self.avatar.extent, percent_dense=cfg.percent_dense, prune_opacity=cfg.prune_opacity,
+                max_scale_frac=cfg.prune_max_scale_frac, max_gaussians=self.avatar_cfg.max_gaussians)
+            self.stats.reset()
+            self.avatar.rebuild_graph()
+            record["adc"] = asdict(result)
+        if cfg.opacity_reset_interval > 0 and step % cfg.opacity_reset_interval == 0:
+            reset_opacity(self.avatar.gaussians, self.optimizer)
+            record["opacity_reset"] = True
+
+    # ------------------------------------------------------------------------ validation
+    @torch.no_grad()
+    def validate(self, write_image: bool = True) -> dict[str, float]:
+        """Masked / full PSNR on the validation views; writes RUN/val/step_<k>.png."""
+        views = self.data.val_views
+        if not views:
+            return {}
+        rows, psnrs, masked = [], [], []
+        for view in views:
+            target, alpha = self.data.target(view)
+            out = render_frame(self.avatar, self.data.camera(view.serial), self.data.frame(view),
+                               self.data.background, self.rasterize)
+            pred = out.image.clamp(0, 1)
+            psnrs.append(float(metrics.psnr(pred, target)))
+            if float(alpha.sum()) > 0:
+                masked.append(float(metrics.masked_psnr(pred, target, alpha)))
+            rows.append(torch.cat([pred, target], dim=1))
+        if write_image:
+            width = max(r.shape[1] for r in rows)
+            rows = [F_nn.pad(r, (0, 0, 0, width - r.shape[1])) for r in rows]
+            grid = (torch.cat(rows, dim=0).cpu().numpy() * 255).round().astype(np.uint8)
+            (self.run_dir / "val").mkdir(parents=True, exist_ok=True)
+            iio.imwrite(self.run_dir / "val" / f"step_{self.step:07d}.png", grid)
+        return {"val_psnr": float(np.mean(psnrs)),
+                "val_masked_psnr": float(np.mean(masked)) if masked else float("nan")}
+
+    # ------------------------------------------------------------------------------ loop
+    def train(self, stop_at: int | None = None) -> dict[str, Any]:
+        """Run until the schedule ends (or ``stop_at`` steps, for tests); return the summary."""
+        cfg = self.cfg
+        end = min(cfg.steps, stop_at) if stop_at is not None else cfg.steps
+        bar = tqdm(total=cfg.steps, initial=self.step, disable=not self.progress, desc="fit",
+                   dynamic_ncols=True)
+        start_step, t_start = self.step, time.perf_counter()
+        last: dict[str, Any] = {}
+        recent_psnr: list[float] = []
+        val: dict[str, float] = {}
+        try:
+            while self.step < end:
+                t_step = time.perf_counter()
+                record = self.train_step()
+                self.elapsed += time.perf_counter() - t_step
+                bar.update(1)
+                if "psnr" in record:
+                    recent_psnr = (recent_psnr + [record["psnr"]])[-50:]
+                    bar.set_postfix(loss=f"{record['loss']:.4f}", psnr=f"{np.mean(recent_psnr):.2f}",
+                                    n=record["gaussians"], skipped=self.skipped_steps)
+                last = record
+                if self.step % cfg.val_interval == 0 or self.step == cfg.steps:
+                    val = self.validate()
+                    record.update(val)
+                if (self.step % cfg.log_interval == 0 or "adc" in record or record.get("skipped")
+                        or "val_psnr" in record):
+                    self.log({**record, "elapsed": round(self.elapsed, 3)})
+                if self.step % cfg.checkpoint_interval == 0 or self.step == end:
+                    self.save()
+        finally:
+            bar.close()
+        steps_done = self.step - start_step
+        wall = time.perf_counter() - t_start
+        summary = {
+            "step": self.step, "steps_total": cfg.steps, "finished": self.step >= cfg.steps,
+            "skipped_steps": self.skipped_steps, "gaussians": len(self.avatar.gaussians),
+            "train_time_s": round(self.elapsed, 2),
+            "steps_per_s_this_session": round(steps_done / wall, 3) if wall > 0 else None,
+            "train_psnr_recent": float(np.mean(recent_psnr)) if recent_psnr else None,
+            "last_loss": last.get("loss"), **val,
+            "time_breakdown_s": {k: round(v, 3) for k, v in self.timings.items()},
+        }
+        write_text_atomic(json.dumps(summary, indent=2), self.run_dir / "summary.json")
+        return summary

@@ -1,0 +1,640 @@
+"""A procedural head: analytic canonical SDF, procedural albedo and an analytic backward
+expression deformation, written once as Taichi functions.
+
+Coordinates (MonoNPHM's canonical space, i.e. FLAME coordinates x 4): the head is about one
+unit tall (1 unit = 250 mm), ``+y`` up, the face looks along ``+z``, ``+x`` is the subject's
+left. The origin is roughly the centre of the head, a little above the ears.
+
+Three fields, all analytic and smooth:
+
+* ``sdf(x_canonical)``: signed distance (negative inside) of a recognisable head -- cranium,
+  face, cheekbones, brow ridge, nose with nostrils, ears with a concha, eye sockets with
+  eyeballs and eyelids (an open slit), lips with a thin opening into a mouth cavity holding two
+  rows of teeth, a neck and a hair cap. It is a union of primitives with polynomial smooth
+  min/max, so it is a distance *bound* (Lipschitz about 1), not an exact Euclidean distance.
+* ``albedo(x_canonical)``: skin (identity tone, low-frequency variation, red cheeks), brows,
+  lips, sclera / iris / pupil, teeth, mouth interior and hair with strands.
+* ``backward(x_posed, expr) -> x_canonical``: the kind of field MonoNPHM learns. An expression
+  is ``NUM_EXPRESSION_PARAMS`` numbers (nominal range [0, 1], 0 = neutral; see
+  ``EXPRESSION_NAMES``). The jaw opens by rotating the lower face about a jaw axis with a
+  smoothly varying angle (the angle is a monotone C1 remap of the polar angle about the axis, so
+  the lips part and reveal the cavity); blinks rotate the eyelid shell about the eyeball centre
+  in the same way; the remaining expressions are Gaussian-weighted displacements (smile pulls
+  the mouth corners up and out, brows raise or frown, pucker pushes the lips forward and
+  together, cheeks puff, the mouth stretches). All weights are smooth (C1), so the field is
+  differentiable, and the displacement gradients stay below 1 for parameters in [0, 1], so it is
+  invertible there. ``backward(x, 0) == x`` exactly.
+
+The posed head is ``{x : sdf(backward(x, e)) < 0}``. A captured frame additionally places the
+head rigidly in the world: ``x_world = s * R @ x_posed + t`` (s = 0.25 m per unit).
+
+The Taichi functions (``head_parts``, ``compose_sdf``, ``skin_albedo`` ...) are shared by the
+query kernels here and the sphere tracer in :mod:`npga_taichi.data.head_render`, so the head is
+written exactly once.
+"""
+# (no `from __future__ import annotations`: Taichi reads kernel annotations as objects)
+
+import numpy as np
+import taichi as ti
+import torch
+
+from npga_taichi.kernels import runtime
+
+IDENTITY_NAMES: tuple[str, ...] = (
+    "head_width",     # cranium and face width, +-7 %
+    "head_length",    # cranium height and depth, +-6 %
+    "jaw_width",      # jaw, chin and neck width, +-10 %
+    "chin_length",    # chin drop (and mouth height)
+    "nose_length",    # nose tip further down and forward
+    "nose_width",     # nostril wings apart and larger
+    "eye_spacing",    # distance between the eyes, +-7 %
+    "lip_fullness",   # lip thickness, +-25 %
+    "ear_size",       # ear height and depth, +-15 %
+    "skin_tone",      # -1 light ... +1 dark
+    "hair_colour",    # -1 blond ... +1 black (iris colour follows)
+    "hair_volume",    # -1 short and thin ... +1 thick
+)
+EXPRESSION_NAMES: tuple[str, ...] = (
+    "jaw_open",
+    "smile_left",
+    "smile_right",
+    "brow_raise_left",
+    "brow_raise_right",
+    "frown_left",
+    "frown_right",
+    "blink_left",
+    "blink_right",
+    "pucker",
+    "cheek_puff",
+    "mouth_stretch",
+)
+NUM_IDENTITY_PARAMS = len(IDENTITY_NAMES)
+NUM_EXPRESSION_PARAMS = len(EXPRESSION_NAMES)
+# Part channels returned by head_parts (distances, canonical units).
+PART_NAMES = ("skin", "lips", "hair", "eyes", "teeth", "cavity", "slit")
+NUM_PARTS = len(PART_NAMES)
+
+# Metres per canonical unit (FLAME metres x 4 -> canonical; 1 / 4 back).
+UNIT_METRES = 0.25
+# Axis-aligned box (canonical / posed units) containing the head for every identity and every
+# expression in [0, 1]: rays are clipped to it and points outside are cheap.
+BOUNDS_MIN = (-0.52, -1.45, -0.68)
+BOUNDS_MAX = (0.52, 0.72, 0.64)
+
+vec3 = ti.math.vec3
+IdVec = ti.types.vector(NUM_IDENTITY_PARAMS, ti.f32)
+ExVec = ti.types.vector(NUM_EXPRESSION_PARAMS, ti.f32)
+PartsVec = ti.types.vector(NUM_PARTS, ti.f32)
+
+# Jaw axis (parallel to x) and the largest jaw rotation (radians at jaw_open = 1).
+JAW_AXIS_Y, JAW_AXIS_Z, JAW_MAX_ANGLE = -0.03, 0.0, 0.30
+# Eyelid rotation at blink = 1 (radians about the eyeball centre).
+BLINK_ANGLE = 0.78
+EYEBALL_RADIUS, LID_RADIUS, SOCKET_RADIUS = 0.048, 0.056, 0.066
+
+
+# --------------------------------------------------------------------------- primitives
+@ti.func
+def smin(a, b, k):
+    """Polynomial smooth minimum (C1); k = blend width."""
+    h = ti.max(k - ti.abs(a - b), 0.0) / k
+    return ti.min(a, b) - h * h * k * 0.25
+
+
+@ti.func
+def smax(a, b, k):
+    return -smin(-a, -b, k)
+
+
+@ti.func
+def smoothstep(e0, e1, x):
+    """Hermite step from 0 at e0 to 1 at e1 (e1 < e0 gives a falling step)."""
+    t = ti.math.clamp((x - e0) / (e1 - e0), 0.0, 1.0)
+    return t * t * (3.0 - 2.0 * t)
+
+
+@ti.func
+def sd_ellipsoid(p, r):
+    """Ellipsoid distance bound (Quilez); p relative to the centre, r the radii."""
+    k0 = (p / r).norm()
+    k1 = (p / (r * r)).norm()
+    return k0 * (k0 - 1.0) / ti.max(k1, 1e-6)
+
+
+@ti.func
+def sd_ellipse2(a, b, ra, rb):
+    """2D ellipse distance bound in the (a, b) plane."""
+    k0 = ti.sqrt((a / ra) ** 2 + (b / rb) ** 2)
+    k1 = ti.sqrt((a / (ra * ra)) ** 2 + (b / (rb * rb)) ** 2)
+    return k0 * (k0 - 1.0) / ti.max(k1, 1e-6)
+
+
+@ti.func
+def sd_tapered_capsule(p, a, b, ra, rb):
+    """Capsule from a to b whose radius goes linearly from ra to rb (a distance bound)."""
+    pa = p - a
+    ba = b - a
+    h = ti.math.clamp(pa.dot(ba) / ba.dot(ba), 0.0, 1.0)
+    return (pa - ba * h).norm() - (ra + (rb - ra) * h)
+
+
+@ti.func
+def gauss(v, sig):
+    """Anisotropic Gaussian weight exp(-|v / sig|^2 / 2)."""
+    u = v / sig
+    return ti.exp(-0.5 * u.dot(u))
+
+
+# --------------------------------------------------------------------------- landmarks
+@ti.func
+def mouth_y(idp):
+    return -0.222 - 0.012 * idp[3]
+
+
+@ti.func
+def eye_centre(idp, side):
+    """Eyeball centre; side = +1 (subject's left, +x) or -1."""
+    return vec3(side * 0.112 * (1.0 + 0.07 * idp[6]), 0.045, 0.300)
+
+
+@ti.func
+def cranium_centre():
+    return vec3(0.0, 0.14, -0.06)
+
+
+@ti.func
+def cranium_radii(idp):
+    return vec3(0.29 * (1.0 + 0.07 * idp[0]), 0.33 * (1.0 + 0.06 * idp[1]), 0.38 * (1.0 + 0.06 * idp[1]))
+
+
+@ti.func
+def hair_thickness(idp):
+    return 0.025 + 0.025 * (idp[11] + 1.0)
+
+
+# --------------------------------------------------------------------------- geometry
+@ti.func
+def head_parts(p, idp):
+    """Distances (canonical units) of the head's parts at canonical point p.
+
+    Returns a PartsVec (skin, lips, hair, eyes, teeth, cavity, slit); compose_sdf combines them.
+    Far from a part, its entry is a lower bound (cheap) instead of the exact value.
+    """
+    far = 1e3
+    out = PartsVec([far, far, far, far, far, far, far])
+    hw = 1.0 + 0.07 * idp[0]
+    jw = 1.0 + 0.10 * idp[2]
+    cl = idp[3]
+    q = vec3(ti.abs(p.x), p.y, p.z)  # mirrored point for symmetric parts
+    # Cheap outer bound: a sphere around the head and a capsule around the neck.
+    d_bound_head = (p - vec3(0.0, 0.03, -0.02)).norm() - 0.66
+    d_bound_neck = sd_tapered_capsule(p, vec3(0.0, -0.3, -0.06), vec3(0.0, -1.4, -0.12), 0.26, 0.26)
+    d_bound = ti.min(d_bound_head, d_bound_neck)
+    if d_bound > 0.03:
+        for k in ti.static(range(NUM_PARTS)):
+            out[k] = d_bound
+        out[5] = far  # the cavity is subtracted: far away it must not cut anything
+        out[6] = far
+    else:
+        cc = cranium_centre()
+        cr = cranium_radii(idp)
+        d = sd_ellipsoid(p - cc, cr)
+        d = smin(d, sd_ellipsoid(p - vec3(0.0, -0.06, 0.10), vec3(0.25 * hw, 0.30, 0.30)), 0.08)
+        d = smin(d, sd_ellipsoid(p - vec3(0.0, -0.25 - 0.02 * cl, 0.08), vec3(0.20 * jw, 0.17 + 0.02 * cl, 0.26)), 0.06)
+        d = smin(d, sd_ellipsoid(p - vec3(0.0, -0.37 - 0.035 * cl, 0.25), vec3(0.10 * jw, 0.08, 0.08)), 0.05)
+        d = smin(d, sd_ellipsoid(q - vec3(0.17 * hw, -0.02, 0.22), vec3(0.09, 0.075, 0.09)), 0.05)
+        # brow ridge
+        d = smin(d, sd_tapered_capsule(q, vec3(0.0, 0.125, 0.335), vec3(0.15 * hw, 0.13, 0.305), 0.034, 0.028), 0.04)
+        # neck
+        d = smin(d, sd_tapered_capsule(p, vec3(0.0, -0.3, -0.06), vec3(0.0, -1.4, -0.12), 0.20 * jw, 0.21 * jw), 0.10)
+        # ears (mirrored): a flat plate with a hollow concha
+        es = 1.0 + 0.15 * idp[8]
+        ear_c = vec3(0.905 * cr.x + 0.015, 0.0, -0.03)
+        if (q - ear_c).norm() < 0.22:
+            d_ear = sd_ellipsoid(q - ear_c, vec3(0.032, 0.12 * es, 0.075 * es))
+            d_ear = smax(d_ear, -((q - ear_c - vec3(0.045, -0.01, 0.005)).norm() - 0.045 * es), 0.01)
+            d = smin(d, d_ear, 0.02)
+        # nose
+        nose_tip = vec3(0.0, -0.115 - 0.02 * idp[4], 0.455 + 0.035 * idp[4])
+        if (p - vec3(0.0, -0.03, 0.40)).norm() < 0.22:
+            d_nose = sd_tapered_capsule(p, vec3(0.0, 0.07, 0.345), nose_tip, 0.022, 0.037)
+            wing = vec3(0.042 * (1.0 + 0.18 * idp[5]), nose_tip.y - 0.012, nose_tip.z - 0.062)
+            d_nose = smin(d_nose, (q - wing).norm() - 0.033 * (1.0 + 0.1 * idp[5]), 0.02)
+            d = smin(d, d_nose, 0.025)
+            nostril = vec3(0.021 * (1.0 + 0.18 * idp[5]), nose_tip.y - 0.028, nose_tip.z - 0.035)
+            d = smax(d, -sd_ellipsoid(q - nostril, vec3(0.012, 0.008, 0.016)), 0.004)
+        # eyes: socket, lids (a shell around the eyeball with an almond slit), eyeball
+        ce = eye_centre(idp, 1.0)
+        v = q - ce
+        rv = v.norm()
+        if rv < 0.14:
+            d = smax(d, -(rv - SOCKET_RADIUS), 0.02)
+            d_slit = ti.max(sd_ellipse2(v.x, v.y - 0.002, 0.041, 0.017), 0.012 - v.z)
+            d_lid = smax(rv - LID_RADIUS, -d_slit, 0.004)
+            d = smin(d, d_lid, 0.012)
+            out[3] = rv - EYEBALL_RADIUS
+        else:
+            out[3] = rv - 0.14
+        out[0] = d
+        # mouth: lips, slit, cavity, teeth
+        my = mouth_y(idp)
+        mp = p - vec3(0.0, my, 0.30)
+        if mp.norm() < 0.2:
+            lf = 1.0 + 0.25 * idp[7]
+            d_ul = sd_ellipsoid(p - vec3(0.0, my + 0.019 * lf, 0.352), vec3(0.088, 0.024 * lf, 0.042))
+            d_ll = sd_ellipsoid(p - vec3(0.0, my - 0.022 * lf, 0.345), vec3(0.080, 0.027 * lf, 0.042))
+            out[1] = smin(d_ul, d_ll, 0.01)
+            out[6] = ti.max(ti.max(ti.abs(p.y - my) - 0.0035, ti.abs(p.x) - 0.082), 0.29 - p.z)
+            out[5] = sd_ellipsoid(p - vec3(0.0, my + 0.005, 0.245), vec3(0.085, 0.05, 0.09))
+            d_ut = sd_ellipsoid(p - vec3(0.0, my + 0.016, 0.255), vec3(0.07, 0.017, 0.075))
+            d_lt = sd_ellipsoid(p - vec3(0.0, my - 0.018, 0.25), vec3(0.065, 0.016, 0.07))
+            out[4] = ti.max(ti.min(d_ut, d_lt), 0.2 - p.z)
+        else:
+            out[1] = mp.norm() - 0.2
+            out[4] = mp.norm() - 0.2
+        # hair: a thick cap over the cranium, cut by a sloping hairline
+        ht = hair_thickness(idp)
+        d_cap = sd_ellipsoid(p - (cc + vec3(0.0, 0.012 + 0.4 * ht, -0.012)), cr + ht)
+        hairline = 0.06 - 0.02 * idp[11] - (0.8 * p.y - 0.6 * p.z)
+        out[2] = smax(d_cap, hairline, 0.03)
+    return out
+
+
+@ti.func
+def compose_sdf(parts):
+    """The head's signed distance from its part distances (see head_parts)."""
+    s = smin(parts[0], parts[1], 0.012)
+    s = smax(s, -parts[6], 0.003)
+    s = smax(s, -parts[5], 0.008)
+    s = ti.min(s, parts[4])
+    s = ti.min(s, parts[3])
+    s = smin(s, parts[2], 0.01)
+    return s
+
+
+@ti.func
+def canonical_sdf(p, idp):
+    return compose_sdf(head_parts(p, idp))
+
+
+# --------------------------------------------------------------------------- deformation
+@ti.func
+def rotate_yz(v, angle):
+    """Rotate (v.y, v.z) so that the polar angle atan2(y, z) grows by `angle`."""
+    c = ti.cos(angle)
+    s = ti.sin(angle)
+    return vec3(v.x, v.y * c + v.z * s, -v.y * s + v.z * c)
+
+
+@ti.func
+def displaced_backward(x, amount, centre, disp, sig):
+    """Backward offset of a Gaussian-weighted forward displacement `amount * disp` at centre.
+
+    The forward field moves points near `centre` by amount*disp; its (first-order) inverse
+    subtracts the same displacement weighted around the displaced centre.
+    """
+    return -amount * disp * gauss(x - (centre + amount * disp), sig)
+
+
+@ti.func
+def deform_backward(x, e, idp):
+    """x_posed (head frame) -> x_canonical for expression vector e (ExVec)."""
+    y = x
+    my = mouth_y(idp)
+    # Jaw: rotate the lower face about the jaw axis. In polar coordinates (rho, psi) about the
+    # axis, psi_canonical = psi + theta * w(psi): w = 1 below the lips, 0 above, a smooth ramp
+    # over the opening (wide enough that d psi_c / d psi > 0, i.e. no fold).
+    if e[0] != 0.0:
+        theta = JAW_MAX_ANGLE * e[0]
+        ry = x.y - JAW_AXIS_Y
+        rz = x.z - JAW_AXIS_Z
+        rho = ti.sqrt(ry * ry + rz * rz)
+        psi = ti.atan2(ry, rz)
+        psi_m = ti.atan2(my - JAW_AXIS_Y, 0.37 - JAW_AXIS_Z)
+        w = 1.0 - smoothstep(psi_m - theta - 0.12, psi_m + 0.12, psi)
+        w *= smoothstep(-2.5, -1.55, psi)  # not the back of the neck
+        w *= smoothstep(0.04, 0.14, rho)  # C1 at the axis
+        w *= 1.0 - smoothstep(-0.40, -0.80, x.y)  # fade out down the neck
+        psi_c = psi + theta * w
+        y = vec3(x.x, JAW_AXIS_Y + rho * ti.sin(psi_c), JAW_AXIS_Z + rho * ti.cos(psi_c))
+    # Blinks: rotate the lid shell (between eyeball and skin) downwards about the eye centre.
+    for k in ti.static(range(2)):
+        side = 1.0 - 2.0 * k  # blink_left (+x) then blink_right (-x)
+        amount = e[7 + k]
+        if amount != 0.0:
+            ce = eye_centre(idp, side)
+            v = y - ce
+            r = v.norm()
+            wr = smoothstep(0.050, 0.053, r) * (1.0 - smoothstep(0.075, 0.10, r))
+            wx = 1.0 - smoothstep(0.045, 0.075, ti.abs(v.x))
+            phi = ti.atan2(v.y, v.z)
+            bump = smoothstep(-0.42, -0.36, phi) * (1.0 - smoothstep(0.45, 1.7, phi))
+            y = ce + rotate_yz(v, BLINK_ANGLE * amount * bump * wr * wx)
+    off = vec3(0.0, 0.0, 0.0)
+    corner_sig = vec3(0.045, 0.04, 0.05)
+    for k in ti.static(range(2)):
+        side = 1.0 - 2.0 * k
+        corner = vec3(side * 0.085, my, 0.36)
+        off += displaced_backward(x, e[1 + k], corner, vec3(side * 0.018, 0.028, -0.012), corner_sig)
+        off += displaced_backward(x, e[11], corner, vec3(side * 0.022, -0.012, -0.006), corner_sig)
+        off += displaced_backward(x, e[3 + k], vec3(side * 0.12, 0.13, 0.34), vec3(0.0, 0.03, 0.0), vec3(0.075, 0.05, 0.07))
+        off += displaced_backward(x, e[5 + k], vec3(side * 0.08, 0.12, 0.35), vec3(-side * 0.015, -0.018, 0.006), vec3(0.05, 0.045, 0.06))
+        off += displaced_backward(x, e[10], vec3(side * 0.15, -0.18, 0.28), vec3(side * 0.02, 0.0, 0.022), vec3(0.06, 0.06, 0.06))
+    # Pucker: lips forward and together (x contracts towards the midline).
+    if e[9] != 0.0:
+        m = vec3(0.0, my, 0.38 + 0.03 * e[9])
+        g = gauss(x - m, vec3(0.07, 0.05, 0.06))
+        off += -e[9] * g * vec3(-0.35 * x.x, 0.0, 0.03)
+    return y + off
+
+
+@ti.func
+def posed_sdf(x, e, idp):
+    return canonical_sdf(deform_backward(x, e, idp), idp)
+
+
+@ti.func
+def posed_normal(x, e, idp, h):
+    """Normalised gradient of the posed SDF by a tetrahedral finite difference (step h)."""
+    g = vec3(0.0, 0.0, 0.0)
+    for k in range(4):  # dynamic loop: one inlined copy of the SDF, not four
+        # tetrahedron vertices (1,-1,-1), (-1,-1,1), (-1,1,-1), (1,1,1)
+        dirk = 2.0 * vec3(((k + 3) >> 1) & 1, (k >> 1) & 1, k & 1) - 1.0
+        g += dirk * posed_sdf(x + h * dirk, e, idp)
+    return g.normalized(1e-12)
+
+
+# --------------------------------------------------------------------------- albedo
+@ti.func
+def hash_noise(p):
+    """Smooth low-frequency variation in [-1, 1] (a few incommensurate sines)."""
+    return (ti.sin(13.1 * p.x + 2.3 * ti.sin(7.7 * p.y)) * ti.sin(11.3 * p.y + 1.7)
+            + 0.5 * ti.sin(29.0 * p.z + 17.0 * p.x + 3.1 * ti.sin(21.0 * p.y))) / 1.5
+
+
+@ti.func
+def canonical_albedo(p, idp):
+    """Albedo (linear-ish RGB in [0, 1]) of the canonical head at p (meant near the surface)."""
+    parts = head_parts(p, idp)
+    tone = 0.5 * (idp[9] + 1.0)
+    skin = (1.0 - tone) * vec3(0.86, 0.67, 0.56) + tone * vec3(0.42, 0.27, 0.19)
+    skin *= 1.0 + 0.06 * hash_noise(p)
+    q = vec3(ti.abs(p.x), p.y, p.z)
+    # rosy cheeks
+    skin = skin * (1.0 - 0.12 * gauss(q - vec3(0.17, -0.07, 0.28), vec3(0.06, 0.05, 0.1)) * vec3(0.0, 1.0, 1.0))
+    hc = 0.5 * (idp[10] + 1.0)
+    hair = (1.0 - hc) * vec3(0.72, 0.56, 0.30) + hc * vec3(0.07, 0.05, 0.04)
+    # brows: a band above each eye, in hair colour
+    ce = eye_centre(idp, 1.0)
+    bx = (q.x - ce.x * 0.95) / 0.055
+    by = q.y - (0.118 + 0.012 * (1.0 - bx * bx))
+    brow = smoothstep(1.05, 0.85, ti.abs(bx)) * smoothstep(0.014, 0.008, ti.abs(by)) * smoothstep(0.25, 0.3, q.z)
+    brow_col = hair * 0.8 + 0.04 * (1.0 - hc)
+    skin = skin * (1.0 - 0.85 * brow) + brow_col * 0.85 * brow
+    lips = skin * vec3(0.85, 0.55, 0.55) + vec3(0.08, 0.0, 0.0)
+    strands = 0.75 + 0.25 * ti.sin(140.0 * p.x + 40.0 * ti.sin(9.0 * p.z) + 20.0 * p.y)
+    hair_c = hair * (0.8 + 0.2 * strands)
+    # eyes: sclera, iris (hair-dependent colour), pupil, looking along +z
+    v = q - ce
+    ang = ti.acos(ti.math.clamp(v.z / ti.max(v.norm(), 1e-6), -1.0, 1.0))
+    iris_col = (1.0 - hc) * vec3(0.25, 0.45, 0.6) + hc * vec3(0.3, 0.18, 0.08)
+    eye = vec3(0.93, 0.91, 0.87)
+    eye = eye * (1.0 - smoothstep(0.40, 0.36, ang)) + iris_col * smoothstep(0.40, 0.36, ang)
+    eye = eye * (1.0 - smoothstep(0.17, 0.14, ang)) + vec3(0.02, 0.02, 0.02) * smoothstep(0.17, 0.14, ang)
+    teeth = vec3(0.92, 0.89, 0.80)
+    cavity = vec3(0.30, 0.07, 0.07)
+    # soft assignment of the surface point to the part whose own surface it lies on
+    eps = 0.004
+    wt = PartsVec([0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0])
+    for k in ti.static(range(NUM_PARTS)):
+        dk = parts[k]
+        if ti.static(k == 5):
+            dk = -dk  # the cavity's surface is its inside wall
+        wt[k] = ti.exp(-ti.abs(dk) / eps)
+    wt[6] = 0.0
+    wt[0] += 1e-8
+    total = wt.sum()
+    col = (wt[0] * skin + wt[1] * lips + wt[2] * hair_c + wt[3] * eye + wt[4] * teeth
+           + wt[5] * cavity) / total
+    return ti.math.clamp(col, 0.0, 1.0)
+
+
+# --------------------------------------------------------------------------- query kernels
+@ti.func
+def load_identity(ident: ti.template()):
+    idp = IdVec(0.0)
+    for k in ti.static(range(NUM_IDENTITY_PARAMS)):
+        idp[k] = ident[k]
+    return idp
+
+
+@ti.func
+def load_expression(expr: ti.template(), row):
+    e = ExVec(0.0)
+    for k in ti.static(range(NUM_EXPRESSION_PARAMS)):
+        e[k] = expr[row, k]
+    return e
+
+
+QUERY_POSED_SDF, QUERY_POSED_SDF_NORMAL, QUERY_BACKWARD, QUERY_ALBEDO = 0, 1, 2, 3
+
+
+@ti.kernel
+def _query_kernel(x: ti.types.ndarray(dtype=ti.f32, ndim=2), expr: ti.types.ndarray(dtype=ti.f32, ndim=2),
+                  ident: ti.types.ndarray(dtype=ti.f32, ndim=1), mode: ti.i32,
+                  out: ti.types.ndarray(dtype=ti.f32, ndim=2)):
+    """One kernel for every per-point query (one compile): see the QUERY_* modes."""
+    n_expr_rows = expr.shape[0]
+    for i in range(x.shape[0]):
+        idp = load_identity(ident)
+        e = load_expression(expr, i if n_expr_rows > 1 else 0)
+        p = vec3(x[i, 0], x[i, 1], x[i, 2])
+        if mode == QUERY_POSED_SDF:
+            out[i, 0] = posed_sdf(p, e, idp)
+        elif mode == QUERY_POSED_SDF_NORMAL:
+            out[i, 0] = posed_sdf(p, e, idp)
+            n = posed_normal(p, e, idp, 2e-4)
+            out[i, 1] = n.x
+            out[i, 2] = n.y
+            out[i, 3] = n.z
+        elif mode == QUERY_BACKWARD:
+            c = deform_backward(p, e, idp)
+            out[i, 0] = c.x
+            out[i, 1] = c.y
+            out[i, 2] = c.z
+        else:
+            a = canonical_albedo(p, idp)
+            out[i, 0] = a.x
+            out[i, 1] = a.y
+            out[i, 2] = a.z
+
+
+@ti.kernel
+def _project_kernel(x: ti.types.ndarray(dtype=ti.f32, ndim=2), expr: ti.types.ndarray(dtype=ti.f32, ndim=2),
+                    ident: ti.types.ndarray(dtype=ti.f32, ndim=1), iters: ti.i32,
+                    out: ti.types.ndarray(dtype=ti.f32, ndim=2)):
+    """Newton-project points onto the posed zero level set: x <- x - f(x) * n(x).
+
+    out[i] = (x, y, z, |f| after projection, nx, ny, nz)."""
+    n_expr_rows = expr.shape[0]
+    for i in range(x.shape[0]):
+        idp = load_identity(ident)
+        e = load_expression(expr, i if n_expr_rows > 1 else 0)
+        p = vec3(x[i, 0], x[i, 1], x[i, 2])
+        f = 1.0
+        n = vec3(0.0, 0.0, 1.0)
+        for _ in range(iters):
+            f = posed_sdf(p, e, idp)
+            n = posed_normal(p, e, idp, 2e-4)
+            p = p - f * n
+        f = posed_sdf(p, e, idp)
+        out[i, 0] = p.x
+        out[i, 1] = p.y
+        out[i, 2] = p.z
+        out[i, 3] = ti.abs(f)
+        out[i, 4] = n.x
+        out[i, 5] = n.y
+        out[i, 6] = n.z
+
+
+# --------------------------------------------------------------------------- python API
+def _as_points(name: str, x: torch.Tensor) -> torch.Tensor:
+    if not isinstance(x, torch.Tensor):
+        x = torch.as_tensor(np.asarray(x, dtype=np.float32))
+    if x.ndim != 2 or x.shape[1] != 3:
+        raise ValueError(f"{name} must be (N, 3), got {tuple(x.shape)}")
+    runtime.check_device(name, x)
+    return x.detach().to(torch.float32).contiguous()
+
+
+class SyntheticHead:
+    """One procedural identity: analytic SDF, albedo and backward expression deformation.
+
+    All query methods take torch float tensors of canonical / posed points ``(N, 3)`` on the
+    device Taichi runs on (CPU, or CUDA when Taichi uses CUDA) and return float32 tensors on the
+    same device. No gradients flow through them (they produce training targets).
+    """
+
+    def __init__(self, identity: np.ndarray):
+        identity = np.asarray(identity, dtype=np.float32).reshape(-1)
+        if identity.shape != (NUM_IDENTITY_PARAMS,):
+            raise ValueError(f"identity must have {NUM_IDENTITY_PARAMS} parameters, got {identity.shape}")
+        if not np.all(np.isfinite(identity)):
+            raise ValueError("identity parameters must be finite")
+        self.identity = identity
+
+    # ---- construction
+    @classmethod
+    def from_seed(cls, seed: int) -> "SyntheticHead":
+        """A random identity: parameters ~ N(0, 0.5) clipped to [-1, 1]."""
+        rng = np.random.default_rng(int(seed))
+        return cls(np.clip(rng.normal(0.0, 0.5, NUM_IDENTITY_PARAMS), -1.0, 1.0).astype(np.float32))
+
+    @staticmethod
+    def neutral_expression() -> np.ndarray:
+        return np.zeros(NUM_EXPRESSION_PARAMS, np.float32)
+
+    @staticmethod
+    def random_expression(rng: np.random.Generator, active: float = 0.5) -> np.ndarray:
+        """A random expression: each parameter active with probability `active`, value U(0, 1)."""
+        mask = rng.random(NUM_EXPRESSION_PARAMS) < active
+        return (mask * rng.random(NUM_EXPRESSION_PARAMS)).astype(np.float32)
+
+    # ---- helpers
+    def _ident(self, device) -> torch.Tensor:
+        return torch.as_tensor(self.identity, dtype=torch.float32, device=device)
+
+    def _expr(self, expr, n: int, device) -> torch.Tensor:
+        if expr is None:
+            return torch.zeros(1, NUM_EXPRESSION_PARAMS, dtype=torch.float32, device=device)
+        e = torch.as_tensor(expr, dtype=torch.float32).to(device)
+        if e.ndim == 1:
+            e = e[None]
+        if e.ndim != 2 or e.shape[1] != NUM_EXPRESSION_PARAMS or e.shape[0] not in (1, n):
+            raise ValueError(f"expr must be ({NUM_EXPRESSION_PARAMS},) or (N={n}, {NUM_EXPRESSION_PARAMS}), "
+                             f"got {tuple(e.shape)}")
+        return e.contiguous()
+
+    def _query(self, x, expr, mode: int, width: int) -> torch.Tensor:
+        x = _as_points("x", x)
+        out = torch.zeros(x.shape[0], width, dtype=torch.float32, device=x.device)
+        if x.shape[0]:
+            _query_kernel(x, self._expr(expr, x.shape[0], x.device), self._ident(x.device), mode, out)
+        return out
+
+    # ---- fields
+    def sdf(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, 3) canonical -> (N,) signed distance (canonical units, negative inside)."""
+        return self._query(x, None, QUERY_POSED_SDF, 1)[:, 0]
+
+    def posed_sdf(self, x_posed: torch.Tensor, expr) -> torch.Tensor:
+        """(N, 3) posed (head frame) -> (N,) = sdf(backward(x_posed, expr))."""
+        return self._query(x_posed, expr, QUERY_POSED_SDF, 1)[:, 0]
+
+    def sdf_gradient(self, x: torch.Tensor, expr=None) -> torch.Tensor:
+        """(N, 3) -> (N, 3) unit normals of the (posed, if expr given) SDF (finite differences)."""
+        return self._query(x, expr, QUERY_POSED_SDF_NORMAL, 4)[:, 1:4]
+
+    def backward(self, x_posed: torch.Tensor, expr) -> torch.Tensor:
+        """(N, 3) posed -> (N, 3) canonical. expr: (E,) or (N, E)."""
+        return self._query(x_posed, expr, QUERY_BACKWARD, 3)
+
+    def albedo(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, 3) canonical -> (N, 3) RGB in [0, 1]."""
+        return self._query(x, None, QUERY_ALBEDO, 3)
+
+    def project_to_surface(self, x: torch.Tensor, expr=None, iters: int = 6):
+        """Newton-project points onto the (posed) zero level set.
+
+        Returns (points (N, 3), residual |sdf| (N,), normals (N, 3))."""
+        x = _as_points("x", x)
+        out = torch.zeros(x.shape[0], 7, dtype=torch.float32, device=x.device)
+        if x.shape[0]:
+            _project_kernel(x, self._expr(expr, x.shape[0], x.device), self._ident(x.device), int(iters), out)
+        return out[:, :3], out[:, 3], out[:, 4:7]
+
+    def sample_surface(self, n: int, expr=None, seed: int = 0, return_normals: bool = False,
+                       device=None, tolerance: float = 1e-4):
+        """n points on the (posed, if expr given) zero level set, (n, 3) on `device`.
+
+        Points are drawn uniformly in the bounding box, kept within a shell of the surface,
+        Newton-projected and kept if |sdf| < tolerance. Interior surfaces (mouth cavity, teeth,
+        eyeballs under the lids) are included: they are part of the zero level set.
+        """
+        if device is None:
+            device = "cuda" if runtime.ensure_initialized() == "cuda" else "cpu"
+        gen = torch.Generator().manual_seed(int(seed))
+        lo = torch.tensor(BOUNDS_MIN)
+        hi = torch.tensor(BOUNDS_MAX)
+        hi = hi.clone()
+        hi[1] = 0.72
+        lo = lo.clone()
+        lo[1] = -0.9  # keep the neck short: samples concentrate on the head
+        kept_p, kept_n, have = [], [], 0
+        for _ in range(64):
+            cand = lo + (hi - lo) * torch.rand(max(4 * n, 4096), 3, generator=gen)
+            cand = cand.to(device)
+            near = self.posed_sdf(cand, expr).abs() < 0.03
+            cand = cand[near]
+            p, res, nrm = self.project_to_surface(cand, expr)
+            ok = res < tolerance
+            kept_p.append(p[ok])
+            kept_n.append(nrm[ok])
+            have += int(ok.sum())
+            if have >= n:
+                break
+        if have < n:
+            raise RuntimeError(f"could only sample {have} of {n} surface points")
+        pts = torch.cat(kept_p)[:n]
+        nrms = torch.cat(kept_n)[:n]
+        return (pts, nrms) if return_normals else pts
+
+    def __repr__(self) -> str:
+        vals = ", ".join(f"{k}={v:+.2f}" for k, v in zip(IDENTITY_NAMES, self.identity))
+        return f"SyntheticHead({vals})"
+
+
+__all__ = [
+    "SyntheticHead", "NUM_IDENTITY_PARAMS", "NUM_EXPRESSION_PARAMS", "EXPRESSION_NAMES", "IDENTITY_NAMES",
+    "UNIT_METRES", "BOUNDS_MIN", "BOUNDS_MAX",
+]

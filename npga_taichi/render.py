@@ -1,0 +1,322 @@
+"""Differentiable Gaussian rasterization: PyTorch autograd over our Taichi kernels.
+
+:func:`rasterize` is the public entry point (the contract in ``npga_taichi.contract`` and
+DESIGN.md "The rasterizer contract"). It chains three autograd Functions, as gsplat does, so
+``means2d`` is an intermediate tensor of the graph whose ``.grad`` is the screen-space gradient
+after ``backward()``:
+
+    _ProjectGaussians   means, quats, scales (opacities for culling) -> means2d, conics, depths, radii
+    _ShadeSH            means, SH coefficients -> colours            (only with ``sh_degree``)
+    _Composite          means2d, conics, depths, opacities, colours, background -> image, alpha, depth
+
+Each Function's backward is hand-written (kernels/projection.py, sh.py, composite.py); tile
+binning and our radix sort run inside ``_Composite.forward`` (kernels/tiles.py).
+
+Device follows the inputs (CPU or CUDA tensors, matching the Taichi arch); float32 and float64
+both work, with one set of kernels per dtype compiled on first use (cached offline).
+"""
+from __future__ import annotations
+
+import torch
+import taichi as ti
+
+from npga_taichi import contract
+from npga_taichi.contract import TILE_SIZE, RasterOutput
+from npga_taichi.kernels import runtime
+from npga_taichi.kernels.composite import PACKED_WIDTH, composite_kernels
+from npga_taichi.kernels.projection import projection_kernels
+from npga_taichi.kernels.sh import sh_kernels
+from npga_taichi.kernels.tiles import (
+    RADIX_BITS,
+    RADIX_BLOCKS,
+    binning_kernels,
+    radix_sort_pairs,
+    tile_ranges,
+)
+
+__all__ = ["rasterize", "RasterOutput"]
+
+_TI_DTYPES = {torch.float32: ti.f32, torch.float64: ti.f64}
+
+
+class _ScratchCache:
+    """Per (device, dtype, name) scratch tensors that are reused between calls and only grow.
+
+    Only buffers whose contents never outlive one kernel sequence live here; anything saved for
+    the backward is allocated per call (several renders may be pending before one backward).
+    """
+
+    def __init__(self) -> None:
+        self._buffers: dict[tuple, torch.Tensor] = {}
+
+    def get(self, name: str, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+        numel = 1
+        for s in shape:
+            numel *= s
+        key = (name, dtype, str(device))
+        buf = self._buffers.get(key)
+        if buf is None or buf.numel() < numel:
+            # grow geometrically so a slowly growing scene does not reallocate every call
+            size = max(numel, int(buf.numel() * 1.5) if buf is not None else numel, 1)
+            buf = torch.empty(size, dtype=dtype, device=device)
+            self._buffers[key] = buf
+        return buf[:numel].view(shape)
+
+    def clear(self) -> None:
+        self._buffers.clear()
+
+
+_scratch = _ScratchCache()
+
+
+def clear_scratch() -> None:
+    """Free the cached scratch buffers (e.g. after rendering a very large image)."""
+    _scratch.clear()
+
+
+def _real(t: torch.Tensor):
+    return _TI_DTYPES[t.dtype]
+
+
+def _tile_grid(width: int, height: int) -> tuple[int, int]:
+    return (width + TILE_SIZE - 1) // TILE_SIZE, (height + TILE_SIZE - 1) // TILE_SIZE
+
+
+class _ProjectGaussians(torch.autograd.Function):
+    """means (N,3), quats (N,4), scales (N,3), opacities (N,) -> means2d (N,2), conics (N,3),
+    depths (N,), radii (N,) int32, extents (N,) (binning radius; not differentiable)."""
+
+    @staticmethod
+    def forward(ctx, means, quats, scales, opacities, viewmat, K, width, height, near, far, eps2d):
+        means, quats, scales, opacities = _detached(means, quats, scales, opacities)
+        n = means.shape[0]
+        dt, dev = means.dtype, means.device
+        means2d = torch.empty((n, 2), dtype=dt, device=dev)
+        conics = torch.empty((n, 3), dtype=dt, device=dev)
+        depths = torch.empty((n,), dtype=dt, device=dev)
+        radii = torch.empty((n,), dtype=torch.int32, device=dev)
+        extents = torch.empty((n,), dtype=dt, device=dev)
+        if n > 0:
+            forward_kernel, _ = projection_kernels(_real(means))
+            forward_kernel(means, quats, scales, opacities, viewmat, K, float(width), float(height),
+                           float(near), float(far), float(eps2d), means2d, conics, depths, radii, extents)
+        ctx.save_for_backward(means, quats, scales, viewmat, K, radii)
+        ctx.config = (width, height, eps2d)
+        ctx.mark_non_differentiable(radii, extents)
+        return means2d, conics, depths, radii, extents
+
+    @staticmethod
+    def backward(ctx, v_means2d, v_conics, v_depths, _v_radii, _v_extents):
+        means, quats, scales, viewmat, K, radii = ctx.saved_tensors
+        width, height, eps2d = ctx.config
+        v_means = torch.zeros_like(means)
+        v_quats = torch.zeros_like(quats)
+        v_scales = torch.zeros_like(scales)
+        n = means.shape[0]
+        if n > 0:
+            v_means2d = _grad_or_zeros(v_means2d, (n, 2), means)
+            v_conics = _grad_or_zeros(v_conics, (n, 3), means)
+            v_depths = _grad_or_zeros(v_depths, (n,), means)
+            _, backward_kernel = projection_kernels(_real(means))
+            backward_kernel(means, quats, scales, viewmat, K, float(width), float(height), float(eps2d), radii,
+                            v_means2d, v_conics, v_depths, v_means, v_quats, v_scales)
+        return v_means, v_quats, v_scales, None, None, None, None, None, None, None, None
+
+
+class _ShadeSH(torch.autograd.Function):
+    """means (N,3), coeffs (N,K,3), camera centre (3,) -> colours (N,3) = max(SH(dir)+0.5, 0)."""
+
+    @staticmethod
+    def forward(ctx, means, coeffs, campos, degree):
+        means, coeffs = _detached(means, coeffs)
+        n = means.shape[0]
+        colors = torch.empty((n, 3), dtype=means.dtype, device=means.device)
+        if n > 0:
+            forward_kernel, _ = sh_kernels(_real(means))
+            forward_kernel(means, coeffs, campos, degree, colors)
+        ctx.save_for_backward(means, coeffs, campos)
+        ctx.degree = degree
+        return colors
+
+    @staticmethod
+    def backward(ctx, v_colors):
+        means, coeffs, campos = ctx.saved_tensors
+        v_coeffs = torch.zeros_like(coeffs)
+        v_means = torch.zeros_like(means)
+        if means.shape[0] > 0 and v_colors is not None:
+            _, backward_kernel = sh_kernels(_real(means))
+            backward_kernel(means, coeffs, campos, ctx.degree, v_colors.contiguous(), v_coeffs, v_means)
+        return v_means, v_coeffs, None, None
+
+
+def _detached(*tensors):
+    """Plain tensors for the kernels (Taichi inspects ``.grad`` of tensors that require grad)."""
+    return tuple(t.detach() for t in tensors)
+
+
+def _grad_or_zeros(grad, shape, like):
+    if grad is None:
+        return torch.zeros(shape, dtype=like.dtype, device=like.device)
+    return grad.contiguous()
+
+
+def bin_and_sort(means2d, depths, radii, extents, width: int, height: int):
+    """Tile intersections sorted by (tile, float32 depth, Gaussian index).
+
+    Returns ``(ids (M,) int32 Gaussian index per intersection, ranges (n_tiles, 2) int32, M)``;
+    ``ids`` has at least one (unused) entry when M = 0.
+    """
+    tiles_x, tiles_y = _tile_grid(width, height)
+    n_tiles = tiles_x * tiles_y
+    n = means2d.shape[0]
+    dev = means2d.device
+    ranges = torch.empty((n_tiles, 2), dtype=torch.int32, device=dev)
+    if n == 0:
+        ranges.zero_()
+        return torch.zeros((1,), dtype=torch.int32, device=dev), ranges, 0
+    count_tiles, emit_keys = binning_kernels(_real(means2d))
+    counts = torch.empty((n,), dtype=torch.int64, device=dev)
+    count_tiles(means2d, extents, radii, tiles_x, tiles_y, counts)
+    ends = torch.cumsum(counts, 0)
+    total = int(ends[-1])
+    if total >= 2**31 - 1:
+        raise ValueError(f"{total} tile intersections exceed the int32 index range; render smaller images")
+    m = max(total, 1)
+    keys = torch.empty((m,), dtype=torch.int64, device=dev)
+    ids = torch.empty((m,), dtype=torch.int32, device=dev)
+    keys_tmp = torch.empty((m,), dtype=torch.int64, device=dev)
+    ids_tmp = torch.empty((m,), dtype=torch.int32, device=dev)
+    if total == 0:
+        ranges.zero_()
+        return ids, ranges, 0
+    emit_keys(means2d, extents, depths, radii, ends - counts, tiles_x, tiles_y, keys, ids)
+    # 32 depth bits below the tile id; only as many tile-id bits as there are tiles
+    key_bits = 32 + max(1, (n_tiles - 1).bit_length())
+    key_bits = (key_bits + RADIX_BITS - 1) // RADIX_BITS * RADIX_BITS
+    hist = _scratch.get("radix_hist", (RADIX_BLOCKS, 1 << RADIX_BITS), torch.int32, dev)
+    keys, ids = radix_sort_pairs(keys, ids, keys_tmp, ids_tmp, hist, total, key_bits)
+    tile_ranges(keys, total, ranges)
+    return ids, ranges, total
+
+
+class _Composite(torch.autograd.Function):
+    """(means2d, conics, depths, opacities, colors (N,C), background (C,)) -> image (H,W,C),
+    alpha (H,W,1), depth (H,W,1)."""
+
+    @staticmethod
+    def forward(ctx, means2d, conics, depths, opacities, colors, background, radii, extents, width, height):
+        means2d, conics, depths, opacities, colors, background = _detached(
+            means2d, conics, depths, opacities, colors, background)
+        dt, dev = means2d.dtype, means2d.device
+        real = _real(means2d)
+        channels = colors.shape[1]
+        tiles_x, _ = _tile_grid(width, height)
+        ids, ranges, total = bin_and_sort(means2d, depths, radii, extents, width, height)
+        pack, composite_forward, _ = composite_kernels(real)
+        packed = torch.empty((ids.shape[0], PACKED_WIDTH), dtype=dt, device=dev)
+        if total > 0:
+            pack(ids, total, means2d, conics, opacities, depths, extents, packed)
+        colors_arg = colors if colors.shape[0] > 0 else torch.zeros((1, channels), dtype=dt, device=dev)
+        image = torch.empty((height, width, channels), dtype=dt, device=dev)
+        t_final = torch.empty((height, width), dtype=dt, device=dev)
+        depth = torch.empty((height, width), dtype=dt, device=dev)
+        last = torch.empty((height, width), dtype=torch.int32, device=dev)
+        done = _scratch.get("done", (height, width), torch.int32, dev)
+        composite_forward(packed, ids, colors_arg, ranges, background, width, height, tiles_x,
+                          image, t_final, depth, last, done)
+        ctx.save_for_backward(packed, ids, colors_arg, ranges, background, t_final, last)
+        ctx.config = (width, height, colors.shape[0])
+        alpha = (1.0 - t_final).unsqueeze(-1)
+        ctx.stats = {"intersections": total}
+        return image, alpha, depth.unsqueeze(-1)
+
+    @staticmethod
+    def backward(ctx, v_image, v_alpha, v_depth):
+        packed, ids, colors, ranges, background, t_final, last = ctx.saved_tensors
+        width, height, n = ctx.config
+        dt, dev = packed.dtype, packed.device
+        channels = colors.shape[1]
+        tiles_x, tiles_y = _tile_grid(width, height)
+        n_tiles = tiles_x * tiles_y
+        v_image = _grad_or_zeros(v_image, (height, width, channels), packed)
+        v_alpha = _grad_or_zeros(v_alpha, (height, width, 1), packed).view(height, width)
+        v_depth = _grad_or_zeros(v_depth, (height, width, 1), packed).view(height, width)
+        n_rows = max(n, 1)
+        v_means2d = torch.zeros((n_rows, 2), dtype=dt, device=dev)
+        v_conics = torch.zeros((n_rows, 3), dtype=dt, device=dev)
+        v_opacities = torch.zeros((n_rows,), dtype=dt, device=dev)
+        v_depths = torch.zeros((n_rows,), dtype=dt, device=dev)
+        v_colors = torch.zeros((n_rows, channels), dtype=dt, device=dev)
+        v_background_tiles = torch.empty((n_tiles, channels), dtype=dt, device=dev)
+        t_run = _scratch.get("t_run", (height, width), dt, dev)
+        suffix_color = _scratch.get("suffix_color", (height, width, channels), dt, dev)
+        suffix_depth = _scratch.get("suffix_depth", (height, width), dt, dev)
+        color_acc = _scratch.get("color_acc", (n_tiles, channels), dt, dev)
+        _, _, composite_backward = composite_kernels(_real(packed))
+        composite_backward(packed, ids, colors, ranges, background, width, height, tiles_x,
+                           t_final, last, v_image, v_alpha, v_depth,
+                           t_run, suffix_color, suffix_depth, color_acc,
+                           v_means2d, v_conics, v_opacities, v_depths, v_colors, v_background_tiles)
+        v_background = v_background_tiles.sum(0)
+        return (v_means2d[:n], v_conics[:n], v_depths[:n], v_opacities[:n], v_colors[:n], v_background,
+                None, None, None, None)
+
+
+def camera_center(viewmat: torch.Tensor) -> torch.Tensor:
+    """World position of the camera of a world->camera ``viewmat`` (4, 4): -R^T t."""
+    rot, t = viewmat[:3, :3], viewmat[:3, 3]
+    return -(rot.transpose(0, 1) @ t)
+
+
+def rasterize(
+    means: torch.Tensor,
+    quats: torch.Tensor,
+    scales: torch.Tensor,
+    opacities: torch.Tensor,
+    colors: torch.Tensor,
+    viewmat: torch.Tensor,
+    K: torch.Tensor,
+    width: int,
+    height: int,
+    sh_degree: int | None = None,
+    background: torch.Tensor | None = None,
+    near: float = 0.01,
+    far: float = 1e10,
+    eps2d: float = 0.3,
+) -> RasterOutput:
+    """Render N Gaussians into one pinhole camera, differentiably.
+
+    means (N, 3) world; quats (N, 4) wxyz (normalised inside); scales (N, 3) > 0 (activated);
+    opacities (N,) in [0, 1]; colors (N, C) features (any C >= 1) or, with ``sh_degree`` = d,
+    SH coefficients (N, K >= (d+1)^2, 3) shaded as max(SH(dir) + 0.5, 0) with
+    dir = normalise(mean - camera centre); viewmat (4, 4) world->camera, OpenCV axes; K (3, 3)
+    pixels; background (C,) or None (zeros). All tensors share one dtype (float32 or float64)
+    and one device. Pixel centres are at (j + 0.5, i + 0.5).
+
+    Returns a :class:`RasterOutput` with image (H, W, C), alpha (H, W, 1), depth (H, W, 1),
+    radii (N,) int32 (0 = culled) and means2d (N, 2), whose ``.grad`` holds the screen-space
+    gradient after ``backward()`` when the inputs require grad. Gradients flow to means, quats,
+    scales, opacities, colors / SH coefficients and background (not to viewmat or K).
+    """
+    channels = contract.validate_inputs(means, quats, scales, opacities, colors, viewmat, K, width, height,
+                                        sh_degree, background, near, far, eps2d)
+    runtime.check_device("means", means)
+    dt, dev = means.dtype, means.device
+    if background is None:
+        background = torch.zeros((channels,), dtype=dt, device=dev)
+    viewmat_c = viewmat.detach().contiguous()
+    K_c = K.detach().contiguous()
+    means_c = means.contiguous()
+    means2d, conics, depths, radii, extents = _ProjectGaussians.apply(
+        means_c, quats.contiguous(), scales.contiguous(), opacities.contiguous(), viewmat_c, K_c,
+        width, height, near, far, eps2d)
+    if sh_degree is not None:
+        campos = camera_center(viewmat_c).contiguous()
+        colors_rgb = _ShadeSH.apply(means_c, colors.contiguous(), campos, sh_degree)
+    else:
+        colors_rgb = colors.contiguous()
+    image, alpha, depth = _Composite.apply(means2d, conics, depths, opacities.contiguous(), colors_rgb,
+                                           background.contiguous(), radii, extents, width, height)
+    if means2d.requires_grad:
+        means2d.retain_grad()
+    return RasterOutput(image=image, alpha=alpha, depth=depth, radii=radii, means2d=means2d)

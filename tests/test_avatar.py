@@ -1,0 +1,297 @@
+"""Unit tests of the avatar's parts: Laplacian, ADC bookkeeping, deformation, networks, checkpoints."""
+import math
+import os
+
+import numpy as np
+import pytest
+import torch
+from scipy.spatial.transform import Rotation
+
+from npga_taichi.avatar.config import AvatarConfig, configs_from_json, configs_to_json, preset
+from npga_taichi.avatar.deformation import FrameCode, ScratchForwardField
+from npga_taichi.avatar.density_control import GradientStats, densify_and_prune, reset_opacity
+from npga_taichi.avatar.gaussians import SH_C0, CanonicalGaussians
+from npga_taichi.avatar.laplacian import knn_graph, laplacian, laplacian_loss
+from npga_taichi.avatar.model import NPGAAvatar
+from npga_taichi.avatar.rotations import quat_multiply, quat_to_rotmat, rotmat_to_quat
+from npga_taichi.avatar.screen_cnn import ScreenCNN
+from npga_taichi.avatar.trainer import build_optimizer
+from npga_taichi.checkpoint import load_checkpoint, save_checkpoint
+
+
+# ------------------------------------------------------------------------------------ Laplacian
+def test_knn_graph_matches_brute_force_and_excludes_self():
+    pts = torch.randn(200, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    graph = knn_graph(pts, 6)
+    d = torch.cdist(pts, pts)
+    d.fill_diagonal_(float("inf"))
+    brute = torch.topk(d, 6, largest=False).indices
+    assert graph.shape == (200, 6)
+    assert torch.equal(torch.sort(graph, dim=1).values, torch.sort(brute, dim=1).values)
+
+
+def test_laplacian_of_constant_field_is_zero_and_of_varying_field_is_not():
+    pts = torch.randn(300, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    graph = knn_graph(pts, 8)
+    const = torch.full((300, 5), 0.37, dtype=torch.float64)
+    assert float(laplacian_loss(const, graph)) < 1e-28
+    # A linear field has a non-zero uniform Laplacian on an irregular graph; explicit formula check.
+    field = pts @ torch.tensor([1.0, -2.0, 0.5], dtype=torch.float64)
+    expected = torch.stack([field[i] - field[graph[i]].mean() for i in range(300)])
+    assert torch.allclose(laplacian(field, graph), expected)
+    assert float(laplacian_loss(field, graph)) > 1e-3
+
+
+# ------------------------------------------------------------------------------------------ ADC
+def _cloud(n=64, latent_dim=4, sh_degree=2, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    cloud = CanonicalGaussians(n, 3, sh_degree, latent_dim)
+    with torch.no_grad():
+        cloud.means.copy_(torch.randn(n, 3, generator=g))
+        cloud.quats.copy_(torch.randn(n, 4, generator=g))
+        cloud.log_scales.copy_(math.log(0.005) + torch.rand(n, 3, generator=g) * 3)  # 0.005 .. 0.1
+        cloud.opacity_logits.copy_(torch.randn(n, generator=g))
+        cloud.colors.copy_(torch.randn(n, 3, generator=g))
+        cloud.sh_rest.copy_(torch.randn(n, 8, 3, generator=g))
+        cloud.latents.copy_(torch.randn(n, latent_dim, generator=g))
+    return cloud
+
+
+def _adam_with_state(cloud):
+    opt = torch.optim.Adam([{"params": [p], "lr": 1e-3} for p in cloud.per_gaussian().values()])
+    loss = sum((p * torch.randn_like(p)).sum() for p in cloud.per_gaussian().values())
+    loss.backward()
+    opt.step()
+    return opt
+
+
+def test_densify_keeps_params_optimizer_state_and_stats_consistent():
+    cloud = _cloud()
+    opt = _adam_with_state(cloud)
+    n = len(cloud)
+    old = {k: v.detach().clone() for k, v in cloud.per_gaussian().items()}
+    old_state = {k: {s: opt.state[p][s].clone() for s in ("exp_avg", "exp_avg_sq")}
+                 for k, p in cloud.per_gaussian().items()}
+    # Tag every Gaussian with its original index in latents[:, 0] to follow rows through ADC.
+    with torch.no_grad():
+        cloud.latents[:, 0] = torch.arange(n, dtype=torch.float32)
+    old["latents"][:, 0] = torch.arange(n, dtype=torch.float32)
+    stats = GradientStats(n)
+    grads = torch.zeros(n, 2)
+    grads[::3, 0] = 1e-2  # every third Gaussian is "under-reconstructed"
+    stats.update(grads, torch.ones(n, dtype=torch.int32), 2, 2)
+    with torch.no_grad():
+        cloud.opacity_logits[1] = -10.0  # transparent -> pruned (1 is not a multiple of 3)
+    extent = 1.0
+    small = cloud.scales().max(-1).values <= 0.02 * extent
+    high = torch.zeros(n, dtype=torch.bool)
+    high[::3] = True
+    result = densify_and_prune(cloud, opt, stats, grad_threshold=1e-3, extent=extent, percent_dense=0.02,
+                               prune_opacity=0.005, max_scale_frac=1.0, max_gaussians=1000,
+                               generator=torch.Generator().manual_seed(0))
+    assert result.cloned == int((high & small).sum()) and result.split == int((high & ~small).sum())
+    assert result.pruned == 1
+    m = len(cloud)
+    assert m == n - 1 + result.cloned + result.split
+    tags = cloud.latents[:, 0].detach().round().long()
+    assert 1 not in tags.tolist()
+    params = cloud.per_gaussian()
+    group_params = [p for g in opt.param_groups for p in g["params"]]
+    for name, p in params.items():
+        assert p.shape[0] == m, name
+        assert any(p is q for q in group_params), f"{name} not in the optimiser"
+        for s in ("exp_avg", "exp_avg_sq"):
+            assert opt.state[p][s].shape == p.shape
+    # Kept originals: identical parameters and Adam moments; new rows: zero moments.
+    first = {}
+    for row, tag in enumerate(tags.tolist()):
+        first.setdefault(tag, row)
+    for row, tag in enumerate(tags.tolist()):
+        is_new = first[tag] != row or bool(high[tag] & ~small[tag])
+        for name, p in params.items():
+            for s in ("exp_avg", "exp_avg_sq"):
+                expected = torch.zeros_like(old_state[name][s][tag]) if is_new else old_state[name][s][tag]
+                assert torch.equal(opt.state[p][s][row], expected), (name, s, row)
+            if name not in ("means", "log_scales") or not bool(high[tag] & ~small[tag]):
+                if name == "latents":
+                    assert torch.equal(p[row, 1:], old[name][tag, 1:])
+                else:
+                    assert torch.equal(p[row], old[name][tag]), (name, row)
+        if bool(high[tag] & ~small[tag]):  # split child: shrunk by 1.6
+            assert torch.allclose(params["log_scales"][row], old["log_scales"][tag] - math.log(1.6))
+    assert stats.grad_sum.shape == (m,) and float(stats.count[first[0]]) == 1.0
+    # The optimiser still steps with the new shapes.
+    loss = sum(p.sum() for p in params.values())
+    loss.backward()
+    opt.step()
+
+
+def test_densify_respects_the_cap_and_prefers_large_gradients():
+    cloud = _cloud(n=50)
+    opt = _adam_with_state(cloud)
+    stats = GradientStats(50)
+    grads = torch.zeros(50, 2)
+    grads[:, 0] = torch.linspace(1e-2, 2e-2, 50)
+    stats.update(grads, torch.ones(50, dtype=torch.int32), 2, 2)
+    with torch.no_grad():
+        cloud.opacity_logits.fill_(2.0)
+    densify_and_prune(cloud, opt, stats, grad_threshold=1e-3, extent=1.0, percent_dense=1.0,
+                      prune_opacity=0.005, max_scale_frac=10.0, max_gaussians=55)
+    assert len(cloud) == 55
+    # percent_dense=1 -> all clones; the 5 with the largest gradients (rows 45..49) were cloned.
+    assert torch.equal(cloud.means[50:], _cloud(n=50).means[45:50])
+
+
+def test_opacity_reset_caps_opacity_and_clears_its_moments():
+    cloud = _cloud()
+    opt = _adam_with_state(cloud)
+    reset_opacity(cloud, opt, 0.01)
+    assert float(cloud.opacities().max()) <= 0.01 + 1e-6
+    assert float(opt.state[cloud.opacity_logits]["exp_avg"].abs().max()) == 0.0
+
+
+def test_avatar_graph_and_optimizer_follow_densification():
+    cfg = AvatarConfig(num_init_gaussians=40, max_gaussians=200, latent_dim=4, sh_degree=1, detail_hidden=8,
+                       detail_layers=1, scratch_field_hidden=8, scratch_field_layers=1, knn_k=4)
+    avatar = NPGAAvatar(cfg, None, exp_dim=3)
+    with torch.no_grad():
+        avatar.gaussians.means.copy_(torch.randn(40, 3))
+        avatar.gaussians.log_scales.fill_(math.log(0.001))
+        avatar.gaussians.opacity_logits.fill_(1.0)
+    avatar.rebuild_graph()
+    _, tcfg = preset("tiny")
+    opt = build_optimizer(avatar, tcfg)
+    stats = GradientStats(40)
+    stats.update(torch.ones(40, 2), torch.ones(40, dtype=torch.int32), 2, 2)
+    densify_and_prune(avatar.gaussians, opt, stats, grad_threshold=1e-3, extent=1.0, percent_dense=0.01,
+                      prune_opacity=0.005, max_scale_frac=1.0, max_gaussians=200)
+    avatar.rebuild_graph()
+    assert len(avatar.gaussians) == 80 and avatar.neighbors.shape == (80, 4)
+    assert torch.equal(avatar.neighbors, knn_graph(avatar.gaussians.means, 4))
+    names = {g["name"]: g["params"][0] for g in opt.param_groups if len(g["params"]) == 1}
+    for name in ("means", "quats", "log_scales", "opacity_logits", "colors", "sh_rest", "latents"):
+        assert names[name] is getattr(avatar.gaussians, name)
+
+
+# ---------------------------------------------------------------------------------- deformation
+def test_rotation_helpers_agree_with_scipy():
+    rots = Rotation.random(20, random_state=0)
+    for r in rots:
+        m = torch.tensor(r.as_matrix())
+        q = rotmat_to_quat(m)
+        assert torch.allclose(quat_to_rotmat(q), m, atol=1e-12)
+    a, b = Rotation.random(2, random_state=1)
+    qa = torch.tensor(np.roll(a.as_quat(), 1))  # scipy is xyzw
+    qb = torch.tensor(np.roll(b.as_quat(), 1))
+    assert torch.allclose(quat_to_rotmat(quat_multiply(qa, qb)), torch.tensor((a * b).as_matrix()), atol=1e-12)
+
+
+def _small_avatar(**overrides):
+    base = dict(num_init_gaussians=30, max_gaussians=60, latent_dim=4, sh_degree=1, detail_hidden=16,
+                detail_layers=2, scratch_field_hidden=16, scratch_field_layers=2, knn_k=4)
+    base.update(overrides)
+    avatar = NPGAAvatar(AvatarConfig(**base), None, exp_dim=5)
+    with torch.no_grad():
+        g = avatar.gaussians
+        g.means.copy_(torch.randn(30, 3))
+        g.quats.copy_(torch.randn(30, 4))
+        g.log_scales.copy_(torch.randn(30, 3) - 3)
+        g.colors.copy_(torch.randn(30, g.colors.shape[1]))
+        if "latents" in g.names:
+            g.latents.copy_(torch.randn(30, g.latent_dim))
+    return avatar
+
+
+def test_rigid_pose_is_applied_after_deformation():
+    torch.manual_seed(0)
+    avatar = _small_avatar(static=True)
+    rot = torch.tensor(Rotation.random(random_state=3).as_matrix(), dtype=torch.float32)
+    trans = torch.tensor([0.1, -0.2, 0.3])
+    out = avatar.gaussians_for_frame(torch.randn(5), rot, trans, 0.25)
+    g = avatar.gaussians
+    assert torch.allclose(out["means"], 0.25 * g.means @ rot.T + trans, atol=1e-6)
+    assert torch.allclose(out["scales"], 0.25 * g.scales(), atol=1e-7)
+    world_rot = quat_to_rotmat(out["quats"])
+    assert torch.allclose(world_rot, rot @ quat_to_rotmat(g.quats), atol=1e-5)
+    assert out["sh_degree"] == 1 and out["colors"].shape == (30, 4, 3)
+
+
+def test_untrained_detail_network_and_lifting_change_nothing():
+    torch.manual_seed(0)
+    avatar = _small_avatar()
+    z = torch.randn(5)
+    with torch.no_grad():  # give F a non-trivial motion so the check is meaningful
+        avatar.field.mlp.out.weight.normal_(0, 0.1)
+    moved = avatar.gaussians_for_frame(z, torch.eye(3), torch.zeros(3), 1.0)
+    x = avatar.gaussians.means
+    expected = avatar.field(x, z, features=avatar.gaussians.latents)
+    assert torch.allclose(moved["means"], expected, atol=1e-6)   # G's last layer starts at zero
+    assert torch.allclose(moved["opacities"], avatar.gaussians.opacities())
+    assert not torch.allclose(expected, x)
+    # Gradients reach F, G, latents and every Gaussian parameter.
+    loss = sum(v.sum() for k, v in moved.items() if isinstance(v, torch.Tensor))
+    loss = loss + avatar.deform(FrameCode(z, torch.eye(3), torch.zeros(3), 1.0)).dynamics.pow(2).sum()
+    loss.backward()
+    assert avatar.gaussians.latents.grad is not None and avatar.detail.mlp.out.weight.grad.abs().sum() > 0
+
+
+def test_scratch_field_is_identity_at_init_and_rejects_missing_features():
+    f = ScratchForwardField(exp_dim=4, feature_dim=3, hidden=8, layers=2)
+    x = torch.randn(10, 3)
+    assert torch.equal(f(x, torch.randn(4), torch.randn(10, 3)), x)
+    with pytest.raises(ValueError, match="features"):
+        f(x, torch.randn(4))
+
+
+def test_screen_cnn_starts_as_alpha_compositing_over_background():
+    cnn = ScreenCNN(6, hidden=8, layers=2, background=(1.0, 0.5, 0.0))
+    feats = torch.randn(1, 6, 9, 7)
+    out = cnn(feats)
+    assert out.shape == (1, 3, 9, 7)
+    assert torch.allclose(out, feats[:, :3] + torch.tensor([1.0, 0.5, 0.0]).view(1, 3, 1, 1))
+
+
+def test_initialize_sets_colours_scales_and_opacity():
+    cloud = CanonicalGaussians(1, 3, 3, 4)
+    pts = torch.tensor([[0.0, 0, 0], [0.1, 0, 0], [0, 0.2, 0], [0, 0, 0.3]])
+    rgb = torch.tensor([[0.2, 0.4, 0.6]] * 4)
+    cloud.initialize(pts, rgb, init_opacity=0.1, latent_std=0.0)
+    assert len(cloud) == 4 and cloud.sh_rest.shape == (4, 15, 3)
+    assert torch.allclose(0.5 + SH_C0 * cloud.colors, rgb, atol=1e-6)
+    assert torch.allclose(cloud.opacities(), torch.full((4,), 0.1))
+    # Point 0's three neighbours are at 0.1, 0.2, 0.3: spacing 0.2.
+    assert torch.allclose(cloud.scales()[0], torch.full((3,), 0.2), atol=1e-6)
+
+
+# --------------------------------------------------------------------------- config, checkpoint
+def test_config_round_trip_and_validation():
+    a, t = preset("tiny")
+    a2, t2, extra = configs_from_json(configs_to_json(a, t, {"data": "x"}))
+    assert a2 == a and t2 == t and extra == {"data": "x"}
+    with pytest.raises(ValueError, match="sh_degree"):
+        AvatarConfig(sh_degree=4).validate()
+    with pytest.raises(ValueError, match="unknown AvatarConfig fields"):
+        configs_from_json('{"avatar": {"bogus": 1}, "train": {}}')
+
+
+def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
+    path = tmp_path / "ck.pt"
+    save_checkpoint({"step": 1, "x": torch.arange(5)}, path)
+
+    def exploding_save(obj, handle):
+        handle.write(b"partial garbage")
+        raise KeyboardInterrupt  # the process "dies" halfway through writing
+
+    monkeypatch.setattr(torch, "save", exploding_save)
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint({"step": 2}, path)
+    monkeypatch.undo()
+    assert load_checkpoint(path)["step"] == 1
+    assert sorted(os.listdir(tmp_path)) == ["ck.pt"]
+    (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="bad.pt"):
+        load_checkpoint(tmp_path / "bad.pt")
+    with pytest.raises(ValueError, match="not found"):
+        load_checkpoint(tmp_path / "missing.pt")
+    with pytest.raises(ValueError, match="lacks keys"):
+        load_checkpoint(path, required_keys=("avatar",))
