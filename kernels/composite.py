@@ -36,6 +36,10 @@ PACKED_WIDTH = 8  # mean_x, mean_y, conic a, b, c, opacity, depth, extent
 # sigma > ln(255 o) + SIGMA_CUT_SLACK means alpha <= e^-SLACK / 255 < 1/255 with a margin far
 # above rounding error, so the exp can be skipped without changing which fragments hit.
 SIGMA_CUT_SLACK = 1e-3
+ROW_SLACK = 1e-2  # pixels added on both ends of an ellipse chord
+# Tiles a CPU thread takes from the shared queue at once: small, because tile costs differ a lot
+# (Taichi's default of 32 leaves one core idle at the end of a 256-tile image).
+TILES_PER_TASK = 2
 
 
 @ti.func
@@ -52,17 +56,31 @@ def fast_exp_f32(x):
     return y * ti.bit_cast((ti.cast(ti.max(n, -126.0), ti.i32) + 127) << 23, ti.f32)
 
 
+STATIC_CHANNELS_MAX = 4  # channel counts up to this are unrolled (colours kept in registers)
+
+
+def channel_variant(n_channels: int) -> int:
+    """Kernel variant for a channel count: C itself when unrolled, 0 for the generic loop."""
+    return n_channels if n_channels <= STATIC_CHANNELS_MAX else 0
+
+
 @functools.lru_cache(maxsize=None)
-def composite_kernels(real):
-    """Return ``(pack_intersections, composite_forward, composite_backward)`` for dtype ``real``."""
+def composite_kernels(real, static_channels: int):
+    """Return ``(pack_intersections, composite_forward, composite_backward)`` for dtype ``real``.
+
+    ``static_channels`` = C (1..4) unrolls the channel loops and keeps a Gaussian's colour and
+    colour gradient in registers; 0 builds the generic variant for any C (loops at run time).
+    Image-sized arrays are passed flattened: pixel q = row * width + column, channel-minor.
+    """
     runtime.ensure_initialized()  # kernels are compiled for the arch chosen once per process
     arr1 = ti.types.ndarray(dtype=real, ndim=1)
     arr2 = ti.types.ndarray(dtype=real, ndim=2)
-    arr3 = ti.types.ndarray(dtype=real, ndim=3)
     iarr1 = ti.types.ndarray(dtype=ti.i32, ndim=1)
     iarr2 = ti.types.ndarray(dtype=ti.i32, ndim=2)
     half, one = 0.5, 1.0  # exact in f32, so safe as untyped literals in f64 kernels
     # inexact constants are cast inside the kernels: real(...) only works in Taichi scope
+    NC = static_channels
+    NCV = max(NC, 1)  # length of the register colour vectors (unused in the generic variant)
 
     @ti.kernel
     def pack_intersections(
@@ -96,6 +114,28 @@ def composite_kernels(real):
         return rx0, rx1, ry0, ry1
 
     @ti.func
+    def row_span(mx, a, b, c, cut, dy, rx0, rx1):
+        """Pixels px in [rx0, rx1] of one row whose sigma can be <= cut (the ellipse's chord).
+
+        sigma(dx) = a/2 dx^2 + b dy dx + c/2 dy^2 <= cut  <=>  dx in (-b dy -+ sqrt(disc)) / a,
+        disc = 2 a cut - (a c - b^2) dy^2. Widened by a small margin: a pixel just outside has
+        sigma ~ cut, where alpha < 0.999/255 cannot hit, so rounding here never drops a hit.
+        """
+        lo = rx1 + 1
+        hi = rx1
+        disc = real(2.0) * a * cut - (a * c - b * b) * dy * dy
+        if disc >= real(0.0):
+            root = ti.sqrt(disc)
+            centre = mx - half - b * dy / a
+            lo = ti.cast(ti.max(ti.ceil(centre - root / a - real(ROW_SLACK)), ti.cast(rx0, real)), ti.i32)
+            hi = ti.cast(ti.min(ti.floor(centre + root / a + real(ROW_SLACK)), ti.cast(rx1, real)), ti.i32)
+        return lo, hi
+
+    @ti.func
+    def sigma_cutoff(o):
+        return ti.log(real(255.0) * o) + real(SIGMA_CUT_SLACK)
+
+    @ti.func
     def exp_neg(s):
         """exp(-s): a vectorisable polynomial in float32 (libm's expf runs ~20x slower here and
         dominates compositing), the exact libm exp in float64 (gradcheck precision)."""
@@ -124,32 +164,40 @@ def composite_kernels(real):
         return hit, sigma, raw, alpha
 
     @ti.func
-    def sigma_cutoff(o):
-        return ti.log(real(255.0) * o) + real(SIGMA_CUT_SLACK)
+    def load_color(colors: arr2, g):
+        col = ti.Vector.zero(real, NCV)
+        if ti.static(NC > 0):
+            for ch in ti.static(range(NC)):
+                col[ch] = colors[g, ch]
+        return col
 
     @ti.kernel
     def composite_forward(
         packed: arr2, ids: iarr1, colors: arr2, ranges: iarr2, background: arr1,
         width: ti.i32, height: ti.i32, tiles_x: ti.i32,
-        image: arr3, t_final: arr2, depth: arr2, last: iarr2, done: iarr2,
+        image: arr1, t_final: arr1, alpha_out: arr1, depth: arr1, last: iarr1, done: iarr1,
     ):
+        """image (H*W*C), t_final, alpha_out = 1 - t_final, depth, last, done (H*W) are written
+        for every pixel."""
         n_channels = colors.shape[1]
+        ti.loop_config(block_dim=TILES_PER_TASK)
         for tile in range(ranges.shape[0]):
             x0, y0, x1, y1 = tile_bounds(tile, tiles_x, width, height)
             start = ranges[tile, 0]
             end = ranges[tile, 1]
             for py in range(y0, y1):
                 for px in range(x0, x1):
-                    t_final[py, px] = one
-                    depth[py, px] = real(0.0)
-                    last[py, px] = start
-                    done[py, px] = 0
+                    q = py * width + px
+                    t_final[q] = one
+                    depth[q] = real(0.0)
+                    last[q] = start
+                    done[q] = 0
                     for ch in range(n_channels):
-                        image[py, px, ch] = real(0.0)
+                        image[q * n_channels + ch] = real(0.0)
             remaining = (x1 - x0) * (y1 - y0)
             for i in range(start, end):
                 if remaining == 0:
-                    break
+                    break  # every pixel of the tile has terminated
                 mx = packed[i, 0]
                 my = packed[i, 1]
                 a = packed[i, 2]
@@ -158,45 +206,76 @@ def composite_kernels(real):
                 o = packed[i, 5]
                 z = packed[i, 6]
                 g = ids[i]
+                col = load_color(colors, g)
                 sigma_cut = sigma_cutoff(o)
                 rx0, rx1, ry0, ry1 = pixel_rect(mx, my, packed[i, 7], x0, y0, x1, y1)
                 for py in range(ry0, ry1 + 1):
                     dy = ti.cast(py, real) + half - my
-                    for px in range(rx0, rx1 + 1):
-                        if done[py, px] == 0:
+                    lo, hi = row_span(mx, a, b, c, sigma_cut, dy, rx0, rx1)
+                    row = py * width
+                    for px in range(lo, hi + 1):
+                        q = row + px
+                        if done[q] == 0:
                             dx = ti.cast(px, real) + half - mx
                             hit, _sigma, _raw, alpha = fragment(a, b, c, o, sigma_cut, dx, dy)
                             if hit:
-                                T = t_final[py, px]
+                                T = t_final[q]
                                 t_next = T * (one - alpha)
                                 if t_next <= real(T_EPS):
-                                    done[py, px] = 1
+                                    done[q] = 1
                                     remaining -= 1
                                 else:
                                     w = alpha * T
-                                    for ch in range(n_channels):
-                                        image[py, px, ch] = image[py, px, ch] + w * colors[g, ch]
-                                    depth[py, px] = depth[py, px] + w * z
-                                    t_final[py, px] = t_next
-                                    last[py, px] = i + 1
+                                    if ti.static(NC > 0):
+                                        for ch in ti.static(range(NC)):
+                                            image[q * NC + ch] = image[q * NC + ch] + w * col[ch]
+                                    else:
+                                        for ch in range(n_channels):
+                                            k = q * n_channels + ch
+                                            image[k] = image[k] + w * colors[g, ch]
+                                    depth[q] = depth[q] + w * z
+                                    t_final[q] = t_next
+                                    last[q] = i + 1
             for py in range(y0, y1):
                 for px in range(x0, x1):
-                    T = t_final[py, px]
+                    q = py * width + px
+                    T = t_final[q]
+                    alpha_out[q] = one - T
                     for ch in range(n_channels):
-                        image[py, px, ch] = image[py, px, ch] + T * background[ch]
+                        image[q * n_channels + ch] = image[q * n_channels + ch] + T * background[ch]
 
     @ti.kernel
     def composite_backward(
         packed: arr2, ids: iarr1, colors: arr2, ranges: iarr2, background: arr1,
         width: ti.i32, height: ti.i32, tiles_x: ti.i32,
-        t_final: arr2, last: iarr2, v_image: arr3, v_alpha: arr2, v_depth: arr2,
-        t_run: arr2, suffix_color: arr3, suffix_depth: arr2, color_acc: arr2,
+        t_final: arr1, last: iarr1, v_image: arr1, v_alpha: arr1, v_depth: arr1,
+        has_v_alpha: ti.i32, has_v_depth: ti.i32,
+        t_run: arr1, suffix_color: arr1, suffix_depth: arr1, color_acc: arr1,
         v_means2d: arr2, v_conics: arr2, v_opacities: arr1, v_depths: arr1, v_colors: arr2,
         v_background_tiles: arr2,
     ):
         """Gradients to means2d, conics, opacities, depths, colors (atomic per Gaussian per tile)
-        and background (one partial sum per tile, ``v_background_tiles`` (n_tiles, C))."""
+        and background (one partial sum per tile, ``v_background_tiles`` (n_tiles, C)).
+        The per-Gaussian outputs are zeroed here (no torch fill between kernels). ``v_alpha`` /
+        ``v_depth`` are read only when ``has_v_alpha`` / ``has_v_depth`` (else any 1-element array).
+
+        For contributor k of a pixel, with S_k = sum_{j>k} alpha_j T_j c_j + T_final bg and
+        D_k = sum_{j>k} alpha_j T_j z_j (suffix sums, built while walking back to front):
+        dL/dalpha_k = g.(T_k c_k - S_k/(1-alpha_k)) + g_z (T_k z_k - D_k/(1-alpha_k))
+                      + g_alpha T_final/(1-alpha_k).
+        """
         n_channels = colors.shape[1]
+        for g in range(v_means2d.shape[0]):
+            v_means2d[g, 0] = real(0.0)
+            v_means2d[g, 1] = real(0.0)
+            v_conics[g, 0] = real(0.0)
+            v_conics[g, 1] = real(0.0)
+            v_conics[g, 2] = real(0.0)
+            v_opacities[g] = real(0.0)
+            v_depths[g] = real(0.0)
+            for ch in range(n_channels):
+                v_colors[g, ch] = real(0.0)
+        ti.loop_config(block_dim=TILES_PER_TASK)
         for tile in range(ranges.shape[0]):
             x0, y0, x1, y1 = tile_bounds(tile, tiles_x, width, height)
             start = ranges[tile, 0]
@@ -205,15 +284,17 @@ def composite_kernels(real):
                 v_background_tiles[tile, ch] = real(0.0)
             for py in range(y0, y1):
                 for px in range(x0, x1):
-                    T = t_final[py, px]
-                    t_run[py, px] = T
-                    suffix_depth[py, px] = real(0.0)
+                    q = py * width + px
+                    T = t_final[q]
+                    t_run[q] = T
+                    suffix_depth[q] = real(0.0)
                     for ch in range(n_channels):
-                        suffix_color[py, px, ch] = T * background[ch]
-                        v_background_tiles[tile, ch] = v_background_tiles[tile, ch] + T * v_image[py, px, ch]
-                    last_max = ti.max(last_max, last[py, px])
-            for k in range(last_max - start):
-                i = last_max - 1 - k
+                        k = q * n_channels + ch
+                        suffix_color[k] = T * background[ch]
+                        v_background_tiles[tile, ch] = v_background_tiles[tile, ch] + T * v_image[k]
+                    last_max = ti.max(last_max, last[q])
+            for step in range(last_max - start):
+                i = last_max - 1 - step
                 mx = packed[i, 0]
                 my = packed[i, 1]
                 a = packed[i, 2]
@@ -222,6 +303,8 @@ def composite_kernels(real):
                 o = packed[i, 5]
                 z = packed[i, 6]
                 g = ids[i]
+                col = load_color(colors, g)
+                g_col = ti.Vector.zero(real, NCV)
                 sigma_cut = sigma_cutoff(o)
                 rx0, rx1, ry0, ry1 = pixel_rect(mx, my, packed[i, 7], x0, y0, x1, y1)
                 g_mx = real(0.0)
@@ -231,42 +314,58 @@ def composite_kernels(real):
                 g_c = real(0.0)
                 g_o = real(0.0)
                 g_z = real(0.0)
-                for ch in range(n_channels):
-                    color_acc[tile, ch] = real(0.0)
+                if ti.static(NC == 0):
+                    for ch in range(n_channels):
+                        color_acc[tile * n_channels + ch] = real(0.0)
                 for py in range(ry0, ry1 + 1):
                     dy = ti.cast(py, real) + half - my
-                    for px in range(rx0, rx1 + 1):
-                        if i < last[py, px]:
+                    lo, hi = row_span(mx, a, b, c, sigma_cut, dy, rx0, rx1)
+                    row = py * width
+                    for px in range(lo, hi + 1):
+                        q = row + px
+                        if i < last[q]:
                             dx = ti.cast(px, real) + half - mx
                             hit, sigma, raw, alpha = fragment(a, b, c, o, sigma_cut, dx, dy)
                             if hit:
-                                one_minus = one - alpha
-                                T = t_run[py, px] / one_minus  # T_i from T_{i+1}
+                                inv = one / (one - alpha)
+                                T = t_run[q] * inv  # T_k from T_{k+1}
                                 w = alpha * T
-                                v_alpha_i = real(0.0)
-                                for ch in range(n_channels):
-                                    gpix = v_image[py, px, ch]
-                                    col = colors[g, ch]
-                                    color_acc[tile, ch] = color_acc[tile, ch] + w * gpix
-                                    s = suffix_color[py, px, ch]
-                                    v_alpha_i += gpix * (T * col - s / one_minus)
-                                    suffix_color[py, px, ch] = s + w * col
-                                gd = v_depth[py, px]
-                                sd = suffix_depth[py, px]
-                                g_z += w * gd
-                                v_alpha_i += gd * (T * z - sd / one_minus)
-                                suffix_depth[py, px] = sd + w * z
-                                v_alpha_i += v_alpha[py, px] * t_final[py, px] / one_minus
-                                t_run[py, px] = T
+                                v_alpha_k = real(0.0)
+                                if ti.static(NC > 0):
+                                    for ch in ti.static(range(NC)):
+                                        k = q * NC + ch
+                                        gpix = v_image[k]
+                                        s = suffix_color[k]
+                                        g_col[ch] += w * gpix
+                                        v_alpha_k += gpix * (T * col[ch] - s * inv)
+                                        suffix_color[k] = s + w * col[ch]
+                                else:
+                                    for ch in range(n_channels):
+                                        k = q * n_channels + ch
+                                        gpix = v_image[k]
+                                        s = suffix_color[k]
+                                        cc = colors[g, ch]
+                                        ka = tile * n_channels + ch
+                                        color_acc[ka] = color_acc[ka] + w * gpix
+                                        v_alpha_k += gpix * (T * cc - s * inv)
+                                        suffix_color[k] = s + w * cc
+                                if has_v_depth:
+                                    gd = v_depth[q]
+                                    sd = suffix_depth[q]
+                                    g_z += w * gd
+                                    v_alpha_k += gd * (T * z - sd * inv)
+                                    suffix_depth[q] = sd + w * z
+                                if has_v_alpha:
+                                    v_alpha_k += v_alpha[q] * t_final[q] * inv
+                                t_run[q] = T
                                 if raw <= real(ALPHA_MAX):  # alpha = min(0.999, raw): no gradient when clamped
-                                    e = raw / o  # = exp(-sigma); o >= 1/255 for every binned Gaussian
-                                    g_o += e * v_alpha_i
-                                    v_sigma = -raw * v_alpha_i
+                                    g_o += raw / o * v_alpha_k  # raw / o = exp(-sigma); o >= 1/255 here
+                                    v_sigma = -raw * v_alpha_k
                                     g_a += half * dx * dx * v_sigma
                                     g_b += dx * dy * v_sigma
                                     g_c += half * dy * dy * v_sigma
-                                    g_mx += -(a * dx + b * dy) * v_sigma
-                                    g_my += -(b * dx + c * dy) * v_sigma
+                                    g_mx -= (a * dx + b * dy) * v_sigma
+                                    g_my -= (b * dx + c * dy) * v_sigma
                 ti.atomic_add(v_means2d[g, 0], g_mx)
                 ti.atomic_add(v_means2d[g, 1], g_my)
                 ti.atomic_add(v_conics[g, 0], g_a)
@@ -274,7 +373,11 @@ def composite_kernels(real):
                 ti.atomic_add(v_conics[g, 2], g_c)
                 ti.atomic_add(v_opacities[g], g_o)
                 ti.atomic_add(v_depths[g], g_z)
-                for ch in range(n_channels):
-                    ti.atomic_add(v_colors[g, ch], color_acc[tile, ch])
+                if ti.static(NC > 0):
+                    for ch in ti.static(range(NC)):
+                        ti.atomic_add(v_colors[g, ch], g_col[ch])
+                else:
+                    for ch in range(n_channels):
+                        ti.atomic_add(v_colors[g, ch], color_acc[tile * n_channels + ch])
 
     return pack_intersections, composite_forward, composite_backward

@@ -43,7 +43,6 @@ EXTENT_ABS_SLACK = 1e-2
 def projection_kernels(real):
     """Return ``(project_forward, project_backward)`` Taichi kernels for float dtype ``real``."""
     runtime.ensure_initialized()  # kernels are compiled for the arch chosen once per process
-    vec2 = ti.types.vector(2, real)
     vec3 = ti.types.vector(3, real)
     mat2 = ti.types.matrix(2, 2, real)
     mat3 = ti.types.matrix(3, 3, real)

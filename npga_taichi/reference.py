@@ -9,7 +9,8 @@ follows the inputs) and follows the rasterizer contract of ``../shared/DESIGN.md
 * :func:`eval_sh` / :func:`sh_to_color` -- real spherical harmonics up to degree 3 (graphdeco basis).
 * :func:`rasterize` -- the ORACLE: every visible Gaussian is composited at every pixel (no tile
   or radius culling inside the image, so it proves that culling never changes the image), in pixel
-  chunks with gradient checkpointing so memory stays bounded; gradients come from torch autograd.
+  chunks recomputed in the backward (checkpointing) so memory stays bounded; gradients are torch
+  autograd's. :func:`rasterize_projected` is its compositing stage alone (for external projections).
 * :func:`rasterize_tiled` -- a fast 16×16 tile-batched PyTorch rasterizer with the same semantics
   and a hand-written, vectorised backward; the PyTorch baseline that benchmarks time.
 
@@ -21,12 +22,12 @@ image = Σ αᵢTᵢcᵢ + T_final·background, alpha = 1 - T_final, depth = Σ 
 """
 from __future__ import annotations
 
-import math
+import ctypes
+import functools
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from torch.utils.checkpoint import checkpoint
 
 from npga_taichi.contract import (
     ALPHA_MAX,
@@ -47,7 +48,7 @@ SH_C3 = (-0.5900435899266435, 2.890611442640554, -0.4570457994644658, 0.37317633
          -0.4570457994644658, 1.445305721320277, -0.5900435899266435)
 
 # Fragments (pixels × Gaussians) evaluated at once by the oracle; with ~15 live temporaries per
-# fragment this keeps one chunk's autograd graph at ~120 MB (float32) / ~240 MB (float64).
+# fragment one chunk's recomputed autograd graph takes ~120 MB (float32) / ~240 MB (float64).
 ORACLE_CHUNK_FRAGMENTS = 2_000_000
 # Slack on the radius when binning tiles (absorbs float rounding of the radius computation).
 BINNING_REL_SLACK = 1e-3
@@ -328,6 +329,56 @@ def _pixel_centers(width: int, height: int, dtype, device) -> torch.Tensor:
 # --------------------------------------------------------------------------------------------
 # The oracle
 # --------------------------------------------------------------------------------------------
+@functools.lru_cache(maxsize=None)
+def _malloc_trim():
+    try:
+        return ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):  # not glibc: nothing to do
+        return None
+
+
+def _release_freed_memory() -> None:
+    """Hand freed heap pages back to the OS (glibc only).
+
+    The oracle allocates and frees the same ~10-100 MB temporaries hundreds of times; glibc's
+    dynamic mmap threshold then serves them from the heap, which fragments, and the process
+    grows by tens of MB per chunk (18 GB at 256×256 with 20k Gaussians). Trimming after every
+    chunk keeps the footprint at one chunk's working set."""
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
+
+
+class _OracleChunk(torch.autograd.Function):
+    """One pixel chunk of the oracle: :func:`composite` without keeping its graph.
+
+    forward(pix, xy, conics, opacities, colors, depths) -> :func:`composite`'s outputs; the
+    backward recomputes the chunk with autograd enabled and differentiates it with
+    ``torch.autograd.grad`` (explicit gradient checkpointing), so gradients are autograd's.
+    """
+
+    @staticmethod
+    def forward(ctx, pix, xy, conics, opacities, colors, depths):
+        ctx.save_for_backward(pix, xy, conics, opacities, colors, depths)
+        with torch.no_grad():
+            out = composite(pix, xy, conics, opacities, colors, depths)
+        _release_freed_memory()
+        return out
+
+    @staticmethod
+    def backward(ctx, *grad_outputs):
+        saved = ctx.saved_tensors
+        with torch.enable_grad():
+            inputs = [t.detach().requires_grad_(need) for t, need in zip(saved, ctx.needs_input_grad)]
+            outputs = composite(*inputs)
+            wanted = [t for t in inputs if t.requires_grad]
+            grads = iter(torch.autograd.grad(outputs, wanted, grad_outputs, allow_unused=True)) if wanted else iter(())
+            result = tuple(next(grads) if t.requires_grad else None for t in inputs)
+        del outputs
+        _release_freed_memory()
+        return result
+
+
 def rasterize_projected(
     means2d: torch.Tensor,
     conics: torch.Tensor,
@@ -345,18 +396,16 @@ def rasterize_projected(
     radius > 0 Gaussians are composited; the radius is not used for culling inside the image),
     opacities (N,), colors (N, C), background (C,) or None.
     Returns (image (H, W, C), alpha (H, W, 1), depth (H, W, 1)). Every visible Gaussian is
-    evaluated at every pixel, in chunks of ~``ORACLE_CHUNK_FRAGMENTS`` fragments under gradient
-    checkpointing, so memory stays bounded (≈ 0.1-0.3 GB) at any size. Slow by design.
+    evaluated at every pixel, in chunks of ~``ORACLE_CHUNK_FRAGMENTS`` fragments, each recomputed
+    in the backward (gradient checkpointing, :class:`_OracleChunk`), so memory stays bounded
+    (≈ 0.2-0.5 GB) at any size. Slow by design.
     """
     index = _front_to_back(radii, depths)
     xy, con, op, col, z = means2d[index], conics[index], opacities[index], colors[index], depths[index]
     pix = _pixel_centers(width, height, means2d.dtype, means2d.device)
     chunk = max(1, ORACLE_CHUNK_FRAGMENTS // max(index.numel(), 1))
-    needs_graph = torch.is_grad_enabled() and any(t.requires_grad for t in (xy, con, op, col, z))
-    parts = []
-    for start in range(0, pix.shape[0], chunk):
-        args = (pix[start:start + chunk], xy, con, op, col, z)
-        parts.append(checkpoint(composite, *args, use_reentrant=False) if needs_graph else composite(*args))
+    parts = [_OracleChunk.apply(pix[start:start + chunk], xy, con, op, col, z)
+             for start in range(0, pix.shape[0], chunk)]
     image = torch.cat([p[0] for p in parts]).reshape(height, width, colors.shape[1])
     t_final = torch.cat([p[1] for p in parts]).reshape(height, width, 1)
     depth = torch.cat([p[2] for p in parts]).reshape(height, width, 1)

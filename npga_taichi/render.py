@@ -23,7 +23,7 @@ import taichi as ti
 from npga_taichi import contract
 from npga_taichi.contract import TILE_SIZE, RasterOutput
 from npga_taichi.kernels import runtime
-from npga_taichi.kernels.composite import PACKED_WIDTH, composite_kernels
+from npga_taichi.kernels.composite import PACKED_WIDTH, channel_variant, composite_kernels
 from npga_taichi.kernels.projection import projection_kernels
 from npga_taichi.kernels.sh import sh_kernels
 from npga_taichi.kernels.tiles import (
@@ -109,9 +109,9 @@ class _ProjectGaussians(torch.autograd.Function):
     def backward(ctx, v_means2d, v_conics, v_depths, _v_radii, _v_extents):
         means, quats, scales, viewmat, K, radii = ctx.saved_tensors
         width, height, eps2d = ctx.config
-        v_means = torch.zeros_like(means)
-        v_quats = torch.zeros_like(quats)
-        v_scales = torch.zeros_like(scales)
+        v_means = torch.empty_like(means)  # the kernel writes every row (zeros where culled)
+        v_quats = torch.empty_like(quats)
+        v_scales = torch.empty_like(scales)
         n = means.shape[0]
         if n > 0:
             v_means2d = _grad_or_zeros(v_means2d, (n, 2), means)
@@ -212,23 +212,25 @@ class _Composite(torch.autograd.Function):
         channels = colors.shape[1]
         tiles_x, _ = _tile_grid(width, height)
         ids, ranges, total = bin_and_sort(means2d, depths, radii, extents, width, height)
-        pack, composite_forward, _ = composite_kernels(real)
+        pack, composite_forward, _ = composite_kernels(real, channel_variant(channels))
         packed = torch.empty((ids.shape[0], PACKED_WIDTH), dtype=dt, device=dev)
         if total > 0:
             pack(ids, total, means2d, conics, opacities, depths, extents, packed)
         colors_arg = colors if colors.shape[0] > 0 else torch.zeros((1, channels), dtype=dt, device=dev)
         image = torch.empty((height, width, channels), dtype=dt, device=dev)
         t_final = torch.empty((height, width), dtype=dt, device=dev)
-        depth = torch.empty((height, width), dtype=dt, device=dev)
+        alpha = torch.empty((height, width, 1), dtype=dt, device=dev)
+        depth = torch.empty((height, width, 1), dtype=dt, device=dev)
         last = torch.empty((height, width), dtype=torch.int32, device=dev)
         done = _scratch.get("done", (height, width), torch.int32, dev)
         composite_forward(packed, ids, colors_arg, ranges, background, width, height, tiles_x,
-                          image, t_final, depth, last, done)
+                          image.view(-1), t_final.view(-1), alpha.view(-1), depth.view(-1), last.view(-1),
+                          done.view(-1))
         ctx.save_for_backward(packed, ids, colors_arg, ranges, background, t_final, last)
         ctx.config = (width, height, colors.shape[0])
-        alpha = (1.0 - t_final).unsqueeze(-1)
-        ctx.stats = {"intersections": total}
-        return image, alpha, depth.unsqueeze(-1)
+        # unused outputs arrive as None in backward instead of materialised zero images
+        ctx.set_materialize_grads(False)
+        return image, alpha, depth
 
     @staticmethod
     def backward(ctx, v_image, v_alpha, v_depth):
@@ -239,23 +241,26 @@ class _Composite(torch.autograd.Function):
         tiles_x, tiles_y = _tile_grid(width, height)
         n_tiles = tiles_x * tiles_y
         v_image = _grad_or_zeros(v_image, (height, width, channels), packed)
-        v_alpha = _grad_or_zeros(v_alpha, (height, width, 1), packed).view(height, width)
-        v_depth = _grad_or_zeros(v_depth, (height, width, 1), packed).view(height, width)
-        n_rows = max(n, 1)
-        v_means2d = torch.zeros((n_rows, 2), dtype=dt, device=dev)
-        v_conics = torch.zeros((n_rows, 3), dtype=dt, device=dev)
-        v_opacities = torch.zeros((n_rows,), dtype=dt, device=dev)
-        v_depths = torch.zeros((n_rows,), dtype=dt, device=dev)
-        v_colors = torch.zeros((n_rows, channels), dtype=dt, device=dev)
+        dummy = torch.zeros((1,), dtype=dt, device=dev)
+        has_v_alpha, has_v_depth = int(v_alpha is not None), int(v_depth is not None)
+        v_alpha = v_alpha.contiguous() if has_v_alpha else dummy
+        v_depth = v_depth.contiguous() if has_v_depth else dummy
+        n_rows = max(n, 1)  # the kernel zeroes these before accumulating
+        v_means2d = torch.empty((n_rows, 2), dtype=dt, device=dev)
+        v_conics = torch.empty((n_rows, 3), dtype=dt, device=dev)
+        v_opacities = torch.empty((n_rows,), dtype=dt, device=dev)
+        v_depths = torch.empty((n_rows,), dtype=dt, device=dev)
+        v_colors = torch.empty((n_rows, channels), dtype=dt, device=dev)
         v_background_tiles = torch.empty((n_tiles, channels), dtype=dt, device=dev)
         t_run = _scratch.get("t_run", (height, width), dt, dev)
         suffix_color = _scratch.get("suffix_color", (height, width, channels), dt, dev)
         suffix_depth = _scratch.get("suffix_depth", (height, width), dt, dev)
-        color_acc = _scratch.get("color_acc", (n_tiles, channels), dt, dev)
-        _, _, composite_backward = composite_kernels(_real(packed))
+        color_acc = _scratch.get("color_acc", (n_tiles * channels,), dt, dev)
+        _, _, composite_backward = composite_kernels(_real(packed), channel_variant(channels))
         composite_backward(packed, ids, colors, ranges, background, width, height, tiles_x,
-                           t_final, last, v_image, v_alpha, v_depth,
-                           t_run, suffix_color, suffix_depth, color_acc,
+                           t_final.view(-1), last.view(-1), v_image.reshape(-1), v_alpha.reshape(-1),
+                           v_depth.reshape(-1), has_v_alpha, has_v_depth,
+                           t_run.view(-1), suffix_color.view(-1), suffix_depth.view(-1), color_acc,
                            v_means2d, v_conics, v_opacities, v_depths, v_colors, v_background_tiles)
         v_background = v_background_tiles.sum(0)
         return (v_means2d[:n], v_conics[:n], v_depths[:n], v_opacities[:n], v_colors[:n], v_background,

@@ -119,7 +119,7 @@ def test_densify_keeps_params_optimizer_state_and_stats_consistent():
                     assert torch.equal(p[row], old[name][tag]), (name, row)
         if bool(high[tag] & ~small[tag]):  # split child: shrunk by 1.6
             assert torch.allclose(params["log_scales"][row], old["log_scales"][tag] - math.log(1.6))
-    assert stats.grad_sum.shape == (m,) and float(stats.count[first[0]]) == 1.0
+    assert stats.grad_sum.shape == (m,) and float(stats.count[first[2]]) == 1.0
     # The optimiser still steps with the new shapes.
     loss = sum(p.sum() for p in params.values())
     loss.backward()
@@ -135,18 +135,19 @@ def test_densify_respects_the_cap_and_prefers_large_gradients():
     stats.update(grads, torch.ones(50, dtype=torch.int32), 2, 2)
     with torch.no_grad():
         cloud.opacity_logits.fill_(2.0)
+    before = cloud.means.detach().clone()
     densify_and_prune(cloud, opt, stats, grad_threshold=1e-3, extent=1.0, percent_dense=1.0,
                       prune_opacity=0.005, max_scale_frac=10.0, max_gaussians=55)
     assert len(cloud) == 55
     # percent_dense=1 -> all clones; the 5 with the largest gradients (rows 45..49) were cloned.
-    assert torch.equal(cloud.means[50:], _cloud(n=50).means[45:50])
+    assert torch.equal(cloud.means[50:], before[45:50])
 
 
 def test_opacity_reset_caps_opacity_and_clears_its_moments():
     cloud = _cloud()
     opt = _adam_with_state(cloud)
     reset_opacity(cloud, opt, 0.01)
-    assert float(cloud.opacities().max()) <= 0.01 + 1e-6
+    assert float(cloud.opacities().detach().max()) <= 0.01 + 1e-6
     assert float(opt.state[cloud.opacity_logits]["exp_avg"].abs().max()) == 0.0
 
 

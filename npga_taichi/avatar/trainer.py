@@ -99,8 +99,10 @@ class AvatarData:
         if view not in self._cache:
             img = torch.as_tensor(np.asarray(self.capture.load_image(view.sequence, view.timestep, view.serial)),
                                   dtype=torch.float32)
-            alpha = torch.as_tensor(np.asarray(self.capture.load_alpha(view.sequence, view.timestep, view.serial)),
-                                    dtype=torch.float32)
+            matte = self.capture.load_alpha(view.sequence, view.timestep, view.serial)
+            # Captures without mattes (NeRSemble v2) count every pixel as foreground.
+            alpha = (torch.ones(img.shape[:2] + (1,)) if matte is None
+                     else torch.as_tensor(np.asarray(matte), dtype=torch.float32))
             if alpha.dim() == 2:
                 alpha = alpha[..., None]
             cam = self.camera(view.serial)
@@ -180,7 +182,7 @@ def photometric_loss(pred: torch.Tensor, target: torch.Tensor, alpha: torch.Tens
     """L1 (optionally alpha-masked) + lambda * D-SSIM on (H, W, 3) images."""
     l1 = metrics.l1_loss(pred, target, alpha if cfg.mask_loss else None)
     dssim = metrics.dssim_loss(pred, target) if cfg.lambda_dssim > 0 else pred.new_zeros(())
-    return l1 + cfg.lambda_dssim * dssim, {"l1": float(l1), "dssim": float(dssim)}
+    return l1 + cfg.lambda_dssim * dssim, {"l1": l1.item(), "dssim": dssim.item()}
 
 
 def regularizers(avatar: NPGAAvatar, posed, raster_alpha: torch.Tensor, alpha: torch.Tensor,
@@ -192,19 +194,19 @@ def regularizers(avatar: NPGAAvatar, posed, raster_alpha: torch.Tensor, alpha: t
         if "latents" in avatar.gaussians.names and cfg.lambda_lap_latent > 0:
             lap = laplacian_loss(avatar.gaussians.latents, avatar.neighbors)
             total = total + cfg.lambda_lap_latent * lap
-            parts["lap_latent"] = float(lap)
+            parts["lap_latent"] = lap.item()
         if posed.dynamics is not None and cfg.lambda_lap_dynamics > 0:
             lap = laplacian_loss(posed.dynamics, avatar.neighbors)
             total = total + cfg.lambda_lap_dynamics * lap
-            parts["lap_dynamics"] = float(lap)
+            parts["lap_dynamics"] = lap.item()
     if posed.d_means is not None and cfg.lambda_detail_l2 > 0:
         l2 = posed.d_means.pow(2).sum(-1).mean()
         total = total + cfg.lambda_detail_l2 * l2
-        parts["detail_l2"] = float(l2)
+        parts["detail_l2"] = l2.item()
     if cfg.lambda_alpha > 0:
         sil = (raster_alpha - alpha).abs().mean()
         total = total + cfg.lambda_alpha * sil
-        parts["silhouette"] = float(sil)
+        parts["silhouette"] = sil.item()
     return total, parts
 
 
@@ -238,6 +240,9 @@ class Trainer:
         if train_cfg.num_threads > 0:
             torch.set_num_threads(train_cfg.num_threads)
         latest = self.ckpt_dir / "latest.pt"
+        # A process killed while writing leaves only its temporary file behind: drop those.
+        for stale in self.ckpt_dir.glob(".*.tmp") if self.ckpt_dir.is_dir() else ():
+            stale.unlink(missing_ok=True)
         if resume and latest.is_file():
             self._load(latest)
         else:

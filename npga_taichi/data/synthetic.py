@@ -90,6 +90,8 @@ PartsVec = ti.types.vector(NUM_PARTS, ti.f32)
 JAW_AXIS_Y, JAW_AXIS_Z, JAW_MAX_ANGLE = -0.03, 0.0, 0.30
 # Eyelid rotation at blink = 1 (radians about the eyeball centre).
 BLINK_ANGLE = 0.78
+# Upper bound of |backward(x, e) - x| for expressions in [0, 1] (the jaw moves the chin most).
+MAX_DISPLACEMENT = 0.2
 EYEBALL_RADIUS, LID_RADIUS, SOCKET_RADIUS = 0.048, 0.056, 0.066
 
 
@@ -174,11 +176,24 @@ def hair_thickness(idp):
 
 # --------------------------------------------------------------------------- geometry
 @ti.func
-def head_parts(p, idp):
+def head_bound(p):
+    """Distance to a sphere around the head and a capsule around the neck: a lower bound of the
+    head's SDF for every identity (used only outside, to step quickly)."""
+    d_head = (p - vec3(0.0, 0.03, -0.02)).norm() - 0.66
+    d_neck = sd_tapered_capsule(p, vec3(0.0, -0.3, -0.06), vec3(0.0, -1.4, -0.12), 0.26, 0.26)
+    return ti.min(d_head, d_neck)
+
+
+@ti.func
+def head_parts(p, idp, fast: ti.template()):
     """Distances (canonical units) of the head's parts at canonical point p.
 
     Returns a PartsVec (skin, lips, hair, eyes, teeth, cavity, slit); compose_sdf combines them.
-    Far from a part, its entry is a lower bound (cheap) instead of the exact value.
+    With ``fast`` (the sphere tracer), a part whose bounding sphere is further than the current
+    skin distance + 0.05 is skipped (its entry becomes a bound that leaves compose_sdf's result
+    unchanged near the surface), and points more than 0.03 outside the head's bounding volume
+    return that bound for every part: a valid step size, never a false hit. Without ``fast`` every
+    part is evaluated, so the SDF is continuous everywhere (the values the prior trains on).
     """
     far = 1e3
     out = PartsVec([far, far, far, far, far, far, far])
@@ -186,11 +201,8 @@ def head_parts(p, idp):
     jw = 1.0 + 0.10 * idp[2]
     cl = idp[3]
     q = vec3(ti.abs(p.x), p.y, p.z)  # mirrored point for symmetric parts
-    # Cheap outer bound: a sphere around the head and a capsule around the neck.
-    d_bound_head = (p - vec3(0.0, 0.03, -0.02)).norm() - 0.66
-    d_bound_neck = sd_tapered_capsule(p, vec3(0.0, -0.3, -0.06), vec3(0.0, -1.4, -0.12), 0.26, 0.26)
-    d_bound = ti.min(d_bound_head, d_bound_neck)
-    if d_bound > 0.03:
+    d_bound = head_bound(p)
+    if ti.static(fast) and d_bound > 0.03:
         for k in ti.static(range(NUM_PARTS)):
             out[k] = d_bound
         out[5] = far  # the cavity is subtracted: far away it must not cut anything
@@ -210,13 +222,13 @@ def head_parts(p, idp):
         # ears (mirrored): a flat plate with a hollow concha
         es = 1.0 + 0.15 * idp[8]
         ear_c = vec3(0.905 * cr.x + 0.015, 0.0, -0.03)
-        if (q - ear_c).norm() < 0.22:
+        if ti.static(not fast) or (q - ear_c).norm() - 0.2 < ti.abs(d) + 0.05:
             d_ear = sd_ellipsoid(q - ear_c, vec3(0.032, 0.12 * es, 0.075 * es))
             d_ear = smax(d_ear, -((q - ear_c - vec3(0.045, -0.01, 0.005)).norm() - 0.045 * es), 0.01)
             d = smin(d, d_ear, 0.02)
         # nose
         nose_tip = vec3(0.0, -0.115 - 0.02 * idp[4], 0.455 + 0.035 * idp[4])
-        if (p - vec3(0.0, -0.03, 0.40)).norm() < 0.22:
+        if ti.static(not fast) or (p - vec3(0.0, -0.03, 0.40)).norm() - 0.22 < ti.abs(d) + 0.05:
             d_nose = sd_tapered_capsule(p, vec3(0.0, 0.07, 0.345), nose_tip, 0.022, 0.037)
             wing = vec3(0.042 * (1.0 + 0.18 * idp[5]), nose_tip.y - 0.012, nose_tip.z - 0.062)
             d_nose = smin(d_nose, (q - wing).norm() - 0.033 * (1.0 + 0.1 * idp[5]), 0.02)
@@ -227,19 +239,17 @@ def head_parts(p, idp):
         ce = eye_centre(idp, 1.0)
         v = q - ce
         rv = v.norm()
-        if rv < 0.14:
+        out[3] = rv - EYEBALL_RADIUS
+        if ti.static(not fast) or rv - 0.1 < ti.abs(d) + 0.05:
             d = smax(d, -(rv - SOCKET_RADIUS), 0.02)
             d_slit = ti.max(sd_ellipse2(v.x, v.y - 0.002, 0.041, 0.017), 0.012 - v.z)
             d_lid = smax(rv - LID_RADIUS, -d_slit, 0.004)
             d = smin(d, d_lid, 0.012)
-            out[3] = rv - EYEBALL_RADIUS
-        else:
-            out[3] = rv - 0.14
         out[0] = d
         # mouth: lips, slit, cavity, teeth
         my = mouth_y(idp)
         mp = p - vec3(0.0, my, 0.30)
-        if mp.norm() < 0.2:
+        if ti.static(not fast) or mp.norm() - 0.2 < ti.abs(d) + 0.05:
             lf = 1.0 + 0.25 * idp[7]
             d_ul = sd_ellipsoid(p - vec3(0.0, my + 0.019 * lf, 0.352), vec3(0.088, 0.024 * lf, 0.042))
             d_ll = sd_ellipsoid(p - vec3(0.0, my - 0.022 * lf, 0.345), vec3(0.080, 0.027 * lf, 0.042))
@@ -249,7 +259,7 @@ def head_parts(p, idp):
             d_ut = sd_ellipsoid(p - vec3(0.0, my + 0.016, 0.255), vec3(0.07, 0.017, 0.075))
             d_lt = sd_ellipsoid(p - vec3(0.0, my - 0.018, 0.25), vec3(0.065, 0.016, 0.07))
             out[4] = ti.max(ti.min(d_ut, d_lt), 0.2 - p.z)
-        else:
+        else:  # bounds that leave compose_sdf unchanged (see the docstring)
             out[1] = mp.norm() - 0.2
             out[4] = mp.norm() - 0.2
         # hair: a thick cap over the cranium, cut by a sloping hairline
@@ -273,8 +283,8 @@ def compose_sdf(parts):
 
 
 @ti.func
-def canonical_sdf(p, idp):
-    return compose_sdf(head_parts(p, idp))
+def canonical_sdf(p, idp, fast: ti.template()):
+    return compose_sdf(head_parts(p, idp, fast))
 
 
 # --------------------------------------------------------------------------- deformation
@@ -293,7 +303,13 @@ def displaced_backward(x, amount, centre, disp, sig):
     The forward field moves points near `centre` by amount*disp; its (first-order) inverse
     subtracts the same displacement weighted around the displaced centre.
     """
-    return -amount * disp * gauss(x - (centre + amount * disp), sig)
+    off = vec3(0.0, 0.0, 0.0)
+    v = (x - (centre + amount * disp)) / sig
+    r2 = v.dot(v)
+    # skip zero amounts and the far tail (exp(-0.5 * 36) < 2e-8): exactly smooth enough
+    if amount != 0.0 and r2 < 36.0:
+        off = -amount * disp * ti.exp(-0.5 * r2)
+    return off
 
 
 @ti.func
@@ -304,7 +320,8 @@ def deform_backward(x, e, idp):
     # Jaw: rotate the lower face about the jaw axis. In polar coordinates (rho, psi) about the
     # axis, psi_canonical = psi + theta * w(psi): w = 1 below the lips, 0 above, a smooth ramp
     # over the opening (wide enough that d psi_c / d psi > 0, i.e. no fold).
-    if e[0] != 0.0:
+    # (the jaw's weight is exactly 0 above y = 0.05: psi > psi_m + 0.12 there)
+    if e[0] != 0.0 and x.y < 0.05:
         theta = JAW_MAX_ANGLE * e[0]
         ry = x.y - JAW_AXIS_Y
         rz = x.z - JAW_AXIS_Z
@@ -321,11 +338,12 @@ def deform_backward(x, e, idp):
     for k in ti.static(range(2)):
         side = 1.0 - 2.0 * k  # blink_left (+x) then blink_right (-x)
         amount = e[7 + k]
-        if amount != 0.0:
-            ce = eye_centre(idp, side)
-            v = y - ce
-            r = v.norm()
-            wr = smoothstep(0.050, 0.053, r) * (1.0 - smoothstep(0.075, 0.10, r))
+        ce = eye_centre(idp, side)
+        v = y - ce
+        r2 = v.dot(v)
+        if amount != 0.0 and r2 < 0.068 * 0.068:  # the lid weight wr is 0 beyond r = 0.068
+            r = ti.sqrt(r2)
+            wr = smoothstep(0.050, 0.053, r) * (1.0 - smoothstep(0.060, 0.068, r))
             wx = 1.0 - smoothstep(0.045, 0.075, ti.abs(v.x))
             phi = ti.atan2(v.y, v.z)
             bump = smoothstep(-0.42, -0.36, phi) * (1.0 - smoothstep(0.45, 1.7, phi))
@@ -341,26 +359,33 @@ def deform_backward(x, e, idp):
         off += displaced_backward(x, e[5 + k], vec3(side * 0.08, 0.12, 0.35), vec3(-side * 0.015, -0.018, 0.006), vec3(0.05, 0.045, 0.06))
         off += displaced_backward(x, e[10], vec3(side * 0.15, -0.18, 0.28), vec3(side * 0.02, 0.0, 0.022), vec3(0.06, 0.06, 0.06))
     # Pucker: lips forward and together (x contracts towards the midline).
-    if e[9] != 0.0:
-        m = vec3(0.0, my, 0.38 + 0.03 * e[9])
-        g = gauss(x - m, vec3(0.07, 0.05, 0.06))
-        off += -e[9] * g * vec3(-0.35 * x.x, 0.0, 0.03)
+    m = vec3(0.0, my, 0.38 + 0.03 * e[9])
+    vm = (x - m) / vec3(0.07, 0.05, 0.06)
+    if e[9] != 0.0 and vm.dot(vm) < 36.0:
+        off += -e[9] * ti.exp(-0.5 * vm.dot(vm)) * vec3(-0.35 * x.x, 0.0, 0.03)
     return y + off
 
 
 @ti.func
-def posed_sdf(x, e, idp):
-    return canonical_sdf(deform_backward(x, e, idp), idp)
+def posed_sdf(x, e, idp, fast: ti.template()):
+    """sdf(backward(x, e)); fast: see head_parts (and far from the head, skip the deformation:
+    it moves no point by more than MAX_DISPLACEMENT, so the head bound minus that is a bound)."""
+    d = 0.0
+    if ti.static(fast):
+        d = head_bound(x) - MAX_DISPLACEMENT
+    if ti.static(not fast) or d < 0.03:
+        d = canonical_sdf(deform_backward(x, e, idp), idp, fast)
+    return d
 
 
 @ti.func
-def posed_normal(x, e, idp, h):
+def posed_normal(x, e, idp, h, fast: ti.template()):
     """Normalised gradient of the posed SDF by a tetrahedral finite difference (step h)."""
     g = vec3(0.0, 0.0, 0.0)
     for k in range(4):  # dynamic loop: one inlined copy of the SDF, not four
         # tetrahedron vertices (1,-1,-1), (-1,-1,1), (-1,1,-1), (1,1,1)
         dirk = 2.0 * vec3(((k + 3) >> 1) & 1, (k >> 1) & 1, k & 1) - 1.0
-        g += dirk * posed_sdf(x + h * dirk, e, idp)
+        g += dirk * posed_sdf(x + h * dirk, e, idp, fast)
     return g.normalized(1e-12)
 
 
@@ -373,9 +398,11 @@ def hash_noise(p):
 
 
 @ti.func
-def canonical_albedo(p, idp):
-    """Albedo (linear-ish RGB in [0, 1]) of the canonical head at p (meant near the surface)."""
-    parts = head_parts(p, idp)
+def canonical_albedo(p, idp, fast: ti.template()):
+    """Albedo (RGB in [0, 1]) of the canonical head at p (meant near the surface).
+
+    fast: see head_parts; at the surface both give the same colour up to ~1e-5."""
+    parts = head_parts(p, idp, fast)
     tone = 0.5 * (idp[9] + 1.0)
     skin = (1.0 - tone) * vec3(0.86, 0.67, 0.56) + tone * vec3(0.42, 0.27, 0.19)
     skin *= 1.0 + 0.06 * hash_noise(p)
@@ -450,10 +477,10 @@ def _query_kernel(x: ti.types.ndarray(dtype=ti.f32, ndim=2), expr: ti.types.ndar
         e = load_expression(expr, i if n_expr_rows > 1 else 0)
         p = vec3(x[i, 0], x[i, 1], x[i, 2])
         if mode == QUERY_POSED_SDF:
-            out[i, 0] = posed_sdf(p, e, idp)
+            out[i, 0] = posed_sdf(p, e, idp, False)
         elif mode == QUERY_POSED_SDF_NORMAL:
-            out[i, 0] = posed_sdf(p, e, idp)
-            n = posed_normal(p, e, idp, 2e-4)
+            out[i, 0] = posed_sdf(p, e, idp, False)
+            n = posed_normal(p, e, idp, 2e-4, False)
             out[i, 1] = n.x
             out[i, 2] = n.y
             out[i, 3] = n.z
@@ -463,7 +490,7 @@ def _query_kernel(x: ti.types.ndarray(dtype=ti.f32, ndim=2), expr: ti.types.ndar
             out[i, 1] = c.y
             out[i, 2] = c.z
         else:
-            a = canonical_albedo(p, idp)
+            a = canonical_albedo(p, idp, False)
             out[i, 0] = a.x
             out[i, 1] = a.y
             out[i, 2] = a.z
@@ -484,10 +511,10 @@ def _project_kernel(x: ti.types.ndarray(dtype=ti.f32, ndim=2), expr: ti.types.nd
         f = 1.0
         n = vec3(0.0, 0.0, 1.0)
         for _ in range(iters):
-            f = posed_sdf(p, e, idp)
-            n = posed_normal(p, e, idp, 2e-4)
+            f = posed_sdf(p, e, idp, False)
+            n = posed_normal(p, e, idp, 2e-4, False)
             p = p - f * n
-        f = posed_sdf(p, e, idp)
+        f = posed_sdf(p, e, idp, False)
         out[i, 0] = p.x
         out[i, 1] = p.y
         out[i, 2] = p.z

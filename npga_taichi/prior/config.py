@@ -128,7 +128,7 @@ class PriorTrainConfig:
     steps: int = 3000              # optimisation steps
     lr: float = 2e-3               # network learning rate
     lr_codes: float = 5e-3         # latent code learning rate
-    lr_decay_every: int = 1000     # halve both learning rates every this many steps
+    lr_decay_every: int = 0        # halve both learning rates every this many steps (0: steps // 3)
     w_sdf: float = 2.0             # |SDF - SDF_gt| (near surface and space, clamped)
     w_surface: float = 4.0         # |SDF| on surface samples
     w_eikonal: float = 0.1         # (|grad SDF| - 1)^2 on near samples

@@ -303,8 +303,9 @@ def fit_prior(out: str | os.PathLike, cfg: PriorTrainConfig, force: bool = False
     bar = tqdm(range(start_step, cfg.steps), desc="prior fit", disable=not progress,
                initial=start_step, total=cfg.steps)
     running = None
+    decay_every = cfg.lr_decay_every or max(1, cfg.steps // 3)
     for step in bar:
-        decay = 0.5 ** (step // cfg.lr_decay_every)
+        decay = 0.5 ** (step // decay_every)
         opt.param_groups[0]["lr"] = cfg.lr * decay
         opt.param_groups[1]["lr"] = cfg.lr_codes * decay
         pairs = torch.randperm(n_pairs, generator=gen)[:cfg.batch_shapes]
@@ -322,7 +323,7 @@ def fit_prior(out: str | os.PathLike, cfg: PriorTrainConfig, force: bool = False
         total.backward()
         torch.nn.utils.clip_grad_norm_(net_params, 1.0)
         opt.step()
-        running = float(total) if running is None else 0.95 * running + 0.05 * float(total)
+        running = total.item() if running is None else 0.95 * running + 0.05 * total.item()
         if step % 20 == 0:
             bar.set_postfix(loss=f"{running:.4f}", sdf_mm=f"{float(losses['surface']) * MM_PER_UNIT:.2f}",
                             def_mm=f"{float(losses['deform']) * MM_PER_UNIT:.2f}")

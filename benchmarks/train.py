@@ -1,0 +1,198 @@
+"""Training speed of the NPGA avatar: steps per second and where the time goes.
+
+Runs the real :class:`~npga_taichi.avatar.trainer.Trainer` step (deformation with F + G, our
+Taichi rasterizer, L1 + D-SSIM + regularisers, Adam, ADC) on an in-memory stand-in capture of
+the default size (275 x 401 images, a head-sized cloud of the preset's Gaussian count, F with the
+distilled field's default architecture), then times each component in isolation.
+
+    python benchmarks/train.py                     # default preset
+    python benchmarks/train.py --preset tiny --steps 20 --json
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import tempfile
+import time
+from types import SimpleNamespace
+
+import click
+import numpy as np
+import torch
+
+from npga_taichi import metrics
+from npga_taichi.avatar.config import preset as get_preset
+from npga_taichi.avatar.deformation import FrameCode
+from npga_taichi.avatar.density_control import GradientStats, densify_and_prune
+from npga_taichi.avatar.model import NPGAAvatar, RenderCamera, get_rasterizer
+from npga_taichi.avatar.trainer import AvatarData, Trainer, View, regularizers
+
+WIDTH, HEIGHT = 275, 401   # the default synthetic capture's image size
+EXP_DIM = 16               # the distilled field's default expression size
+
+
+class StandInCapture:
+    """Cameras on a ring around a head-sized target, with a soft disc image as ground truth."""
+
+    def __init__(self, n_cams: int = 8):
+        self.cameras = {}
+        for i in range(n_cams):
+            ang = -0.6 + 1.2 * i / max(n_cams - 1, 1)
+            rot = torch.tensor([[math.cos(ang), 0, -math.sin(ang)], [0, 1, 0], [math.sin(ang), 0, math.cos(ang)]])
+            view = torch.eye(4)
+            view[:3, :3] = rot
+            view[2, 3] = 1.0
+            K = torch.tensor([[690.0, 0, WIDTH / 2], [0, 690.0, HEIGHT / 2], [0, 0, 1]])
+            self.cameras[f"cam{i}"] = SimpleNamespace(viewmat=view, K=K, width=WIDTH, height=HEIGHT)
+        yy, xx = np.mgrid[0:HEIGHT, 0:WIDTH]
+        r = np.hypot((xx - WIDTH / 2) / 90, (yy - HEIGHT / 2) / 120)
+        self.alpha = (r < 1).astype(np.float32)[..., None]
+        self.image = np.stack([0.8 - 0.2 * r, 0.6 - 0.1 * r, 0.5 + 0 * r], -1).clip(0, 1).astype(np.float32)
+
+    def load_image(self, seq, t, serial):
+        return self.image
+
+    def load_alpha(self, seq, t, serial):
+        return self.alpha
+
+
+def stand_in_tracking(frames: int = 8):
+    g = torch.Generator().manual_seed(0)
+    return SimpleNamespace(timesteps=np.arange(frames), z_exp=torch.randn(frames, EXP_DIM, generator=g) * 0.3,
+                           rot=torch.eye(3).expand(frames, 3, 3), trans=torch.zeros(frames, 3), scale=0.25)
+
+
+def make_avatar(avatar_cfg, use_field: bool) -> NPGAAvatar:
+    from npga_taichi.prior.forward_field import ForwardDeformationField, ForwardFieldConfig
+
+    field = ForwardDeformationField(ForwardFieldConfig(lat_dim_exp=EXP_DIM)) if use_field else None
+    avatar_cfg = dataclasses.replace(avatar_cfg, exp_dim=EXP_DIM)
+    avatar = NPGAAvatar(avatar_cfg, field, EXP_DIM, extent=0.5)
+    n = avatar_cfg.num_init_gaussians
+    g = torch.Generator().manual_seed(1)
+    pts = torch.randn(n, 3, generator=g)
+    pts = pts / pts.norm(dim=-1, keepdim=True) * torch.tensor([0.38, 0.5, 0.42])  # head-sized ellipsoid
+    rgb = torch.rand(n, 3, generator=g)
+    avatar.gaussians.initialize(pts, rgb, avatar_cfg.init_opacity, 1.0, avatar_cfg.init_latent_std, g)
+    avatar.rebuild_graph()
+    return avatar
+
+
+def timed(fn, repeats: int) -> float:
+    fn()  # warm-up (kernel compiles, allocator)
+    start = time.perf_counter()
+    for _ in range(repeats):
+        fn()
+    return (time.perf_counter() - start) / repeats
+
+
+@click.command()
+@click.option("--preset", type=click.Choice(["tiny", "default"]), default="default", show_default=True)
+@click.option("--steps", type=int, default=30, show_default=True, help="Trainer steps timed.")
+@click.option("--repeats", type=int, default=5, show_default=True, help="Repeats per component timing.")
+@click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
+def main(preset, steps, repeats, as_json):
+    """Time training steps and their components at a preset's default settings."""
+    avatar_cfg, train_cfg = get_preset(preset)
+    train_cfg = dataclasses.replace(train_cfg, steps=10 ** 6, val_interval=10 ** 6, checkpoint_interval=10 ** 6,
+                                    log_interval=10 ** 6, densify_from=10 ** 6)
+    capture, tracking = StandInCapture(), stand_in_tracking()
+    views = [View("S", i, i, s) for i in range(8) for s in capture.cameras]
+    data = AvatarData(capture, {"S": tracking}, views, [], tuple(train_cfg.background))
+    avatar = make_avatar(avatar_cfg, use_field=True)
+    rasterize = get_rasterizer()
+    results: dict = {"preset": preset, "gaussians": len(avatar.gaussians), "image": [WIDTH, HEIGHT],
+                     "threads": torch.get_num_threads()}
+    with tempfile.TemporaryDirectory() as tmp:
+        trainer = Trainer(tmp, avatar, data, avatar_cfg, train_cfg, progress=False, rasterizer=rasterize)
+        trainer.train_step()  # warm-up: kernel compiles
+        trainer.timings.clear()
+        start = time.perf_counter()
+        for _ in range(steps):
+            trainer.train_step()
+        wall = time.perf_counter() - start
+    results["steps_per_s"] = steps / wall
+    results["step_ms"] = 1000 * wall / steps
+    results["trainer_breakdown_ms"] = {k: 1000 * v / steps for k, v in trainer.timings.items()}
+
+    # Isolated components (same sizes): what the backward time is made of.
+    avatar = trainer.avatar
+    frame = data.frame(views[0])
+    camera = data.camera(views[0].serial)
+    target, alpha = data.target(views[0])
+
+    def deform_fwd():
+        with torch.no_grad():
+            avatar.deform(frame)
+
+    def deform_fwd_bwd():
+        posed = avatar.deform(frame)
+        (posed.means.sum() + posed.quats.sum() + posed.scales.sum() + posed.colors.sum()
+         + posed.opacities.sum()).backward()
+
+    posed = avatar.deform(frame)
+    colors, sh_degree = avatar.raster_colors(posed)
+    leaves = [t.detach().clone().requires_grad_(True) for t in
+              (posed.means, posed.quats, posed.scales, posed.opacities, colors)]
+
+    def raster_fwd():
+        with torch.no_grad():
+            rasterize(*leaves, camera.viewmat, camera.K, camera.width, camera.height, sh_degree=sh_degree,
+                      background=data.background)
+
+    def raster_fwd_bwd():
+        out = rasterize(*leaves, camera.viewmat, camera.K, camera.width, camera.height, sh_degree=sh_degree,
+                        background=data.background)
+        metrics.l1_loss(out.image, target).backward()
+
+    image = torch.rand(HEIGHT, WIDTH, 3, requires_grad=True)
+
+    def losses_fwd_bwd():
+        loss = metrics.l1_loss(image, target) + 0.2 * metrics.dssim_loss(image, target)
+        loss.backward()
+
+    def regs_fwd_bwd():
+        p = avatar.deform(frame)
+        reg, _ = regularizers(avatar, p, torch.zeros(HEIGHT, WIDTH, 1), alpha, train_cfg)
+        reg.backward()
+
+    def adc_pass():
+        g = avatar.gaussians
+        saved = {k: v.detach().clone() for k, v in g.per_gaussian().items()}
+        stats = GradientStats(len(g))
+        stats.update(torch.rand(len(g), 2) * 1e-3, torch.ones(len(g), dtype=torch.int32), WIDTH, HEIGHT)
+        densify_and_prune(g, None, stats, grad_threshold=train_cfg.densify_grad_threshold, extent=avatar.extent,
+                          percent_dense=train_cfg.percent_dense, prune_opacity=train_cfg.prune_opacity,
+                          max_scale_frac=train_cfg.prune_max_scale_frac, max_gaussians=avatar_cfg.max_gaussians)
+        avatar.rebuild_graph()
+        for k, v in saved.items():
+            g.set_param(k, v)
+        avatar.rebuild_graph()
+
+    comp = {
+        "deform_forward": timed(deform_fwd, repeats),
+        "deform_forward_backward": timed(deform_fwd_bwd, repeats),
+        "raster_forward": timed(raster_fwd, repeats),
+        "raster_forward_backward": timed(raster_fwd_bwd, repeats),
+        "losses_forward_backward (L1 + D-SSIM)": timed(losses_fwd_bwd, repeats),
+        "regularizers_with_deform_forward_backward": timed(regs_fwd_bwd, repeats),
+        "adc_pass_incl_two_knn_rebuilds (every densify_interval steps)": timed(adc_pass, 2),
+    }
+    results["components_ms"] = {k: 1000 * v for k, v in comp.items()}
+    results["adc_ms_per_step_amortised"] = 1000 * comp[
+        "adc_pass_incl_two_knn_rebuilds (every densify_interval steps)"] / 2 / train_cfg.densify_interval
+    if as_json:
+        print(json.dumps(results, indent=2))
+    else:
+        print(f"preset {preset}: {results['gaussians']} Gaussians, {WIDTH}x{HEIGHT}, {results['threads']} threads")
+        print(f"  {results['steps_per_s']:.2f} steps/s ({results['step_ms']:.0f} ms/step)")
+        for k, v in results["trainer_breakdown_ms"].items():
+            print(f"  step.{k:<22} {v:8.1f} ms")
+        for k, v in results["components_ms"].items():
+            print(f"  {k:<60} {v:8.1f} ms")
+        print(f"  ADC amortised per step {results['adc_ms_per_step_amortised']:.2f} ms")
+
+
+if __name__ == "__main__":
+    main()

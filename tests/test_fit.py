@@ -1,0 +1,287 @@
+"""Training-loop tests: learning, exact resume, crash safety, non-finite steps, the CLI.
+
+The trainer is driven by a small multi-view "capture" rendered in memory by a teacher avatar
+(random coloured Gaussians on a head-sized ellipsoid, moving rigidly per frame) through our
+rasterizer, so these tests depend only on the avatar code and the rasterizer.
+"""
+import dataclasses
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+from npga_taichi import metrics
+from npga_taichi.avatar.config import AvatarConfig, TrainConfig, preset
+from npga_taichi.avatar.deformation import FrameCode
+from npga_taichi.avatar.model import NPGAAvatar, RenderCamera, load_avatar, render_frame
+from npga_taichi.avatar.trainer import AvatarData, Trainer, View, frame_code
+from npga_taichi.checkpoint import load_checkpoint
+
+W, H = 48, 64
+EXP = 4
+N_TEACHER = 600
+
+
+def _rot_y(a):
+    c, s = math.cos(a), math.sin(a)
+    return torch.tensor([[c, 0, s], [0, 1, 0], [-s, 0, c]], dtype=torch.float32)
+
+
+def _ellipsoid(n, seed):
+    g = torch.Generator().manual_seed(seed)
+    p = torch.randn(n, 3, generator=g)
+    return p / p.norm(dim=-1, keepdim=True) * torch.tensor([0.38, 0.5, 0.42]), g
+
+
+class TeacherCapture:
+    """cameras (serial -> RenderCamera) + load_image / load_alpha rendered by a teacher avatar."""
+
+    def __init__(self):
+        cfg = AvatarConfig(num_init_gaussians=N_TEACHER, max_gaussians=N_TEACHER, sh_degree=0, static=True,
+                           use_latents=False, use_detail=False)
+        self.teacher = NPGAAvatar(cfg, None, EXP)
+        pts, g = _ellipsoid(N_TEACHER, 0)
+        self.teacher.gaussians.initialize(pts, torch.rand(N_TEACHER, 3, generator=g), 0.9)
+        self.cameras = {}
+        for i, ang in enumerate(np.linspace(-0.8, 0.8, 6)):
+            view = torch.eye(4)
+            view[:3, :3] = _rot_y(float(ang))
+            view[2, 3] = 0.6
+            K = torch.tensor([[80.0, 0, W / 2], [0, 80.0, H / 2], [0, 0, 1]])
+            self.cameras[f"c{i}"] = RenderCamera(view, K, W, H)
+        frames = 4
+        self.tracking = SimpleNamespace(
+            timesteps=np.arange(frames), z_exp=torch.randn(frames, EXP, generator=g),
+            rot=torch.stack([_rot_y(0.15 * t) for t in range(frames)]),
+            trans=torch.tensor([[0.01 * t, 0, 0] for t in range(frames)], dtype=torch.float32), scale=0.25)
+        self._cache = {}
+
+    def _render(self, t, serial):
+        if (t, serial) not in self._cache:
+            with torch.no_grad():
+                out = render_frame(self.teacher, self.cameras[serial], frame_code(self.tracking, t),
+                                   torch.zeros(3))
+            self._cache[(t, serial)] = (out.image.numpy(), out.raster.alpha.numpy())
+        return self._cache[(t, serial)]
+
+    def load_image(self, seq, t, serial):
+        return self._render(t, serial)[0]
+
+    def load_alpha(self, seq, t, serial):
+        return self._render(t, serial)[1]
+
+
+@pytest.fixture(scope="module")
+def capture():
+    return TeacherCapture()
+
+
+def _configs(steps, **train):
+    avatar_cfg = AvatarConfig(num_init_gaussians=500, max_gaussians=800, latent_dim=4, sh_degree=1,
+                              detail_hidden=16, detail_layers=1, detail_pos_freqs=1, scratch_field_hidden=16,
+                              scratch_field_layers=1, knn_k=4, use_prior_field=False, exp_dim=EXP)
+    base = dict(steps=steps, densify_from=20, densify_interval=20, val_interval=10 ** 6, val_views=2,
+                checkpoint_interval=10 ** 6, log_interval=10, background=(1.0, 1.0, 1.0), lr_means=1e-3)
+    base.update(train)
+    return avatar_cfg, TrainConfig(**base)
+
+
+def _data(capture, train_cfg):
+    serials = sorted(capture.cameras)
+    train = [View("S", t, t, s) for t in range(4) for s in serials[:5]]
+    val = [View("S", t, t, serials[5]) for t in (1, 3)]
+    return AvatarData(capture, {"S": capture.tracking}, train, val, train_cfg.background)
+
+
+def _student(avatar_cfg, seed=1):
+    avatar = NPGAAvatar(avatar_cfg, None, EXP)
+    pts, g = _ellipsoid(avatar_cfg.num_init_gaussians, seed)
+    avatar.gaussians.initialize(pts, torch.full((len(pts), 3), 0.5), 0.1, 1.0, 0.05, g)
+    avatar.rebuild_graph()
+    return avatar
+
+
+def _trainer(tmp_path, capture, steps, resume=False, **train):
+    avatar_cfg, train_cfg = _configs(steps, **train)
+    torch.manual_seed(0)
+    return Trainer(tmp_path, None if resume else _student(avatar_cfg), _data(capture, train_cfg),
+                   avatar_cfg, train_cfg, {"data": "in-memory"}, resume=resume, progress=False)
+
+
+@torch.no_grad()
+def _mean_train_psnr(trainer):
+    values = []
+    for view in trainer.data.train_views[::3]:
+        target, _ = trainer.data.target(view)
+        out = render_frame(trainer.avatar, trainer.data.camera(view.serial), trainer.data.frame(view),
+                           trainer.data.background)
+        values.append(float(metrics.psnr(out.image.clamp(0, 1), target)))
+    return float(np.mean(values))
+
+
+def test_training_reduces_loss_and_raises_psnr(tmp_path, capture):
+    trainer = _trainer(tmp_path, capture, steps=120)
+    before = _mean_train_psnr(trainer)
+    summary = trainer.train()
+    after = _mean_train_psnr(trainer)
+    print(f"training PSNR {before:.2f} -> {after:.2f} dB")
+    records = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    losses = [r["loss"] for r in records if "loss" in r]
+    assert np.mean(losses[-3:]) < 0.6 * np.mean(losses[:2])
+    assert after > before + 4.0, (before, after)
+    assert summary["skipped_steps"] == 0 and summary["finished"]
+    assert any("adc" in r for r in records)  # densification ran
+    # Run layout and the loader other commands use.
+    assert (tmp_path / "config.json").is_file() and (tmp_path / "summary.json").is_file()
+    assert sorted(p.name for p in (tmp_path / "val").iterdir()) == ["step_0000120.png"]
+    avatar, paths, (acfg, tcfg, extra) = load_avatar(tmp_path)
+    assert paths["step"] == 120 and extra["data"] == "in-memory" and tcfg.steps == 120
+    out = avatar.gaussians_for_frame(torch.zeros(EXP), torch.eye(3), torch.zeros(3), 0.25)
+    assert out["colors"].shape == (len(avatar.gaussians), 4, 3) and out["sh_degree"] == 1
+
+
+def test_resume_equals_uninterrupted_run(tmp_path, capture):
+    steps = 40  # densification at 20 and 40, so resuming at 30 crosses an ADC pass
+    straight = _trainer(tmp_path / "a", capture, steps)
+    straight.train()
+    first = _trainer(tmp_path / "b", capture, steps, checkpoint_interval=30)
+    first.train(stop_at=30)
+    assert load_checkpoint(tmp_path / "b" / "checkpoints" / "latest.pt")["step"] == 30
+    resumed = _trainer(tmp_path / "b", capture, steps, resume=True, checkpoint_interval=30)
+    assert resumed.step == 30
+    resumed.train()
+    a, b = straight.avatar.state_dict(), resumed.avatar.state_dict()
+    assert a.keys() == b.keys()
+    for k in a:
+        assert a[k].shape == b[k].shape, k
+        assert torch.allclose(a[k].float(), b[k].float(), atol=1e-6, rtol=0), (k, (a[k] - b[k]).abs().max())
+    sa, sb = straight.optimizer.state_dict()["state"], resumed.optimizer.state_dict()["state"]
+    for i in sa:
+        for key in ("exp_avg", "exp_avg_sq"):
+            assert torch.allclose(sa[i][key], sb[i][key], atol=1e-6, rtol=0)
+    assert torch.equal(straight.stats.count, resumed.stats.count)
+
+
+def test_non_finite_loss_skips_the_step_without_touching_parameters(tmp_path, capture, monkeypatch):
+    trainer = _trainer(tmp_path, capture, steps=6)
+    trainer.train(stop_at=2)
+    before = {k: v.clone() for k, v in trainer.avatar.state_dict().items()}
+    adam_before = {i: {k: v.clone() for k, v in s.items()}
+                   for i, s in trainer.optimizer.state_dict()["state"].items()}
+    import npga_taichi.avatar.trainer as trainer_module
+    real = trainer_module.photometric_loss
+    monkeypatch.setattr(trainer_module, "photometric_loss",
+                        lambda *a: (real(*a)[0] * float("nan"), real(*a)[1]))
+    record = trainer.train_step()
+    assert record["skipped"] and trainer.skipped_steps == 1 and trainer.step == 3
+    for k, v in trainer.avatar.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    for i, s in trainer.optimizer.state_dict()["state"].items():
+        for k, v in s.items():
+            assert torch.equal(v, adam_before[i][k])
+    monkeypatch.setattr(trainer_module, "photometric_loss", real)
+    summary = trainer.train()
+    assert summary["skipped_steps"] == 1
+    assert all(torch.isfinite(v).all() for v in trainer.avatar.state_dict().values() if v.is_floating_point())
+
+
+KILL_SCRIPT = """
+import sys, torch
+sys.path.insert(0, {tests!r})
+from test_fit import TeacherCapture, _trainer
+from pathlib import Path
+trainer = _trainer(Path({run!r}), TeacherCapture(), steps=400, checkpoint_interval=5)
+trainer.train()
+"""
+
+
+def test_killed_run_resumes_from_its_last_checkpoint(tmp_path, capture):
+    run = tmp_path / "run"
+    script = KILL_SCRIPT.format(tests=os.path.dirname(__file__), run=str(run))
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    latest = run / "checkpoints" / "latest.pt"
+    deadline = time.time() + 120
+    try:
+        # Kill hard (no cleanup handlers) once a couple of checkpoints exist, mid-training.
+        while time.time() < deadline and proc.poll() is None:
+            if len(list((run / "checkpoints").glob("step_*.pt"))) >= 2:
+                break
+            time.sleep(0.05)
+        assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    saved = load_checkpoint(latest)["step"]
+    assert saved >= 10 and saved % 5 == 0
+    resumed = _trainer(run, capture, steps=saved + 10, resume=True, checkpoint_interval=5)
+    assert resumed.step == saved
+    assert not list((run / "checkpoints").glob(".*.tmp"))
+    summary = resumed.train()
+    assert summary["step"] == saved + 10 and summary["skipped_steps"] == 0
+    assert load_checkpoint(latest)["step"] == saved + 10
+    assert all(torch.isfinite(v).all() for v in resumed.avatar.state_dict().values() if v.is_floating_point())
+
+
+# ------------------------------------------------------------------------------ npga fit (CLI)
+@pytest.fixture(scope="module")
+def demo_out(tmp_path_factory):
+    """The tiny demo's capture, prior, tracking and F (built once per session by test_demo)."""
+    from test_demo import build_tiny_demo
+
+    return build_tiny_demo(tmp_path_factory)["out"]
+
+
+def _fit(args):
+    from click.testing import CliRunner
+
+    from npga_taichi.cli.main import cli
+
+    return CliRunner().invoke(cli, ["fit", *map(str, args)], catch_exceptions=False)
+
+
+def test_fit_cli_trains_resumes_and_protects_its_output(tmp_path, demo_out):
+    run = tmp_path / "run"
+    base = [demo_out / "capture", "--out", run, "--prior", demo_out / "prior", "--field", demo_out / "distill",
+            "--preset", "tiny", "--no-progress", "--json"]
+    first = _fit(base + ["--steps", "6"])
+    assert first.exit_code == 0, first.output
+    assert json.loads(first.output[first.output.index("{"):])["step"] == 6
+    again = _fit(base + ["--steps", "6"])
+    assert again.exit_code != 0 and "--resume" in again.output
+    resumed = _fit(base + ["--steps", "10", "--resume"])
+    assert resumed.exit_code == 0, resumed.output
+    summary = json.loads(resumed.output[resumed.output.index("{"):])
+    assert summary["step"] == 10 and summary["finished"]
+    config = json.loads((run / "config.json").read_text())
+    assert config["train"]["steps"] == 10 and config["extra"]["participant"]
+    assert config["avatar"]["exp_dim"] > 0
+    avatar, paths, _ = load_avatar(run)
+    assert paths["step"] == 10 and len(avatar.gaussians) > 0
+
+
+def test_fit_cli_ablation_flags_and_errors(tmp_path, demo_out):
+    run = tmp_path / "static"
+    result = _fit([demo_out / "capture", "--out", run, "--prior", demo_out / "prior", "--preset", "tiny",
+                   "--steps", "2", "--static", "--no-laplacian", "--no-progress"])
+    assert result.exit_code == 0, result.output
+    config = json.loads((run / "config.json").read_text())
+    assert config["avatar"]["static"] and not config["train"]["use_laplacian"]
+    avatar, _, _ = load_avatar(run)
+    assert avatar.field is None and avatar.detail is None
+    missing = _fit([demo_out / "capture", "--out", tmp_path / "x", "--prior", demo_out / "prior",
+                    "--tracking", tmp_path / "nowhere", "--preset", "tiny"])
+    assert missing.exit_code != 0 and "no tracking files" in missing.output
+    no_field = _fit([demo_out / "capture", "--out", tmp_path / "y", "--prior", demo_out / "prior",
+                     "--field", tmp_path / "nofield", "--preset", "tiny"])
+    assert no_field.exit_code != 0 and "--no-prior" in no_field.output
