@@ -114,21 +114,22 @@ def composite_kernels(real, static_channels: int):
         return rx0, rx1, ry0, ry1
 
     @ti.func
-    def row_span(mx, a, b, c, cut, dy, rx0, rx1):
+    def row_span(mx, a, inv_a, b, det_q, two_a_cut, dy, rx0, rx1):
         """Pixels px in [rx0, rx1] of one row whose sigma can be <= cut (the ellipse's chord).
 
         sigma(dx) = a/2 dx^2 + b dy dx + c/2 dy^2 <= cut  <=>  dx in (-b dy -+ sqrt(disc)) / a,
         disc = 2 a cut - (a c - b^2) dy^2. Widened by a small margin: a pixel just outside has
         sigma ~ cut, where alpha < 0.999/255 cannot hit, so rounding here never drops a hit.
+        ``inv_a`` = 1/a, ``det_q`` = a c - b^2 and ``two_a_cut`` = 2 a cut are per Gaussian.
         """
         lo = rx1 + 1
         hi = rx1
-        disc = real(2.0) * a * cut - (a * c - b * b) * dy * dy
+        disc = two_a_cut - det_q * dy * dy
         if disc >= real(0.0):
-            root = ti.sqrt(disc)
-            centre = mx - half - b * dy / a
-            lo = ti.cast(ti.max(ti.ceil(centre - root / a - real(ROW_SLACK)), ti.cast(rx0, real)), ti.i32)
-            hi = ti.cast(ti.min(ti.floor(centre + root / a + real(ROW_SLACK)), ti.cast(rx1, real)), ti.i32)
+            half_chord = ti.sqrt(disc) * inv_a + real(ROW_SLACK)
+            centre = mx - half - b * dy * inv_a
+            lo = ti.cast(ti.max(ti.ceil(centre - half_chord), ti.cast(rx0, real)), ti.i32)
+            hi = ti.cast(ti.min(ti.floor(centre + half_chord), ti.cast(rx1, real)), ti.i32)
         return lo, hi
 
     @ti.func
@@ -208,10 +209,13 @@ def composite_kernels(real, static_channels: int):
                 g = ids[i]
                 col = load_color(colors, g)
                 sigma_cut = sigma_cutoff(o)
+                inv_a = one / a
+                det_q = a * c - b * b
+                two_a_cut = real(2.0) * a * sigma_cut
                 rx0, rx1, ry0, ry1 = pixel_rect(mx, my, packed[i, 7], x0, y0, x1, y1)
                 for py in range(ry0, ry1 + 1):
                     dy = ti.cast(py, real) + half - my
-                    lo, hi = row_span(mx, a, b, c, sigma_cut, dy, rx0, rx1)
+                    lo, hi = row_span(mx, a, inv_a, b, det_q, two_a_cut, dy, rx0, rx1)
                     row = py * width
                     for px in range(lo, hi + 1):
                         q = row + px
@@ -306,6 +310,9 @@ def composite_kernels(real, static_channels: int):
                 col = load_color(colors, g)
                 g_col = ti.Vector.zero(real, NCV)
                 sigma_cut = sigma_cutoff(o)
+                inv_a = one / a
+                det_q = a * c - b * b
+                two_a_cut = real(2.0) * a * sigma_cut
                 rx0, rx1, ry0, ry1 = pixel_rect(mx, my, packed[i, 7], x0, y0, x1, y1)
                 g_mx = real(0.0)
                 g_my = real(0.0)
@@ -319,7 +326,7 @@ def composite_kernels(real, static_channels: int):
                         color_acc[tile * n_channels + ch] = real(0.0)
                 for py in range(ry0, ry1 + 1):
                     dy = ti.cast(py, real) + half - my
-                    lo, hi = row_span(mx, a, b, c, sigma_cut, dy, rx0, rx1)
+                    lo, hi = row_span(mx, a, inv_a, b, det_q, two_a_cut, dy, rx0, rx1)
                     row = py * width
                     for px in range(lo, hi + 1):
                         q = row + px

@@ -120,8 +120,10 @@ def projection_kernels(real):
             tz = t[2]
             radius = 0
             extent = real(0.0)
-            mx = fx * t[0] / tz + cx
-            my = fy * t[1] / tz + cy
+            # depth-culled Gaussians get z = 1 here (as the oracle does) so means2d stays finite
+            z_safe = tz if tz > near and tz < far else real(1.0)
+            mx = fx * t[0] / z_safe + cx
+            my = fy * t[1] / z_safe + cy
             ca = real(0.0)
             cb = real(0.0)
             cc = real(0.0)

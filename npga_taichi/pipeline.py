@@ -11,8 +11,9 @@ what users run by hand) and owns one folder under the demo directory::
     OUT/eval      npga eval           (metrics.csv, summary.json, worst.png)
     OUT/render    npga render         (video.mp4: held-out sequence, ground truth beside it)
 
-A stage is *done* when its final output file exists; done stages are skipped, so an
-interrupted demo resumes where it stopped (each command itself checkpoints atomically).
+A stage is *done* when its final output file exists (the capture's synthetic_capture.json must
+say ``complete``, the run's summary.json ``finished``); done stages are skipped, so an
+interrupted demo resumes where it stopped (each command resumes from its own checkpoints).
 ``force`` reruns every stage. Wall times per stage are recorded in ``OUT/pipeline.json``.
 """
 from __future__ import annotations
@@ -22,6 +23,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
+
+from npga_taichi.checkpoint import write_text_atomic
 
 PRESETS = ("tiny", "default")
 
@@ -51,7 +54,11 @@ class Stage:
 
     name: str
     argv: Callable[["DemoPaths"], list[str]]   # npga arguments (after "npga")
-    output: Callable[["DemoPaths"], Path]      # final output file; exists => stage done
+    output: Callable[["DemoPaths"], Path]      # final output file
+    done: Callable[["DemoPaths"], bool] | None = None  # finished? [default: output exists]
+
+    def is_done(self, paths: "DemoPaths") -> bool:
+        return self.done(paths) if self.done is not None else self.output(paths).exists()
 
 
 @dataclass
@@ -62,69 +69,91 @@ class DemoPaths:
     def __post_init__(self) -> None:
         self.root = Path(self.config.out)
 
-    @property
-    def capture(self) -> Path:
-        return self.root / "capture"
+    capture = property(lambda self: self.root / "capture")
+    prior = property(lambda self: self.root / "prior")
+    distill = property(lambda self: self.root / "distill")
+    run = property(lambda self: self.root / "run")
+    eval = property(lambda self: self.root / "eval")
+    render = property(lambda self: self.root / "render")
 
     @property
-    def prior(self) -> Path:
-        return self.root / "prior"
+    def participant(self) -> str:
+        """``npga synth`` files identity SEED under participant SEED mod 1000."""
+        return f"{self.config.identity % 1000:03d}"
 
     @property
-    def distill(self) -> Path:
-        return self.root / "distill"
-
-    @property
-    def run(self) -> Path:
-        return self.root / "run"
-
-    @property
-    def eval(self) -> Path:
-        return self.root / "eval"
-
-    @property
-    def render(self) -> Path:
-        return self.root / "render"
-
     def participant_dir(self) -> Path:
-        """``OUT/capture/<pid>`` (the synthetic capture holds exactly one participant)."""
-        dirs = sorted(p.parent.parent for p in self.capture.glob("*/calibration/camera_params.json"))
-        if len(dirs) != 1:
-            raise ValueError(f"expected one participant in {self.capture}, found {[d.name for d in dirs]}")
-        return dirs[0]
+        return self.capture / self.participant
 
+    @property
     def tracking_dir(self) -> Path:
-        return self.participant_dir() / "annotations" / "tracking"
+        return self.participant_dir / "annotations" / "tracking"
 
 
-def _tracking_done(p: DemoPaths) -> Path:
-    """The last sequence's tracking file: tracking writes sequences in order, FREE included."""
+def _json_flag(path: Path, key: str) -> bool:
+    """True when ``path`` is a JSON object whose ``key`` is truthy (an unfinished run's file says no)."""
     try:
-        pdir = p.participant_dir()
-    except ValueError:
-        return p.capture / "__no_capture_yet__"
-    seqs = sorted(d.name for d in (pdir / "sequences").iterdir() if d.is_dir())
-    missing = [s for s in seqs if not (pdir / "annotations" / "tracking" / f"{s}.npz").is_file()]
-    return pdir / "annotations" / "tracking" / (f"{missing[0]}.npz" if missing else f"{seqs[-1]}.npz")
+        return bool(json.loads(path.read_text()).get(key))
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def _capture_done(p: DemoPaths) -> bool:
+    return _json_flag(p.participant_dir / "synthetic_capture.json", "complete")
+
+
+def _tracking_done(p: DemoPaths) -> bool:
+    """Every sequence of the capture has its tracking file (``npga track`` skips finished ones)."""
+    seq_root = p.participant_dir / "sequences"
+    if not seq_root.is_dir():
+        return False
+    seqs = [d.name for d in seq_root.iterdir() if d.is_dir()]
+    return bool(seqs) and all((p.tracking_dir / f"{s}.npz").is_file() for s in seqs)
+
+
+def _fit_args(p: DemoPaths) -> list[str]:
+    # An interrupted fit continues from its last checkpoint instead of refusing to start.
+    return ["--resume"] if (p.run / "checkpoints" / "latest.pt").is_file() else []
+
+
+# Per-preset arguments of every stage. "tiny" is sized for CI and the test suite (a few minutes
+# on a loaded 2-core machine); "default" is the schedule the README's numbers come from.
+STAGE_OPTIONS: dict[str, dict[str, list[str]]] = {
+    "tiny": {
+        "synth": ["--preset", "tiny", "--samples", "1", "--frames", "3"],
+        "prior": ["--preset", "tiny", "--steps", "120", "--identities", "2", "--expressions", "4"],
+        "track": ["--steps-first", "40", "--steps", "5", "--points", "400"],
+        "distill": ["--steps", "60", "--hidden", "32", "--layers", "2"],
+        "fit": ["--preset", "tiny", "--steps", "120"],
+    },
+    "default": {
+        "synth": ["--preset", "default"],
+        "prior": ["--preset", "small"],
+        "track": [],
+        "distill": [],
+        "fit": ["--preset", "default"],
+    },
+}
 
 
 def stages(cfg: DemoConfig) -> list[Stage]:
     """The demo's stages for ``cfg``: the command lines every stage runs."""
-    preset = ["--preset", cfg.preset]
+    opt = STAGE_OPTIONS[cfg.preset]
     render_limit = ["--max-frames", str(cfg.render_frames)] if cfg.render_frames else []
     return [
-        Stage("capture", lambda p: ["synth", str(p.capture), *preset, "--identity", str(cfg.identity)],
-              lambda p: p.capture / "synth.json"),
-        Stage("prior", lambda p: ["prior", "fit", "--out", str(p.prior), *preset],
-              lambda p: p.prior / "prior.pt"),
-        Stage("track", lambda p: ["track", str(p.capture), "--prior", str(p.prior), *preset],
-              _tracking_done),
-        Stage("distill", lambda p: ["distill", "--prior", str(p.prior), "--tracking", str(p.tracking_dir()),
-                                    "--out", str(p.distill), *preset],
-              lambda p: p.distill / "forward_field.pt"),
+        Stage("capture", lambda p: ["synth", str(p.capture), "--identity", str(cfg.identity), *opt["synth"]],
+              lambda p: p.participant_dir / "synthetic_capture.json", _capture_done),
+        Stage("prior", lambda p: ["prior", "fit", "--out", str(p.prior), *opt["prior"]],
+              lambda p: p.prior / "metrics.json"),
+        Stage("track", lambda p: ["track", str(p.participant_dir), "--prior", str(p.prior), *opt["track"]],
+              lambda p: p.tracking_dir, _tracking_done),
+        Stage("distill", lambda p: ["distill", "--prior", str(p.prior), "--tracking", str(p.tracking_dir),
+                                    "--out", str(p.distill), *opt["distill"]],
+              lambda p: p.distill / "metrics.json"),
         Stage("fit", lambda p: ["fit", str(p.capture), "--out", str(p.run), "--prior", str(p.prior),
-                                "--field", str(p.distill), *preset, "--device", cfg.device],
-              lambda p: p.run / "summary.json"),
+                                "--field", str(p.distill), *opt["fit"], "--device", cfg.device,
+                                *([] if cfg.force else _fit_args(p))],
+              lambda p: p.run / "summary.json", lambda p: _json_flag(p.run / "summary.json", "finished")),
         Stage("eval", lambda p: ["eval", str(p.run), "--out", str(p.eval), "--force", "--device", cfg.device],
               lambda p: p.eval / "summary.json"),
         Stage("render", lambda p: ["render", str(p.run), "--side-by-side", "--out", str(p.render), "--force",
@@ -161,31 +190,26 @@ def run_pipeline(cfg: DemoConfig, echo: Callable[[str], None] = print,
     total_start = time.perf_counter()
     for stage in stages(cfg):
         output = stage.output(paths)
-        if output.exists() and not cfg.force:
+        if stage.is_done(paths) and not cfg.force:
             echo(f"[{stage.name}] done already ({output}), skipping")
             record["stages"].setdefault(stage.name, {})["skipped"] = True
             continue
         argv = stage.argv(paths)
-        if cfg.force and stage.name not in ("eval", "render") and "--force" not in argv:
+        if cfg.force and "--force" not in argv and "--resume" not in argv:
             argv.append("--force")
         echo(f"[{stage.name}] npga {' '.join(argv)}")
         start = time.perf_counter()
         runner(argv)
         seconds = time.perf_counter() - start
-        output = stage.output(paths)
-        if not output.exists():
-            raise RuntimeError(f"stage {stage.name} finished but its output {output} is missing")
+        if not stage.is_done(paths):
+            raise RuntimeError(f"stage {stage.name} finished but its output {output} is missing or incomplete")
         record["stages"][stage.name] = {"seconds": round(seconds, 2), "argv": argv, "skipped": False,
                                         "output": str(output)}
         echo(f"[{stage.name}] finished in {seconds:.1f} s")
-        from npga_taichi.checkpoint import write_text_atomic
-
         write_text_atomic(json.dumps(record, indent=2) + "\n", record_path)
     record["total_seconds_this_call"] = round(time.perf_counter() - total_start, 2)
     summary_path = paths.eval / "summary.json"
     record["metrics"] = json.loads(summary_path.read_text())
     record["video"] = str(paths.render / "video.mp4")
-    from npga_taichi.checkpoint import write_text_atomic
-
     write_text_atomic(json.dumps(record, indent=2) + "\n", record_path)
     return record

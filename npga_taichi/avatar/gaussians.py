@@ -12,8 +12,6 @@ Every per-Gaussian tensor is an ``nn.Parameter`` registered under one of
 from __future__ import annotations
 
 import math
-from typing import Callable
-
 import numpy as np
 import torch
 from scipy.spatial import cKDTree
@@ -127,51 +125,23 @@ class CanonicalGaussians(nn.Module):
                                                              dtype=dtype).to(device))
 
 
-def sample_surface(sdf: Callable[[torch.Tensor], torch.Tensor], num: int, bounds: tuple[float, float],
-                   band: float = 0.02, generator: torch.Generator | None = None,
-                   newton_steps: int = 5, max_rounds: int = 40, batch: int = 65536) -> torch.Tensor:
-    """Sample ``num`` points on the zero level set of ``sdf`` inside the cube ``bounds``^3.
+def thin_evenly(points: torch.Tensor, num: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """``num`` of ``points`` (M >= num, 3), spread evenly over the surface they sample.
 
-    Uniform candidates are pulled onto the surface by Newton steps x <- x - s(x) grad/|grad|^2
-    and accepted when |s| < ``band``; a voxel-grid thinning keeps the density even (a plain
-    Newton projection would concentrate samples where the SDF's gradient is small).
-    Returns (num, 3) float32 on the CPU. Raises ValueError when the SDF has no zero crossing.
+    Keeps one random point per voxel of the coarsest grid that still has >= num occupied voxels,
+    then draws ``num`` of those (Newton-projected samples bunch up where |grad SDF| is small).
     """
-    lo, hi = bounds
-    accepted: list[torch.Tensor] = []
-    count = 0
-    for _ in range(max_rounds):
-        x = lo + (hi - lo) * torch.rand(batch, 3, generator=generator)
-        for _ in range(newton_steps):
-            x = x.detach().requires_grad_(True)
-            s = sdf(x).reshape(-1)
-            (g,) = torch.autograd.grad(s.sum(), x)
-            x = x - (s / g.pow(2).sum(-1).clamp_min(1e-8))[:, None] * g
-        with torch.no_grad():
-            x = x.detach()
-            s = sdf(x).reshape(-1)
-            ok = (s.abs() < band) & ((x >= lo) & (x <= hi)).all(-1) & torch.isfinite(x).all(-1)
-            x = x[ok]
-        accepted.append(x)
-        count += len(x)
-        if count >= 4 * num:
-            break
-    if count == 0:
-        raise ValueError(f"the prior's SDF has no zero level set inside the cube {bounds}")
-    pts = torch.cat(accepted).float()
-    if len(pts) < num:
-        raise ValueError(f"only {len(pts)} surface samples found, {num} requested; "
-                         "lower num_init_gaussians or widen the bounds")
-    # Even thinning: the coarsest voxel grid that still leaves >= num occupied voxels, one random
-    # point per voxel (a plain Newton projection concentrates samples where |grad| is small).
-    pts = pts[torch.randperm(len(pts), generator=generator)]
-    thinned, voxel = pts, (hi - lo) / 1024
-    while voxel < hi - lo:
+    if len(points) < num:
+        raise ValueError(f"only {len(points)} surface samples for {num} Gaussians")
+    pts = points[torch.randperm(len(points), generator=generator)]
+    lo = pts.min(0).values
+    size = float((pts.max(0).values - lo).max()) + 1e-9
+    thinned, voxel = pts, size / 1024
+    while voxel < size:
         keys = torch.floor((pts - lo) / voxel).long()
         keys = (keys[:, 0] * 4096 + keys[:, 1]) * 4096 + keys[:, 2]
         _, first = np.unique(keys.numpy(), return_index=True)
         if len(first) < num:
             break
         thinned, voxel = pts[torch.from_numpy(np.sort(first))], voxel * 1.25
-    idx = torch.randperm(len(thinned), generator=generator)[:num]
-    return thinned[idx]
+    return thinned[torch.randperm(len(thinned), generator=generator)[:num]]

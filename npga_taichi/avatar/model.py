@@ -215,24 +215,28 @@ def create_avatar(config: AvatarConfig, prior: Any, z_geo: torch.Tensor, z_app: 
                   seed: int = 0) -> NPGAAvatar:
     """A fresh avatar whose Gaussians sit on the prior's zero level set of this identity.
 
-    prior: anything with ``sdf(x, z_geo) -> (N,)``, ``albedo(x, z_geo, z_app) -> (N, 3)`` in
-    [0, 1] and ``anchors(z_geo) -> (A, 3)`` (bounds the search for the surface); field: the
+    prior: a MonoNPHM (``sdf``, ``albedo`` in [0, 1], ``anchors`` which bound the search box);
+    field: the
     distilled F (None -> scratch F, i.e. --no-prior). Positions are surface samples, colours
     the prior's albedo there, scales the neighbour spacing; latents small random values.
     """
-    from npga_taichi.avatar.gaussians import sample_surface
+    from npga_taichi.avatar.gaussians import thin_evenly
+    from npga_taichi.prior.distill import canonical_box
+    from npga_taichi.prior.surface import sample_level_set
 
     config = config.validate()
     generator = torch.Generator().manual_seed(seed)
     z_geo = torch.as_tensor(z_geo, dtype=torch.float32).reshape(-1)
     z_app = torch.as_tensor(z_app, dtype=torch.float32).reshape(-1)
-    with torch.no_grad():
-        anchors = prior.anchors(z_geo).reshape(-1, 3).float()
-    center = 0.5 * (anchors.min(0).values + anchors.max(0).values)
-    half = 0.75 * float((anchors.max(0).values - anchors.min(0).values).max()) + 0.1
-    lo, hi = float(center.min()) - half, float(center.max()) + half
-    points = sample_surface(lambda x: prior.sdf(x, z_geo), config.num_init_gaussians, (lo, hi),
-                            band=config.init_surface_band, generator=generator)
+    # The same canonical box (face and cranium, neck cut short) and level-set sampler F was
+    # distilled on; 3x oversampling leaves room for even thinning.
+    lo, hi = canonical_box(prior, z_geo)
+    try:
+        candidates = sample_level_set(lambda x: prior.sdf(x, z_geo), 3 * config.num_init_gaussians, lo, hi,
+                                      generator=generator, tolerance=config.init_surface_band)
+    except RuntimeError as err:
+        raise ValueError(f"cannot initialise the Gaussians on the prior's surface: {err}") from err
+    points = thin_evenly(candidates.float(), config.num_init_gaussians, generator)
     colors = _albedo_batched(prior, points, z_geo, z_app)
     extent = float((points - points.mean(0)).norm(dim=-1).max())
     avatar = NPGAAvatar(config, field, exp_dim, extent, background)

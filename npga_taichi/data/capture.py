@@ -200,9 +200,25 @@ def _atomic_json(path: Path, obj) -> None:
     os.replace(tmp, path)
 
 
+def _in_all_images(points: np.ndarray, viewmats: np.ndarray, Ks: np.ndarray, width: int, height: int) -> np.ndarray:
+    """(N,) bool: the world point projects inside every camera's image (in front of it)."""
+    keep = np.ones(len(points), bool)
+    for vm, K in zip(viewmats, Ks):
+        pc = points @ vm[:3, :3].T + vm[:3, 3]
+        z = np.maximum(pc[:, 2], 1e-9)
+        u = K[0, 0] * pc[:, 0] / z + K[0, 2]
+        v = K[1, 1] * pc[:, 1] / z + K[1, 2]
+        keep &= (pc[:, 2] > 0) & (u >= 0) & (u < width) & (v >= 0) & (v < height)
+    return keep
+
+
 def _write_frame(fdir: Path, image_folder: str, serials: list, rgba8: np.ndarray, hits: np.ndarray,
-                 rng: np.random.Generator, n_points: int, noise: float) -> None:
-    """Write one frame's images, alpha maps and (last, marking the frame done) point cloud."""
+                 rng: np.random.Generator, n_points: int, noise: float, viewmats: np.ndarray,
+                 Ks: np.ndarray) -> None:
+    """Write one frame's images, alpha maps and (last, marking the frame done) point cloud.
+
+    The cloud keeps visible-surface hits that every camera sees inside its image (the common
+    capture volume: the neck leaves the lower cameras' frames), subsampled, plus noise."""
     for folder in (image_folder, "alpha_map", "colmap/pointclouds"):
         (fdir / folder).mkdir(parents=True, exist_ok=True)
     for c, serial in enumerate(serials):
@@ -210,6 +226,7 @@ def _write_frame(fdir: Path, image_folder: str, serials: list, rgba8: np.ndarray
         _atomic_png(fdir / "alpha_map" / f"cam_{serial}.png", rgba8[c, :, :, 3])
     pts = hits.reshape(-1, 6)
     pts = pts[np.isfinite(pts[:, 0])]
+    pts = pts[_in_all_images(pts[:, :3], viewmats, Ks, rgba8.shape[2], rgba8.shape[1])]
     if len(pts) > n_points:
         pts = pts[rng.choice(len(pts), n_points, replace=False)]
     xyz = pts[:, :3] + rng.normal(0.0, noise, size=(len(pts), 3)).astype(np.float32)
@@ -315,7 +332,7 @@ def write_capture(out_root, config: CaptureConfig, force: bool = False, progress
             if pending is not None:
                 pending.result()  # surface write errors; at most one frame in flight
             pending = pool.submit(_write_frame, fdir, image_folder, serials, rgba8, hits.cpu().numpy(), rng,
-                                  config.points_per_frame, config.point_noise)
+                                  config.points_per_frame, config.point_noise, viewmats.numpy(), Ks.numpy())
             written += 1
         if pending is not None:
             pending.result()

@@ -379,12 +379,17 @@ def posed_sdf(x, e, idp, fast: ti.template()):
 
 
 @ti.func
+def tetra_dir(k):
+    """Vertex k of the tetrahedron (1,-1,-1), (-1,-1,1), (-1,1,-1), (1,1,1) (gradient taps)."""
+    return 2.0 * vec3(((k + 3) >> 1) & 1, (k >> 1) & 1, k & 1) - 1.0
+
+
+@ti.func
 def posed_normal(x, e, idp, h, fast: ti.template()):
     """Normalised gradient of the posed SDF by a tetrahedral finite difference (step h)."""
     g = vec3(0.0, 0.0, 0.0)
     for k in range(4):  # dynamic loop: one inlined copy of the SDF, not four
-        # tetrahedron vertices (1,-1,-1), (-1,-1,1), (-1,1,-1), (1,1,1)
-        dirk = 2.0 * vec3(((k + 3) >> 1) & 1, (k >> 1) & 1, k & 1) - 1.0
+        dirk = tetra_dir(k)
         g += dirk * posed_sdf(x + h * dirk, e, idp, fast)
     return g.normalized(1e-12)
 
@@ -463,65 +468,65 @@ def load_expression(expr: ti.template(), row):
     return e
 
 
-QUERY_POSED_SDF, QUERY_POSED_SDF_NORMAL, QUERY_BACKWARD, QUERY_ALBEDO = 0, 1, 2, 3
+QUERY_POSED_SDF, QUERY_POSED_SDF_NORMAL, QUERY_BACKWARD, QUERY_ALBEDO, QUERY_PROJECT = 0, 1, 2, 3, 4
 
 
 @ti.kernel
 def _query_kernel(x: ti.types.ndarray(dtype=ti.f32, ndim=2), expr: ti.types.ndarray(dtype=ti.f32, ndim=2),
-                  ident: ti.types.ndarray(dtype=ti.f32, ndim=1), mode: ti.i32,
+                  ident: ti.types.ndarray(dtype=ti.f32, ndim=1), mode: ti.i32, iters: ti.i32,
                   out: ti.types.ndarray(dtype=ti.f32, ndim=2)):
-    """One kernel for every per-point query (one compile): see the QUERY_* modes."""
+    """Every per-point query in one kernel with ONE inlined SDF call site (compile time).
+
+    SDF modes run rounds of 5 taps (value + 4 tetrahedral gradient taps); QUERY_PROJECT runs
+    iters + 1 rounds and Newton-steps x <- x - f n between them. out columns:
+    (f, nx, ny, nz) for the SDF modes, (x, y, z, |f|, nx, ny, nz) for QUERY_PROJECT,
+    (x, y, z) canonical for QUERY_BACKWARD, (r, g, b) for QUERY_ALBEDO.
+    """
     n_expr_rows = expr.shape[0]
     for i in range(x.shape[0]):
         idp = load_identity(ident)
         e = load_expression(expr, i if n_expr_rows > 1 else 0)
         p = vec3(x[i, 0], x[i, 1], x[i, 2])
-        if mode == QUERY_POSED_SDF:
-            out[i, 0] = posed_sdf(p, e, idp, False)
-        elif mode == QUERY_POSED_SDF_NORMAL:
-            out[i, 0] = posed_sdf(p, e, idp, False)
-            n = posed_normal(p, e, idp, 2e-4, False)
-            out[i, 1] = n.x
-            out[i, 2] = n.y
-            out[i, 3] = n.z
-        elif mode == QUERY_BACKWARD:
+        if mode == QUERY_BACKWARD:
             c = deform_backward(p, e, idp)
-            out[i, 0] = c.x
-            out[i, 1] = c.y
-            out[i, 2] = c.z
-        else:
+            for k in ti.static(range(3)):
+                out[i, k] = c[k]
+        elif mode == QUERY_ALBEDO:
             a = canonical_albedo(p, idp, False)
-            out[i, 0] = a.x
-            out[i, 1] = a.y
-            out[i, 2] = a.z
-
-
-@ti.kernel
-def _project_kernel(x: ti.types.ndarray(dtype=ti.f32, ndim=2), expr: ti.types.ndarray(dtype=ti.f32, ndim=2),
-                    ident: ti.types.ndarray(dtype=ti.f32, ndim=1), iters: ti.i32,
-                    out: ti.types.ndarray(dtype=ti.f32, ndim=2)):
-    """Newton-project points onto the posed zero level set: x <- x - f(x) * n(x).
-
-    out[i] = (x, y, z, |f| after projection, nx, ny, nz)."""
-    n_expr_rows = expr.shape[0]
-    for i in range(x.shape[0]):
-        idp = load_identity(ident)
-        e = load_expression(expr, i if n_expr_rows > 1 else 0)
-        p = vec3(x[i, 0], x[i, 1], x[i, 2])
-        f = 1.0
-        n = vec3(0.0, 0.0, 1.0)
-        for _ in range(iters):
-            f = posed_sdf(p, e, idp, False)
-            n = posed_normal(p, e, idp, 2e-4, False)
-            p = p - f * n
-        f = posed_sdf(p, e, idp, False)
-        out[i, 0] = p.x
-        out[i, 1] = p.y
-        out[i, 2] = p.z
-        out[i, 3] = ti.abs(f)
-        out[i, 4] = n.x
-        out[i, 5] = n.y
-        out[i, 6] = n.z
+            for k in ti.static(range(3)):
+                out[i, k] = a[k]
+        else:
+            h = 2e-4
+            taps = 1 if mode == QUERY_POSED_SDF else 5
+            rounds = iters + 1 if mode == QUERY_PROJECT else 1
+            f = 0.0
+            g = vec3(0.0, 0.0, 0.0)
+            n = vec3(0.0, 0.0, 1.0)
+            for step in range(taps * rounds):
+                tap = step % taps
+                q = p
+                if tap > 0:
+                    q = p + h * tetra_dir(tap - 1)
+                v = posed_sdf(q, e, idp, False)
+                if tap == 0:
+                    f = v
+                    g = vec3(0.0, 0.0, 0.0)
+                else:
+                    g += tetra_dir(tap - 1) * v
+                if tap == taps - 1 and taps == 5:
+                    n = g.normalized(1e-12)
+                    if mode == QUERY_PROJECT and step < taps * rounds - 1:
+                        p = p - f * n
+            if mode == QUERY_PROJECT:
+                for k in ti.static(range(3)):
+                    out[i, k] = p[k]
+                    out[i, 4 + k] = n[k]
+                out[i, 3] = ti.abs(f)
+            else:
+                out[i, 0] = f
+                if taps == 5:
+                    for k in ti.static(range(3)):
+                        out[i, 1 + k] = n[k]
 
 
 # --------------------------------------------------------------------------- python API
@@ -586,7 +591,7 @@ class SyntheticHead:
         x = _as_points("x", x)
         out = torch.zeros(x.shape[0], width, dtype=torch.float32, device=x.device)
         if x.shape[0]:
-            _query_kernel(x, self._expr(expr, x.shape[0], x.device), self._ident(x.device), mode, out)
+            _query_kernel(x, self._expr(expr, x.shape[0], x.device), self._ident(x.device), mode, 0, out)
         return out
 
     # ---- fields
@@ -617,7 +622,8 @@ class SyntheticHead:
         x = _as_points("x", x)
         out = torch.zeros(x.shape[0], 7, dtype=torch.float32, device=x.device)
         if x.shape[0]:
-            _project_kernel(x, self._expr(expr, x.shape[0], x.device), self._ident(x.device), int(iters), out)
+            _query_kernel(x, self._expr(expr, x.shape[0], x.device), self._ident(x.device), QUERY_PROJECT,
+                          int(iters), out)
         return out[:, :3], out[:, 3], out[:, 4:7]
 
     def sample_surface(self, n: int, expr=None, seed: int = 0, return_normals: bool = False,

@@ -49,7 +49,8 @@ def config_from_official(cfg: dict[str, Any]) -> PriorConfig:
             raise ValueError(f"backward mode {exc.get('mode')!r} unsupported (only 'compress')")
         return PriorConfig(
             n_anchors=int(idc["nloc"]), n_symm_pairs=int(idc["nsymm_pairs"]),
-            n_neighbors=int(idc["nneigh"]), n_blend_std_neighbors=8,
+            n_neighbors=int(idc["nneigh"]),
+            n_blend_std_neighbors=min(8, int(idc["nneigh"]) + 1),  # official: dists[:, :8] of K+1
             blend_std=float(idc.get("blend_std", 4.0)), global_distance=0.75,
             lat_dim_glob=int(idc["lat_dim_glob"]), lat_dim_loc=int(idc["lat_dim_loc_geo"]),
             hidden_dim_geo=int(idc["gnn"]["hidden_dim_geo"]), n_layers_geo=int(idc["gnn"]["nlayers_geo"]),
