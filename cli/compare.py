@@ -246,6 +246,8 @@ def run_comparison(cfg: CompareConfig) -> dict:
     """Build the scene, render with both, return the full report (JSON-serialisable)."""
     import torch
 
+    if cfg.arch == "cuda" and not torch.cuda.is_available():
+        raise click.BadParameter("CUDA is not available to torch on this machine", param_hint="--arch")
     # Taichi prints its banner on stdout; keep stdout for the report (and --json parseable).
     with contextlib.redirect_stdout(sys.stderr):
         from npga_taichi.kernels import runtime
@@ -303,9 +305,13 @@ def run_comparison(cfg: CompareConfig) -> dict:
         if device.type == "cuda":
             torch.cuda.synchronize()
 
-    ours_cold = _timed(_ours, scene, upstream, camera, sync)
-    ours = _timed(_ours, scene, upstream, camera, sync)
-    ref = _timed(reference, scene, upstream, camera, sync)
+    try:
+        ours_cold = _timed(_ours, scene, upstream, camera, sync)
+        ours = _timed(_ours, scene, upstream, camera, sync)
+        ref = _timed(reference, scene, upstream, camera, sync)
+    except ValueError as err:  # rejected inputs (e.g. non-finite values in a PLY)
+        source = cfg.ply if cfg.ply is not None else "random scene"
+        raise click.ClickException(f"{source}: {err}") from None
 
     image_tol_default, grad_tol_default = DEFAULT_TOLERANCES[(tol_key, cfg.dtype)]
     image_tol = cfg.image_tol if cfg.image_tol is not None else image_tol_default

@@ -23,7 +23,7 @@ import taichi as ti
 from npga_taichi import contract
 from npga_taichi.contract import TILE_SIZE, RasterOutput
 from npga_taichi.kernels import runtime
-from npga_taichi.kernels.composite import PACKED_WIDTH, channel_variant, composite_kernels
+from npga_taichi.kernels.composite import GRAD_COLUMNS, PACKED_WIDTH, channel_variant, composite_kernels
 from npga_taichi.kernels.projection import projection_kernels
 from npga_taichi.kernels.sh import sh_kernels
 from npga_taichi.kernels.tiles import (
@@ -215,19 +215,17 @@ class _Composite(torch.autograd.Function):
         pack, composite_forward, _ = composite_kernels(real, channel_variant(channels))
         packed = torch.empty((ids.shape[0], PACKED_WIDTH), dtype=dt, device=dev)
         if total > 0:
-            pack(ids, total, means2d, conics, opacities, depths, extents, packed)
+            pack(ids, total, means2d, conics, opacities, depths, packed)
         colors_arg = colors if colors.shape[0] > 0 else torch.zeros((1, channels), dtype=dt, device=dev)
         image = torch.empty((height, width, channels), dtype=dt, device=dev)
         t_final = torch.empty((height, width), dtype=dt, device=dev)
         alpha = torch.empty((height, width, 1), dtype=dt, device=dev)
         depth = torch.empty((height, width, 1), dtype=dt, device=dev)
         last = torch.empty((height, width), dtype=torch.int32, device=dev)
-        done = _scratch.get("done", (height, width), torch.int32, dev)
         composite_forward(packed, ids, colors_arg, ranges, background, width, height, tiles_x,
-                          image.view(-1), t_final.view(-1), alpha.view(-1), depth.view(-1), last.view(-1),
-                          done.view(-1))
+                          image.view(-1), t_final.view(-1), alpha.view(-1), depth.view(-1), last.view(-1))
         ctx.save_for_backward(packed, ids, colors_arg, ranges, background, t_final, last)
-        ctx.config = (width, height, colors.shape[0])
+        ctx.config = (width, height, colors.shape[0], total)
         # unused outputs arrive as None in backward instead of materialised zero images
         ctx.set_materialize_grads(False)
         return image, alpha, depth
@@ -235,7 +233,7 @@ class _Composite(torch.autograd.Function):
     @staticmethod
     def backward(ctx, v_image, v_alpha, v_depth):
         packed, ids, colors, ranges, background, t_final, last = ctx.saved_tensors
-        width, height, n = ctx.config
+        width, height, n, total = ctx.config
         dt, dev = packed.dtype, packed.device
         channels = colors.shape[1]
         tiles_x, tiles_y = _tile_grid(width, height)
@@ -245,25 +243,26 @@ class _Composite(torch.autograd.Function):
         has_v_alpha, has_v_depth = int(v_alpha is not None), int(v_depth is not None)
         v_alpha = v_alpha.contiguous() if has_v_alpha else dummy
         v_depth = v_depth.contiguous() if has_v_depth else dummy
-        n_rows = max(n, 1)  # the kernel zeroes these before accumulating
-        v_means2d = torch.empty((n_rows, 2), dtype=dt, device=dev)
-        v_conics = torch.empty((n_rows, 3), dtype=dt, device=dev)
-        v_opacities = torch.empty((n_rows,), dtype=dt, device=dev)
-        v_depths = torch.empty((n_rows,), dtype=dt, device=dev)
-        v_colors = torch.empty((n_rows, channels), dtype=dt, device=dev)
+        # one gradient row per intersection (written by its tile only, no atomics), then summed
+        # per Gaussian; columns: mean2d x, y, conic a, b, c, opacity, depth, channels
+        grad_isect = _scratch.get("grad_isect", (packed.shape[0], GRAD_COLUMNS + channels), dt, dev)
         v_background_tiles = torch.empty((n_tiles, channels), dtype=dt, device=dev)
-        t_run = _scratch.get("t_run", (height, width), dt, dev)
-        suffix_color = _scratch.get("suffix_color", (height, width, channels), dt, dev)
-        suffix_depth = _scratch.get("suffix_depth", (height, width), dt, dev)
-        color_acc = _scratch.get("color_acc", (n_tiles * channels,), dt, dev)
-        _, _, composite_backward = composite_kernels(_real(packed), channel_variant(channels))
+        variant = channel_variant(channels)
+        # colour suffix sums live in registers for unrolled channel counts, in memory otherwise
+        suffix_color = dummy if variant else _scratch.get("suffix_color", (height * width * channels,), dt, dev)
+        _, _, composite_backward = composite_kernels(_real(packed), variant)
         composite_backward(packed, ids, colors, ranges, background, width, height, tiles_x,
                            t_final.view(-1), last.view(-1), v_image.reshape(-1), v_alpha.reshape(-1),
-                           v_depth.reshape(-1), has_v_alpha, has_v_depth,
-                           t_run.view(-1), suffix_color.view(-1), suffix_depth.view(-1), color_acc,
-                           v_means2d, v_conics, v_opacities, v_depths, v_colors, v_background_tiles)
+                           v_depth.reshape(-1), has_v_alpha, has_v_depth, suffix_color,
+                           grad_isect, v_background_tiles)
+        grads = torch.zeros((max(n, 1), GRAD_COLUMNS + channels), dtype=dt, device=dev)
+        if total > 0:
+            grads.index_add_(0, ids[:total].long(), grad_isect[:total])
+        grads = grads[:n]
+        v_means2d, v_conics = grads[:, 0:2], grads[:, 2:5]
+        v_opacities, v_depths, v_colors = grads[:, 5], grads[:, 6], grads[:, GRAD_COLUMNS:]
         v_background = v_background_tiles.sum(0)
-        return (v_means2d[:n], v_conics[:n], v_depths[:n], v_opacities[:n], v_colors[:n], v_background,
+        return (v_means2d, v_conics, v_depths, v_opacities, v_colors, v_background,
                 None, None, None, None)
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import shutil
 import time
 from pathlib import Path
 
@@ -16,9 +18,15 @@ _BUILT: dict[str, object] = {}  # one tiny demo per test process, whichever test
 
 
 def build_tiny_demo(tmp_path_factory) -> dict:
-    """Run ``npga demo OUT --preset tiny --json`` once; returns OUT, the JSON and the wall time."""
+    """Run ``npga demo OUT --preset tiny --json`` once; returns OUT, the JSON and the wall time.
+
+    Developer shortcut: with ``NPGA_TINY_DEMO=DIR`` (a finished tiny demo) DIR is copied into
+    the test's temporary folder and the demo only resumes there (every stage skipped).
+    """
     if "out" not in _BUILT:
         out = tmp_path_factory.mktemp("tiny_demo") / "demo"
+        if os.environ.get("NPGA_TINY_DEMO"):
+            shutil.copytree(os.environ["NPGA_TINY_DEMO"], out)
         start = time.perf_counter()
         result = CliRunner().invoke(cli, ["demo", str(out), "--preset", "tiny", "--json", "--render-frames", "4"],
                                     catch_exceptions=False)

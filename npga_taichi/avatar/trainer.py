@@ -368,7 +368,7 @@ class Trainer:
                 break
             loss.backward()
             t0 = self._time("backward", t0)
-            total_loss += float(loss)
+            total_loss += loss.item()
             total_mse += float(metrics.mse(image.detach(), target))
             for k, v in {**parts, **reg_parts}.items():
                 record[k] = record.get(k, 0.0) + v / len(views)

@@ -3,14 +3,19 @@
 One Taichi kernel renders every pixel x sample of every camera of a frame: rays are
 transformed into the head frame (``x_world = s R x_posed + t``), clipped to the head's bounding
 box and sphere-traced on ``sdf(backward(x, e))`` (the SDF written once in ``synthetic.py``).
-A hit is shaded with the SDF normal under fixed studio lighting (key + fill + ambient + a weak
-specular, with two-tap ambient occlusion so the mouth cavity is dark). Antialiasing: ``n x n``
-stratified, hash-jittered samples per pixel (default 2 x 2 = 4); the alpha matte is the fraction
-of samples that hit. Pixel centres are at (j + 0.5, i + 0.5) (the rasterizer's convention);
-cameras are world->camera OpenCV with intrinsics at the rendered resolution.
+Per pixel, one cone containing all sample rays is marched first; then each of the ``n x n``
+stratified, hash-jittered samples (default 2 x 2 = 4) is traced from where the cone stopped.
+The alpha matte is the fraction of samples that hit. A hit is shaded with the SDF normal under
+fixed studio lighting (key + fill + ambient + a weak specular, two-tap ambient occlusion so
+the mouth cavity is dark); normal, occlusion and albedo are computed once per pixel and again
+for any sample that lands on another surface (a depth jump), so silhouettes and occlusion
+edges are antialiased by all samples. Pixel centres are at (j + 0.5, i + 0.5) (the
+rasterizer's convention); cameras are world->camera OpenCV with intrinsics at the rendered
+resolution. The kernel is a small state machine with a single SDF call site, which keeps its
+cold compile short.
 
 Besides the image, the kernel reports per pixel the world position and normal where the first
-sample hit (NaN where it missed): the capture writer turns these into the point clouds.
+hitting sample hit (NaN where all missed): the capture writer turns these into point clouds.
 """
 # (no `from __future__ import annotations`: Taichi reads kernel annotations as objects)
 from dataclasses import dataclass
@@ -72,6 +77,9 @@ def slab(o, d, bmin, bmax):
     return ti.math.vec2(t_enter, t_exit)
 
 
+PHASE_CONE, PHASE_NEXT, PHASE_TRACE, PHASE_NORMAL, PHASE_AO, PHASE_SHADE = 0, 1, 2, 3, 4, 5
+
+
 @ti.kernel
 def _render_kernel(viewmats: ti.types.ndarray(dtype=ti.f32, ndim=3), Ks: ti.types.ndarray(dtype=ti.f32, ndim=3),
                    pose: ti.types.ndarray(dtype=ti.f32, ndim=2), ident: ti.types.ndarray(dtype=ti.f32, ndim=1),
@@ -107,60 +115,105 @@ def _render_kernel(viewmats: ti.types.ndarray(dtype=ti.f32, ndim=3), Ks: ti.type
         t_shaded = 0.0
         for k in ti.static(range(6)):
             hits[c, i, j, k] = ti.math.nan
-        # Pixel cone: march one cone that contains every sample ray of the pixel while it is
-        # clear of the surface (a step of sdf - cone radius is safe for all of them); each sample
-        # ray then starts where the cone stopped. Saves most of the far steps of the n*n rays.
+        # The pixel is rendered by one state machine whose every iteration evaluates the posed
+        # SDF at exactly one point: the SDF is inlined once (it dominates compile time).
+        #   CONE:   march one cone containing all sample rays while it is clear of the surface
+        #           (a step of sdf - cone radius is safe for all of them);
+        #   TRACE:  sphere-trace sample `sidx` from where the cone stopped;
+        #   NORMAL: 4 tetrahedral gradient taps at the hit;  AO: 2 occlusion taps along n.
+        # Normal, occlusion and albedo vary slowly at this resolution: they are computed for the
+        # pixel's first hit and again only for a sample on another surface (a depth jump, e.g.
+        # the nose over the cheek), so silhouettes stay antialiased by every sample.
         d_centre = (Rc.transpose() @ vec3((j + 0.5 - cx) / fx, (i + 0.5 - cy) / fy, 1.0)).normalized()
         d_cp = R.transpose() @ d_centre
         cone = 0.75 * pixel_angle * 1.05  # half-diagonal of a pixel, per unit distance
         span_c = slab(o_p, d_cp, bmin, bmax)
         t_cone = ti.max(span_c[0] - 0.05, 0.0)
         t_cone_far = span_c[1] + 0.05
-        while t_cone < t_cone_far:
-            clearance = syn.posed_sdf(o_p + t_cone * d_cp, e, idp, True) - cone * t_cone
-            if clearance < 0.004:
-                break
-            t_cone += 0.8 * clearance
-        for sidx in range(side * side):
-            su = (sidx % side + hash01(ti.u32(c * 7919 + seed), ti.u32(i * 65537 + j), ti.u32(2 * sidx))) / side
-            sv = (sidx // side + hash01(ti.u32(c * 7919 + seed), ti.u32(i * 65537 + j), ti.u32(2 * sidx + 1))) / side
-            d_cam = vec3((j + su - cx) / fx, (i + sv - cy) / fy, 1.0)
-            d_world = (Rc.transpose() @ d_cam).normalized()
-            d_p = R.transpose() @ d_world  # unit; distances along it are in head units
-            # slab test against the head's bounding box
-            span = slab(o_p, d_p, bmin, bmax)
-            t_near = ti.max(ti.max(span[0], 0.0), t_cone)
-            t_far = span[1]
-            hit = 0
-            tt = t_near
-            if t_near < t_far:
-                for _ in range(160):
-                    dist = syn.posed_sdf(o_p + tt * d_p, e, idp, True)
-                    if dist < ti.max(2e-4, 0.25 * tt * pixel_angle):
-                        hit = 1
-                        break
+        phase = PHASE_CONE
+        sidx = -1
+        tt = 0.0
+        t_far = 0.0
+        steps = 0
+        tap = 0
+        d_world = vec3(0.0, 0.0, 1.0)
+        d_p = vec3(0.0, 0.0, 1.0)
+        xp = vec3(0.0, 0.0, 0.0)
+        n_p = vec3(0.0, 0.0, 1.0)
+        g = vec3(0.0, 0.0, 0.0)
+        occ = 0.0
+        if t_cone >= t_cone_far:
+            phase = PHASE_NEXT
+        for _ in range(4096):  # safety cap on the state machine
+            if phase == PHASE_NEXT:  # set up the next sample ray (no SDF evaluation)
+                sidx += 1
+                if sidx >= side * side:
+                    break
+                su = (sidx % side + hash01(ti.u32(c * 7919 + seed), ti.u32(i * 65537 + j), ti.u32(2 * sidx))) / side
+                sv = (sidx // side + hash01(ti.u32(c * 7919 + seed), ti.u32(i * 65537 + j), ti.u32(2 * sidx + 1))) / side
+                d_world = (Rc.transpose() @ vec3((j + su - cx) / fx, (i + sv - cy) / fy, 1.0)).normalized()
+                d_p = R.transpose() @ d_world  # unit; distances along it are in head units
+                span = slab(o_p, d_p, bmin, bmax)
+                tt = ti.max(ti.max(span[0], 0.0), t_cone)
+                t_far = span[1]
+                steps = 0
+                phase = PHASE_TRACE
+                if tt >= t_far:
+                    acc += bg
+                    phase = PHASE_NEXT
+                continue
+            q = o_p + t_cone * d_cp
+            if phase == PHASE_TRACE:
+                q = o_p + tt * d_p
+            elif phase == PHASE_NORMAL:
+                q = xp + 5e-4 * syn.tetra_dir(tap)
+            elif phase == PHASE_AO:
+                q = xp + (0.015 + 0.035 * tap) * n_p
+            v = syn.posed_sdf(q, e, idp, True)  # the single call site
+            if phase == PHASE_CONE:
+                clearance = v - cone * t_cone
+                if clearance < 0.004:
+                    phase = PHASE_NEXT
+                else:
+                    t_cone += 0.8 * clearance
+                    if t_cone >= t_cone_far:  # every sample misses
+                        phase = PHASE_NEXT
+            elif phase == PHASE_TRACE:
+                steps += 1
+                if v < ti.max(2e-4, 0.25 * tt * pixel_angle):
+                    xp = o_p + tt * d_p
+                    if first == 1 or ti.abs(tt - t_shaded) > 0.01:
+                        phase = PHASE_NORMAL
+                        tap = 0
+                        g = vec3(0.0, 0.0, 0.0)
+                    else:
+                        phase = PHASE_SHADE
+                else:
                     # 0.8: the composition with the deformation is not exactly 1-Lipschitz
-                    tt += 0.8 * dist
-                    if tt > t_far:
-                        break
-            if hit == 1:
-                xp = o_p + tt * d_p
-                # Normal, occlusion and albedo vary slowly at this resolution: shade once per
-                # pixel, and again only for a sample on another surface (a depth jump, e.g. the
-                # nose over the cheek), so silhouettes stay antialiased by every sample.
-                if first == 1 or ti.abs(tt - t_shaded) > 0.01:
-                    n_p = syn.posed_normal(xp, e, idp, 5e-4, True)
+                    tt += 0.8 * v
+                    if tt > t_far or steps >= 160:
+                        acc += bg
+                        phase = PHASE_NEXT
+            elif phase == PHASE_NORMAL:
+                g += syn.tetra_dir(tap) * v
+                tap += 1
+                if tap == 4:
+                    n_p = g.normalized(1e-12)
                     n_w = R @ n_p
-                    # two-tap ambient occlusion along the normal (mouth cavity, nostrils, ears)
+                    phase = PHASE_AO
+                    tap = 0
                     occ = 0.0
-                    for k in range(2):
-                        hk = 0.015 + 0.035 * k
-                        occ += (hk - ti.max(syn.posed_sdf(xp + hk * n_p, e, idp, True), 0.0)) / hk * (0.45 - 0.2 * k)
+            elif phase == PHASE_AO:
+                hk = 0.015 + 0.035 * tap
+                occ += (hk - ti.max(v, 0.0)) / hk * (0.45 - 0.2 * tap)
+                tap += 1
+                if tap == 2:
                     ao = ti.math.clamp(1.0 - occ, 0.05, 1.0)
                     alb = syn.canonical_albedo(syn.deform_backward(xp, e, idp), idp, True)
                     t_shaded = tt
-                view = -d_world
-                half = (key_dir + view).normalized()
+                    phase = PHASE_SHADE
+            if phase == PHASE_SHADE:  # accumulate the sample's colour with the current shading
+                half = (key_dir - d_world).normalized()
                 diffuse = light[6] * ti.max(n_w.dot(key_dir), 0.0) * (0.35 + 0.65 * ao) + \
                     light[7] * ti.max(n_w.dot(fill_dir), 0.0) * (0.35 + 0.65 * ao) + light[8] * ao
                 spec = light[9] * ti.pow(ti.max(n_w.dot(half), 0.0), 32.0) * ao
@@ -172,8 +225,7 @@ def _render_kernel(viewmats: ti.types.ndarray(dtype=ti.f32, ndim=3), Ks: ti.type
                     for k in ti.static(range(3)):
                         hits[c, i, j, k] = xw[k]
                         hits[c, i, j, 3 + k] = n_w[k]
-            else:
-                acc += bg
+                phase = PHASE_NEXT
         col = acc / (side * side)
         for k in ti.static(range(3)):
             rgba[c, i, j, k] = ti.math.clamp(col[k], 0.0, 1.0)

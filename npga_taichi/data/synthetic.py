@@ -28,7 +28,8 @@ Three fields, all analytic and smooth:
 The posed head is ``{x : sdf(backward(x, e)) < 0}``. A captured frame additionally places the
 head rigidly in the world: ``x_world = s * R @ x_posed + t`` (s = 0.25 m per unit).
 
-The Taichi functions (``head_parts``, ``compose_sdf``, ``skin_albedo`` ...) are shared by the
+The Taichi functions (``head_parts``, ``compose_sdf``, ``deform_backward``, ``posed_sdf``,
+``canonical_albedo``) are shared by the
 query kernels here and the sphere tracer in :mod:`npga_taichi.data.head_render`, so the head is
 written exactly once.
 """
@@ -384,16 +385,6 @@ def tetra_dir(k):
     return 2.0 * vec3(((k + 3) >> 1) & 1, (k >> 1) & 1, k & 1) - 1.0
 
 
-@ti.func
-def posed_normal(x, e, idp, h, fast: ti.template()):
-    """Normalised gradient of the posed SDF by a tetrahedral finite difference (step h)."""
-    g = vec3(0.0, 0.0, 0.0)
-    for k in range(4):  # dynamic loop: one inlined copy of the SDF, not four
-        dirk = tetra_dir(k)
-        g += dirk * posed_sdf(x + h * dirk, e, idp, fast)
-    return g.normalized(1e-12)
-
-
 # --------------------------------------------------------------------------- albedo
 @ti.func
 def hash_noise(p):
@@ -639,10 +630,7 @@ class SyntheticHead:
         gen = torch.Generator().manual_seed(int(seed))
         lo = torch.tensor(BOUNDS_MIN)
         hi = torch.tensor(BOUNDS_MAX)
-        hi = hi.clone()
-        hi[1] = 0.72
-        lo = lo.clone()
-        lo[1] = -0.9  # keep the neck short: samples concentrate on the head
+        lo[1] = -0.9  # stop the neck short: samples concentrate on the head
         kept_p, kept_n, have = [], [], 0
         for _ in range(64):
             cand = lo + (hi - lo) * torch.rand(max(4 * n, 4096), 3, generator=gen)

@@ -6,6 +6,7 @@ frame). Per sequence:
 
 1. the first frame fits identity (z_geo), scale, pose and expression jointly (many steps);
    identity and scale are then frozen (optionally shared across sequences),
+   (the scale stays at ``init_scale`` unless ``fit_scale``: it is degenerate with head size),
 2. every following frame warm-starts expression and pose from the previous frame and runs a few
    Adam steps on: robust mean |SDF| over a subsample of the frame's points (pseudo-Huber),
    code L2 regularisers and temporal smoothness to the previous frame's code and pose.
@@ -45,7 +46,9 @@ class TrackingConfig:
     lr_rot: float = 4e-3           # axis-angle learning rate (radians)
     lr_trans: float = 1e-3         # translation learning rate (metres)
     lr_scale: float = 2e-3         # log-scale learning rate (first frame)
-    init_scale: float = 0.25       # starting world metres per canonical unit (MonoNPHM: 0.25)
+    init_scale: float = 0.25       # world metres per canonical unit (MonoNPHM: FLAME x 4 -> 0.25)
+    fit_scale: bool = False        # also fit the scale on the first frame (it trades off against
+                                   # head size in the identity code, so it is fixed by default)
     robust_delta: float = 0.004    # pseudo-Huber width of the SDF residual (canonical units)
     w_reg_geo: float = 1e-5        # identity code L2
     w_reg_exp: float = 1e-5        # expression code L2
@@ -199,9 +202,11 @@ class FrameFitter:
                   {"params": [d_trans], "lr": cfg.lr_trans}]
         fit_identity = first and not self.identity_fixed
         z_geo = self.z_geo.clone().requires_grad_(fit_identity)
-        log_scale = self.log_scale.clone().requires_grad_(fit_identity)
+        log_scale = self.log_scale.clone().requires_grad_(fit_identity and cfg.fit_scale)
         if fit_identity:
-            groups += [{"params": [z_geo], "lr": cfg.lr_geo}, {"params": [log_scale], "lr": cfg.lr_scale}]
+            groups.append({"params": [z_geo], "lr": cfg.lr_geo})
+            if cfg.fit_scale:
+                groups.append({"params": [log_scale], "lr": cfg.lr_scale})
         opt = torch.optim.Adam(groups)
         steps = cfg.first_frame_steps if first else cfg.steps_per_frame
         base_lrs = [g["lr"] for g in opt.param_groups]
