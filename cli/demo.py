@@ -6,7 +6,9 @@ path of the video.
 """
 from __future__ import annotations
 
+import contextlib
 import json
+import sys
 from pathlib import Path
 
 import click
@@ -47,8 +49,11 @@ def command(out, preset, identity, render_frames, device, force, as_json):
     cfg = DemoConfig(out=str(out), preset=preset, identity=identity, render_frames=render_frames,
                      force=force, device=device)
     echo = (lambda msg: click.echo(msg, err=True)) if as_json else click.echo
+    # With --json, stdout carries only the final summary: the stages' own messages go to stderr.
+    quiet_stdout = contextlib.redirect_stdout(sys.stderr) if as_json else contextlib.nullcontext()
     try:
-        record = run_pipeline(cfg, echo=echo)
+        with quiet_stdout:
+            record = run_pipeline(cfg, echo=echo)
     except (RuntimeError, ValueError) as err:
         raise click.ClickException(str(err)) from None
     if as_json:

@@ -50,12 +50,13 @@ class DemoConfig:
 
 @dataclass
 class Stage:
-    """One pipeline step: a command line and the file that proves it finished."""
+    """One pipeline step: an ``npga`` command line (or an in-process API call) and its output."""
 
     name: str
-    argv: Callable[["DemoPaths"], list[str]]   # npga arguments (after "npga")
+    argv: Callable[["DemoPaths"], list[str]]   # npga arguments (after "npga"), shown and recorded
     output: Callable[["DemoPaths"], Path]      # final output file
     done: Callable[["DemoPaths"], bool] | None = None  # finished? [default: output exists]
+    call: Callable[["DemoPaths", bool], None] | None = None  # run via the Python API instead (force)
 
     def is_done(self, paths: "DemoPaths") -> bool:
         return self.done(paths) if self.done is not None else self.output(paths).exists()
@@ -116,15 +117,15 @@ def _fit_args(p: DemoPaths) -> list[str]:
     return ["--resume"] if (p.run / "checkpoints" / "latest.pt").is_file() else []
 
 
-# Per-preset arguments of every stage. "tiny" is sized for CI and the test suite (a few minutes
-# on a loaded 2-core machine); "default" is the schedule the README's numbers come from.
+# Per-preset arguments of every stage. "default" is the schedule the README's numbers come from;
+# "tiny" is sized for CI and the test suite (a few minutes on a busy 2-core machine).
 STAGE_OPTIONS: dict[str, dict[str, list[str]]] = {
     "tiny": {
         "synth": ["--preset", "tiny", "--samples", "1", "--frames", "3"],
-        "prior": ["--preset", "tiny", "--steps", "120", "--identities", "2", "--expressions", "4"],
+        "prior": ["--preset", "tiny", "--steps", "100", "--identities", "2", "--expressions", "4"],
         "track": ["--steps-first", "40", "--steps", "5", "--points", "400"],
         "distill": ["--steps", "60", "--hidden", "32", "--layers", "2"],
-        "fit": ["--preset", "tiny", "--steps", "120"],
+        "fit": ["--preset", "tiny", "--steps", "100"],
     },
     "default": {
         "synth": ["--preset", "default"],
@@ -135,6 +136,31 @@ STAGE_OPTIONS: dict[str, dict[str, list[str]]] = {
     },
 }
 
+# The tiny preset's prior and F also shrink the sample pools and the final evaluations, which
+# the CLIs do not expose (with the CLI defaults those evaluations take most of the time: ~10x).
+TINY_PRIOR = dict(preset="tiny", n_identities=2, n_expressions=4, n_heldout_expressions=1, points_surface=400,
+                  points_near=400, points_space=150, batch_shapes=2, batch_points=400, steps=100,
+                  eval_points=400, eval_fit_steps=10, checkpoint_every=50, lr=3e-3)
+TINY_DISTILL = dict(steps=60, hidden_dim=32, n_layers=2, batch_points=1024, surface_points=3000, eval_points=300,
+                    eval_codes=4, root_points=50, root_codes=2, root_iters=15, checkpoint_every=30)
+
+
+def _tiny_prior(p: "DemoPaths", force: bool) -> None:
+    from npga_taichi.prior.config import PriorTrainConfig
+    from npga_taichi.prior.training import fit_prior
+
+    fit_prior(p.prior, PriorTrainConfig(**TINY_PRIOR), force=force, progress=True, log=print)
+
+
+def _tiny_distill(p: "DemoPaths", force: bool) -> None:
+    from npga_taichi.prior.distill import DistillConfig, distill
+    from npga_taichi.prior.model import load_prior
+    from npga_taichi.prior.tracking import load_tracking
+
+    trackings = [load_tracking(f) for f in sorted(p.tracking_dir.glob("*.npz"))]
+    distill(load_prior(p.prior), trackings, p.distill, DistillConfig(**TINY_DISTILL), force=force, progress=True,
+            log=print)
+
 
 def stages(cfg: DemoConfig) -> list[Stage]:
     """The demo's stages for ``cfg``: the command lines every stage runs."""
@@ -144,12 +170,12 @@ def stages(cfg: DemoConfig) -> list[Stage]:
         Stage("capture", lambda p: ["synth", str(p.capture), "--identity", str(cfg.identity), *opt["synth"]],
               lambda p: p.participant_dir / "synthetic_capture.json", _capture_done),
         Stage("prior", lambda p: ["prior", "fit", "--out", str(p.prior), *opt["prior"]],
-              lambda p: p.prior / "metrics.json"),
+              lambda p: p.prior / "metrics.json", call=_tiny_prior if cfg.preset == "tiny" else None),
         Stage("track", lambda p: ["track", str(p.participant_dir), "--prior", str(p.prior), *opt["track"]],
               lambda p: p.tracking_dir, _tracking_done),
         Stage("distill", lambda p: ["distill", "--prior", str(p.prior), "--tracking", str(p.tracking_dir),
                                     "--out", str(p.distill), *opt["distill"]],
-              lambda p: p.distill / "metrics.json"),
+              lambda p: p.distill / "metrics.json", call=_tiny_distill if cfg.preset == "tiny" else None),
         Stage("fit", lambda p: ["fit", str(p.capture), "--out", str(p.run), "--prior", str(p.prior),
                                 "--field", str(p.distill), *opt["fit"], "--device", cfg.device,
                                 *([] if cfg.force else _fit_args(p))],
@@ -197,9 +223,16 @@ def run_pipeline(cfg: DemoConfig, echo: Callable[[str], None] = print,
         argv = stage.argv(paths)
         if cfg.force and "--force" not in argv and "--resume" not in argv:
             argv.append("--force")
-        echo(f"[{stage.name}] npga {' '.join(argv)}")
         start = time.perf_counter()
-        runner(argv)
+        if stage.call is not None:
+            echo(f"[{stage.name}] (Python API, {cfg.preset} settings) like: npga {' '.join(argv)}")
+            try:
+                stage.call(paths, cfg.force)
+            except ValueError as err:
+                raise RuntimeError(f"stage {stage.name} failed: {err}") from err
+        else:
+            echo(f"[{stage.name}] npga {' '.join(argv)}")
+            runner(argv)
         seconds = time.perf_counter() - start
         if not stage.is_done(paths):
             raise RuntimeError(f"stage {stage.name} finished but its output {output} is missing or incomplete")

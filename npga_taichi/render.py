@@ -218,12 +218,14 @@ class _Composite(torch.autograd.Function):
             pack(ids, total, means2d, conics, opacities, depths, packed)
         colors_arg = colors if colors.shape[0] > 0 else torch.zeros((1, channels), dtype=dt, device=dev)
         image = torch.empty((height, width, channels), dtype=dt, device=dev)
-        t_final = torch.empty((height, width), dtype=dt, device=dev)
         alpha = torch.empty((height, width, 1), dtype=dt, device=dev)
         depth = torch.empty((height, width, 1), dtype=dt, device=dev)
-        last = torch.empty((height, width), dtype=torch.int32, device=dev)
-        composite_forward(packed, ids, colors_arg, ranges, background, width, height, tiles_x,
-                          image.view(-1), t_final.view(-1), alpha.view(-1), depth.view(-1), last.view(-1))
+        # saved per-pixel state in rows padded to whole tiles (the kernels' lane layout)
+        pitch = tiles_x * TILE_SIZE
+        t_final = torch.empty((height, pitch), dtype=dt, device=dev)
+        last = torch.empty((height, pitch), dtype=torch.int32, device=dev)
+        composite_forward(packed, ids, colors_arg, ranges, background, width, height, tiles_x, pitch,
+                          image.view(-1), alpha.view(-1), depth.view(-1), t_final.view(-1), last.view(-1))
         ctx.save_for_backward(packed, ids, colors_arg, ranges, background, t_final, last)
         ctx.config = (width, height, colors.shape[0], total)
         # unused outputs arrive as None in backward instead of materialised zero images
@@ -238,22 +240,23 @@ class _Composite(torch.autograd.Function):
         channels = colors.shape[1]
         tiles_x, tiles_y = _tile_grid(width, height)
         n_tiles = tiles_x * tiles_y
-        v_image = _grad_or_zeros(v_image, (height, width, channels), packed)
-        dummy = torch.zeros((1,), dtype=dt, device=dev)
-        has_v_alpha, has_v_depth = int(v_alpha is not None), int(v_depth is not None)
-        v_alpha = v_alpha.contiguous() if has_v_alpha else dummy
-        v_depth = v_depth.contiguous() if has_v_depth else dummy
+        pitch = tiles_x * TILE_SIZE
+        # upstream gradients in the lane layout of t_final: rows padded to pitch with zeros,
+        # zeros for outputs that got no gradient
+        v_image = _padded_rows("v_image", v_image, height, width, pitch, channels, packed)
+        v_alpha = _padded_rows("v_alpha", v_alpha, height, width, pitch, 1, packed)
+        v_depth = _padded_rows("v_depth", v_depth, height, width, pitch, 1, packed)
         # one gradient row per intersection (written by its tile only, no atomics), then summed
         # per Gaussian; columns: mean2d x, y, conic a, b, c, opacity, depth, channels
         grad_isect = _scratch.get("grad_isect", (packed.shape[0], GRAD_COLUMNS + channels), dt, dev)
         v_background_tiles = torch.empty((n_tiles, channels), dtype=dt, device=dev)
         variant = channel_variant(channels)
-        # colour suffix sums live in registers for unrolled channel counts, in memory otherwise
-        suffix_color = dummy if variant else _scratch.get("suffix_color", (height * width * channels,), dt, dev)
+        # running per-pixel state of the backward (T, suffix sums, upstream colour gradient)
+        lane_state = _scratch.get("lane_state", (n_tiles * TILE_SIZE * (2 + 2 * channels), TILE_SIZE), dt, dev)
         _, _, composite_backward = composite_kernels(_real(packed), variant)
-        composite_backward(packed, ids, colors, ranges, background, width, height, tiles_x,
-                           t_final.view(-1), last.view(-1), v_image.reshape(-1), v_alpha.reshape(-1),
-                           v_depth.reshape(-1), has_v_alpha, has_v_depth, suffix_color,
+        composite_backward(packed, ids, colors, ranges, background, width, height, tiles_x, pitch,
+                           _tile_rows(t_final), _tile_rows(last), v_image, _tile_rows(v_alpha), _tile_rows(v_depth),
+                           lane_state,
                            grad_isect, v_background_tiles)
         grads = torch.zeros((max(n, 1), GRAD_COLUMNS + channels), dtype=dt, device=dev)
         if total > 0:
@@ -264,6 +267,25 @@ class _Composite(torch.autograd.Function):
         v_background = v_background_tiles.sum(0)
         return (v_means2d, v_conics, v_depths, v_opacities, v_colors, v_background,
                 None, None, None, None)
+
+
+def _padded_rows(name, grad, height, width, pitch, channels, like):
+    """An upstream image gradient (H, W[, C]) or None as a flat (H * pitch * C) tensor with rows
+    padded to ``pitch`` columns by zeros (a view of ``grad`` itself when no padding is needed)."""
+    if grad is not None and pitch == width:
+        return grad.contiguous().view(-1)
+    buf = _scratch.get(name, (height, pitch, channels), like.dtype, like.device)
+    if grad is None:
+        buf.zero_()
+    else:
+        buf[:, width:].zero_()
+        buf[:, :width].copy_(grad.reshape(height, width, channels))
+    return buf.view(-1)
+
+
+def _tile_rows(t: torch.Tensor) -> torch.Tensor:
+    """A padded (H, pitch) per-pixel tensor as (H * tiles_x, 16): one element per tile row."""
+    return t.view(-1, TILE_SIZE)
 
 
 def camera_center(viewmat: torch.Tensor) -> torch.Tensor:

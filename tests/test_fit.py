@@ -208,7 +208,7 @@ def test_killed_run_resumes_from_its_last_checkpoint(tmp_path, capture):
     script = KILL_SCRIPT.format(tests=os.path.dirname(__file__), run=str(run))
     proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     latest = run / "checkpoints" / "latest.pt"
-    deadline = time.time() + 120
+    deadline = time.time() + 600
     try:
         # Kill hard (no cleanup handlers) once a couple of checkpoints exist, mid-training.
         while time.time() < deadline and proc.poll() is None:

@@ -180,7 +180,7 @@ def _render_kernel(viewmats: ti.types.ndarray(dtype=ti.f32, ndim=3), Ks: ti.type
                         phase = PHASE_NEXT
             elif phase == PHASE_TRACE:
                 steps += 1
-                if v < ti.max(2e-4, 0.25 * tt * pixel_angle):
+                if v < ti.max(2e-4, 0.4 * tt * pixel_angle):  # 0.4 of a pixel footprint
                     xp = o_p + tt * d_p
                     if first == 1 or ti.abs(tt - t_shaded) > 0.01:
                         phase = PHASE_NORMAL

@@ -93,6 +93,8 @@ JAW_AXIS_Y, JAW_AXIS_Z, JAW_MAX_ANGLE = -0.03, 0.0, 0.30
 BLINK_ANGLE = 0.78
 # Upper bound of |backward(x, e) - x| for expressions in [0, 1] (the jaw moves the chin most).
 MAX_DISPLACEMENT = 0.2
+# Below this height (canonical) only the neck exists (the chin ends above y = -0.52).
+NECK_ONLY_Y = -0.64
 EYEBALL_RADIUS, LID_RADIUS, SOCKET_RADIUS = 0.048, 0.056, 0.066
 
 
@@ -177,6 +179,12 @@ def hair_thickness(idp):
 
 # --------------------------------------------------------------------------- geometry
 @ti.func
+def sd_neck(p, idp):
+    jw = 1.0 + 0.10 * idp[2]
+    return sd_tapered_capsule(p, vec3(0.0, -0.3, -0.06), vec3(0.0, -1.4, -0.12), 0.20 * jw, 0.21 * jw)
+
+
+@ti.func
 def head_bound(p):
     """Distance to a sphere around the head and a capsule around the neck: a lower bound of the
     head's SDF for every identity (used only outside, to step quickly)."""
@@ -203,9 +211,14 @@ def head_parts(p, idp, fast: ti.template()):
     cl = idp[3]
     q = vec3(ti.abs(p.x), p.y, p.z)  # mirrored point for symmetric parts
     d_bound = head_bound(p)
-    if ti.static(fast) and d_bound > 0.03:
+    if ti.static(fast) and (d_bound > 0.03 or p.y < NECK_ONLY_Y):
+        # Outside the bound, or below the chin (every part but the neck lies above y = -0.52 for
+        # all identities): the bound, or the neck alone capped by the distance to y = -0.52.
+        d_far = d_bound
+        if d_bound <= 0.03:
+            d_far = ti.min(sd_neck(p, idp), -0.52 - p.y)
         for k in ti.static(range(NUM_PARTS)):
-            out[k] = d_bound
+            out[k] = d_far
         out[5] = far  # the cavity is subtracted: far away it must not cut anything
         out[6] = far
     else:
@@ -219,7 +232,7 @@ def head_parts(p, idp, fast: ti.template()):
         # brow ridge
         d = smin(d, sd_tapered_capsule(q, vec3(0.0, 0.125, 0.335), vec3(0.15 * hw, 0.13, 0.305), 0.034, 0.028), 0.04)
         # neck
-        d = smin(d, sd_tapered_capsule(p, vec3(0.0, -0.3, -0.06), vec3(0.0, -1.4, -0.12), 0.20 * jw, 0.21 * jw), 0.10)
+        d = smin(d, sd_neck(p, idp), 0.10)
         # ears (mirrored): a flat plate with a hollow concha
         es = 1.0 + 0.15 * idp[8]
         ear_c = vec3(0.905 * cr.x + 0.015, 0.0, -0.03)
@@ -322,7 +335,7 @@ def deform_backward(x, e, idp):
     # axis, psi_canonical = psi + theta * w(psi): w = 1 below the lips, 0 above, a smooth ramp
     # over the opening (wide enough that d psi_c / d psi > 0, i.e. no fold).
     # (the jaw's weight is exactly 0 above y = 0.05: psi > psi_m + 0.12 there)
-    if e[0] != 0.0 and x.y < 0.05:
+    if e[0] != 0.0 and x.y < 0.05 and x.y > -0.8:  # w = 0 outside (-0.8, 0.05)
         theta = JAW_MAX_ANGLE * e[0]
         ry = x.y - JAW_AXIS_Y
         rz = x.z - JAW_AXIS_Z
