@@ -251,12 +251,12 @@ class _Composite(torch.autograd.Function):
         grad_isect = _scratch.get("grad_isect", (packed.shape[0], GRAD_COLUMNS + channels), dt, dev)
         v_background_tiles = torch.empty((n_tiles, channels), dtype=dt, device=dev)
         variant = channel_variant(channels)
-        # running per-pixel state of the backward (T, suffix sums, upstream colour gradient)
-        lane_state = _scratch.get("lane_state", (n_tiles * TILE_SIZE * (2 + 2 * channels), TILE_SIZE), dt, dev)
+        # colour suffix sums live in registers for unrolled channel counts, in memory otherwise
+        suffix_color = (torch.zeros((1,), dtype=dt, device=dev) if variant
+                        else _scratch.get("suffix_color", (height * pitch * channels,), dt, dev))
         _, _, composite_backward = composite_kernels(_real(packed), variant)
         composite_backward(packed, ids, colors, ranges, background, width, height, tiles_x, pitch,
-                           _tile_rows(t_final), _tile_rows(last), v_image, _tile_rows(v_alpha), _tile_rows(v_depth),
-                           lane_state,
+                           t_final.view(-1), last.view(-1), v_image, v_alpha, v_depth, suffix_color,
                            grad_isect, v_background_tiles)
         grads = torch.zeros((max(n, 1), GRAD_COLUMNS + channels), dtype=dt, device=dev)
         if total > 0:
@@ -281,11 +281,6 @@ def _padded_rows(name, grad, height, width, pitch, channels, like):
         buf[:, width:].zero_()
         buf[:, :width].copy_(grad.reshape(height, width, channels))
     return buf.view(-1)
-
-
-def _tile_rows(t: torch.Tensor) -> torch.Tensor:
-    """A padded (H, pitch) per-pixel tensor as (H * tiles_x, 16): one element per tile row."""
-    return t.view(-1, TILE_SIZE)
 
 
 def camera_center(viewmat: torch.Tensor) -> torch.Tensor:

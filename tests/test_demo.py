@@ -23,15 +23,21 @@ def build_tiny_demo(tmp_path_factory) -> dict:
     Developer shortcut: with ``NPGA_TINY_DEMO=DIR`` (a finished tiny demo) DIR is copied into
     the test's temporary folder and the demo only resumes there (every stage skipped).
     """
+    if "error" in _BUILT:  # built once, failed once: do not pay for the pipeline again per test
+        pytest.fail(f"the tiny demo failed earlier in this session: {_BUILT['error']}")
     if "out" not in _BUILT:
         out = tmp_path_factory.mktemp("tiny_demo") / "demo"
         if os.environ.get("NPGA_TINY_DEMO"):
             shutil.copytree(os.environ["NPGA_TINY_DEMO"], out)
         start = time.perf_counter()
-        result = CliRunner().invoke(cli, ["demo", str(out), "--preset", "tiny", "--json", "--render-frames", "4"],
-                                    catch_exceptions=False)
+        try:
+            result = CliRunner().invoke(cli, ["demo", str(out), "--preset", "tiny", "--json", "--render-frames", "4"],
+                                        catch_exceptions=False)
+            assert result.exit_code == 0, result.output
+        except BaseException as err:
+            _BUILT["error"] = f"{type(err).__name__}: {err}"
+            raise
         _BUILT["seconds"] = time.perf_counter() - start
-        assert result.exit_code == 0, result.output
         _BUILT["out"] = out
         _BUILT["summary"] = json.loads(result.stdout.strip().splitlines()[-1])
     return dict(_BUILT)

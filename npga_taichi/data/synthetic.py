@@ -225,12 +225,15 @@ def head_parts(p, idp, fast: ti.template()):
         cc = cranium_centre()
         cr = cranium_radii(idp)
         d = sd_ellipsoid(p - cc, cr)
-        d = smin(d, sd_ellipsoid(p - vec3(0.0, -0.06, 0.10), vec3(0.25 * hw, 0.30, 0.30)), 0.08)
-        d = smin(d, sd_ellipsoid(p - vec3(0.0, -0.25 - 0.02 * cl, 0.08), vec3(0.20 * jw, 0.17 + 0.02 * cl, 0.26)), 0.06)
-        d = smin(d, sd_ellipsoid(p - vec3(0.0, -0.37 - 0.035 * cl, 0.25), vec3(0.10 * jw, 0.08, 0.08)), 0.05)
-        d = smin(d, sd_ellipsoid(q - vec3(0.17 * hw, -0.02, 0.22), vec3(0.09, 0.075, 0.09)), 0.05)
-        # brow ridge
-        d = smin(d, sd_tapered_capsule(q, vec3(0.0, 0.125, 0.335), vec3(0.15 * hw, 0.13, 0.305), 0.034, 0.028), 0.04)
+        # face, jaw, chin, cheekbones and brow ridge all lie within 0.44 of (0, -0.12, 0.10) for
+        # every identity: skipped (fast) when that sphere cannot change the smooth union
+        if ti.static(not fast) or (p - vec3(0.0, -0.12, 0.10)).norm() - 0.44 < ti.abs(d) + 0.08:
+            d = smin(d, sd_ellipsoid(p - vec3(0.0, -0.06, 0.10), vec3(0.25 * hw, 0.30, 0.30)), 0.08)
+            d = smin(d, sd_ellipsoid(p - vec3(0.0, -0.25 - 0.02 * cl, 0.08), vec3(0.20 * jw, 0.17 + 0.02 * cl, 0.26)), 0.06)
+            d = smin(d, sd_ellipsoid(p - vec3(0.0, -0.37 - 0.035 * cl, 0.25), vec3(0.10 * jw, 0.08, 0.08)), 0.05)
+            d = smin(d, sd_ellipsoid(q - vec3(0.17 * hw, -0.02, 0.22), vec3(0.09, 0.075, 0.09)), 0.05)
+            # brow ridge
+            d = smin(d, sd_tapered_capsule(q, vec3(0.0, 0.125, 0.335), vec3(0.15 * hw, 0.13, 0.305), 0.034, 0.028), 0.04)
         # neck
         d = smin(d, sd_neck(p, idp), 0.10)
         # ears (mirrored): a flat plate with a hollow concha
