@@ -39,14 +39,24 @@ def _parse_grid(text: str) -> tuple[int, int]:
     return rows, cols
 
 
-def _parse_corner_codes(text: str, drive_for, default_sequence: str) -> tuple[torch.Tensor, list[str]]:
+def _parse_corner_codes(text: str, drive_for, default_sequence: str,
+                        other_sequences: list[str]) -> tuple[torch.Tensor, list[str]]:
     """'auto' or 'SEQ:T;SEQ:T;SEQ:T;SEQ:T' -> (4, E) codes and their labels."""
     from npga_taichi.reenactment import farthest_codes
 
     if text.strip().lower() == "auto":
-        drive = drive_for(default_sequence)
-        idx = farthest_codes(drive.z_exp, 4)
-        return drive.z_exp[idx], [f"{default_sequence}:{int(drive.timesteps[i])}" for i in idx]
+        # Four mutually distant codes of --sequence, topped up with the other tracked sequences
+        # when it has fewer than four frames.
+        codes, labels = [], []
+        for seq in [default_sequence] + [s for s in other_sequences if s != default_sequence]:
+            drive = drive_for(seq)
+            codes.append(drive.z_exp)
+            labels += [f"{drive.sequence}:{int(t)}" for t in drive.timesteps]
+            if len(labels) >= 4:
+                break
+        pool = torch.cat(codes)
+        idx = farthest_codes(pool, 4)
+        return pool[idx], [labels[i] for i in idx]
     parts = [p.strip() for p in text.split(";") if p.strip()]
     if len(parts) != 4:
         raise click.BadParameter(f"expected 'auto' or four SEQ:TIMESTEP separated by ';', got {text!r}",
@@ -109,8 +119,8 @@ def _tile_grid(images: list[np.ndarray], rows: int, cols: int) -> np.ndarray:
                    "participant folder.")
 @click.option("--source-pose", is_flag=True, help="Cross-reenactment: also take the source's head poses.")
 @click.option("--interpolate", default=None, metavar="CODES",
-              help="Latent expression interpolation between four codes: 'auto' (four distinct frames of "
-                   "--sequence) or 'SEQ:T;SEQ:T;SEQ:T;SEQ:T' (top-left, top-right, bottom-left, bottom-right).")
+              help="Latent expression interpolation between four codes: 'auto' (four distinct tracked frames, "
+                   "from --sequence first) or 'SEQ:T;SEQ:T;SEQ:T;SEQ:T' (top-left, top-right, bottom-left, bottom-right).")
 @click.option("--grid", "grid_text", default=None, metavar="RxC",
               help="Interpolation: write one grid image of R x C blends (e.g. 4x4) instead of a video.")
 @click.option("--path", "path_text", default=None, metavar="'u,v;u,v;...'",
@@ -178,7 +188,8 @@ def command(run_dir, sequence, camera, orbit, orbit_yaw, orbit_pitch, full_circl
         if interpolate:
             def drive_for(seq):
                 return run.drive(seq, expressions, source_pose=False)
-            corners, corner_labels = _parse_corner_codes(interpolate, drive_for, sequence)
+            tracked = [] if expressions else [s for s in run.capture.sequences() if _tracked(run, s)]
+            corners, corner_labels = _parse_corner_codes(interpolate, drive_for, sequence, tracked)
             uv = square_grid(*grid) if grid else square_path(n_frames, waypoints)
             codes = torch.stack([bilinear_code(corners, u, v) for u, v in uv])
             drive = run.reference_drive().with_codes(codes, sequence=f"interp:{sequence}")

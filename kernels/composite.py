@@ -30,13 +30,15 @@ loop-carried accumulators, taichi issue #8356, so it is written by hand). Per (G
 it first evaluates the 16 fragments (vectorised) and skips the gradient arithmetic when no lane
 is hit; a Gaussian's gradient is summed over the 16 lanes and added to a per-*intersection* row
 of ``grad_isect`` that only its tile writes (no atomics); the caller reduces intersections to
-Gaussians (``index_add_``). The gradient arithmetic is only partly vectorised by LLVM (the row's
+Gaussians (``index_add_``). Per pixel the backward carries T and one weighted suffix sum (see
+``composite_backward``). The gradient arithmetic is only partly vectorised by LLVM (the row's
 upstream gradients enter as 16 loop-invariant scalars, and Taichi's i32 index arithmetic keeps
-LLVM from proving lane loads adjacent), so the backward is ~1.4x cheaper than the scalar loop,
-not ~4x: this is where further speed lies.
+LLVM from proving lane loads adjacent): ~60 ms instead of ~120 ms for the scene above, which
+is where further speed lies. Measured and rejected: Gaussian-outer/rows-inner with the pixel
+state in memory (lane loads and stores are not vectorised, ~2x slower).
 
 Channel counts C <= 4 are unrolled with the colours in registers; other C use a generic variant
-that keeps colour sums in memory (slower, same results).
+that loops over channels at run time (slower, same results).
 """
 
 import functools
@@ -87,7 +89,7 @@ def composite_kernels(real, static_channels: int):
     """Return ``(pack_intersections, composite_forward, composite_backward)`` for dtype ``real``.
 
     ``static_channels`` = C (1..4) unrolls the channel loops and keeps colours and colour sums in
-    registers; 0 builds the generic variant for any C (loops at run time, sums in memory).
+    registers; 0 builds the generic variant for any C (channel loops at run time).
     Image-sized arrays are passed flattened: pixel q = row * width + column, channel-minor.
     """
     runtime.ensure_initialized()  # kernels are compiled for the arch chosen once per process
@@ -256,7 +258,7 @@ def composite_kernels(real, static_channels: int):
     def composite_backward(
         packed: arr2, ids: iarr1, colors: arr2, ranges: iarr2, background: arr1,
         width: ti.i32, height: ti.i32, tiles_x: ti.i32, pitch: ti.i32,
-        t_final: arr1, last: iarr1, v_image: arr1, v_alpha: arr1, v_depth: arr1, suffix_color: arr1,
+        t_final: arr1, last: iarr1, v_image: arr1, v_alpha: arr1, v_depth: arr1,
         grad_isect: arr2, v_background_tiles: arr2,
     ):
         """Per-intersection gradients ``grad_isect`` (M, 7 + C): d/d(mean_x, mean_y, conic a, b,
@@ -264,13 +266,17 @@ def composite_kernels(real, static_channels: int):
         (every row of every tile's range is written); background gradient as one partial sum per
         tile, ``v_background_tiles`` (n_tiles, C). All per-pixel inputs are in the padded layout
         of ``t_final`` (H*pitch[*C], zeros in the padding; zeros for an unused output), so a
-        row's 16 lanes load as one vector; ``suffix_color`` (H*pitch*C) is scratch for the
-        generic channel variant only.
+        row's 16 lanes are read without branches.
 
         For contributor k of a pixel, with S_k = sum_{j>k} alpha_j T_j c_j + T_final bg and
         D_k = sum_{j>k} alpha_j T_j z_j (suffix sums, built while walking back to front):
         dL/dalpha_k = g.(T_k c_k - S_k/(1-alpha_k)) + g_z (T_k z_k - D_k/(1-alpha_k))
-                      + g_alpha T_final/(1-alpha_k).
+                      + g_alpha T_final/(1-alpha_k)
+                    = T_k (g.c_k + g_z z_k) - (U_k - g_alpha T_final) / (1-alpha_k),
+        with the pixel's upstream gradients (g, g_z, g_alpha) fixed, so only the weighted suffix
+        sum U_k = g.S_k + g_z D_k is carried (one number per pixel instead of C + 1):
+        U starts at T_final g.bg and grows by alpha_k T_k (g.c_k + g_z z_k).
+        The sigma gradient is -o e^-sigma dL/dalpha (raw = o e^-sigma below the 0.999 clamp).
         """
         n_channels = colors.shape[1]
         ti.loop_config(block_dim=TILES_PER_TASK)
@@ -288,9 +294,8 @@ def composite_kernels(real, static_channels: int):
                 dy_base = ti.cast(py, real) + half
                 T_run = ti.Vector.one(real, LANES)
                 lastv = ti.Vector.zero(ti.i32, LANES) + start
-                S = ti.Matrix.zero(real, NCV, LANES)  # suffix colour sums
+                U = ti.Vector.zero(real, LANES)  # g . S + g_z D, the weighted suffix sum
                 G = ti.Matrix.zero(real, NCV, LANES)  # upstream image gradient
-                D = ti.Vector.zero(real, LANES)      # suffix depth sums
                 g_dep = ti.Vector.zero(real, LANES)
                 g_alpha_t = ti.Vector.zero(real, LANES)  # v_alpha * T_final
                 row_last = start
@@ -305,13 +310,13 @@ def composite_kernels(real, static_channels: int):
                     if ti.static(NC > 0):
                         for ch in ti.static(range(NC)):
                             G[ch, l] = v_image[q * NC + ch]
-                            S[ch, l] = T * background[ch]
+                            U[l] += T * background[ch] * G[ch, l]
                             bg_sum[ch] += T * G[ch, l]
                     else:
                         for ch in range(n_channels):
-                            k = q * n_channels + ch
-                            suffix_color[k] = T * background[ch]
-                            v_background_tiles[tile, ch] += T * v_image[k]
+                            gpix = v_image[q * n_channels + ch]
+                            U[l] += T * background[ch] * gpix
+                            v_background_tiles[tile, ch] += T * gpix
                     row_last = ti.max(row_last, lastv[l])
                 if ti.static(NC > 0):
                     for ch in ti.static(range(NC)):
@@ -344,47 +349,46 @@ def composite_kernels(real, static_channels: int):
                             alphas[l] = alpha
                         if n_hit == 0:
                             continue  # the row crosses the ellipse outside this tile or after its last contributors
-                        # lane sums: v_sigma, dx v_sigma, dx^2 v_sigma, exp(-sigma) v_alpha, w g_z, w g
-                        s_vs = real(0.0)
-                        s_dx_vs = real(0.0)
-                        s_dx2_vs = real(0.0)
-                        s_o = real(0.0)
+                        # lane sums of e v_alpha (e = exp(-sigma)) times 1, dx, dx^2, then w g_z and w g;
+                        # v_sigma = -o e v_alpha, so the sigma sums are -o times the first three
+                        s_ev = real(0.0)
+                        s_dx_ev = real(0.0)
+                        s_dx2_ev = real(0.0)
                         s_z = real(0.0)
                         s_col = ti.Vector.zero(real, NCV)
                         for l in ti.static(range(LANES)):
                             dx = x0f + l - mx
                             hit = hits[l] != 0
-                            e = es[l]
                             raw = raws[l]
                             alpha = alphas[l]
                             inv = one / (one - alpha)
                             T = T_run[l] * inv  # T_k from T_{k+1}
-                            w = alpha * T
-                            v_alpha_k = g_alpha_t[l] * inv + g_dep[l] * (T * z - D[l] * inv)
+                            w_hit = ti.select(hit, alpha * T, real(0.0))
+                            g_dot_c = g_dep[l] * z  # g . c_k + g_z z_k
                             if ti.static(NC > 0):
                                 for ch in ti.static(range(NC)):
-                                    v_alpha_k += G[ch, l] * (T * col[ch] - S[ch, l] * inv)
-                                    s_col[ch] += ti.select(hit, w * G[ch, l], real(0.0))
-                                    S[ch, l] = ti.select(hit, S[ch, l] + w * col[ch], S[ch, l])
+                                    g_dot_c += G[ch, l] * col[ch]
+                                    s_col[ch] += w_hit * G[ch, l]
                             else:
                                 k = (py * pitch + x0 + l) * n_channels
                                 for ch in range(n_channels):
                                     gpix = v_image[k + ch]
-                                    s = suffix_color[k + ch]
-                                    cc = colors[g, ch]
-                                    v_alpha_k += gpix * (T * cc - s * inv)
-                                    grad_isect[i, GRAD_COLUMNS + ch] += ti.select(hit, w * gpix, real(0.0))
-                                    suffix_color[k + ch] = ti.select(hit, s + w * cc, s)
-                            s_z += ti.select(hit, w * g_dep[l], real(0.0))
-                            D[l] = ti.select(hit, D[l] + w * z, D[l])
+                                    g_dot_c += gpix * colors[g, ch]
+                                    grad_isect[i, GRAD_COLUMNS + ch] += w_hit * gpix
+                            v_alpha_k = T * g_dot_c - inv * (U[l] - g_alpha_t[l])
+                            U[l] += w_hit * g_dot_c
+                            s_z += w_hit * g_dep[l]
                             T_run[l] = ti.select(hit, T, T_run[l])
                             # alpha = min(0.999, raw): no gradient through the clamp
                             v_alpha_k = ti.select(hit & (raw <= real(ALPHA_MAX)), v_alpha_k, real(0.0))
-                            s_o += e * v_alpha_k
-                            v_sigma = -raw * v_alpha_k
-                            s_vs += v_sigma
-                            s_dx_vs += dx * v_sigma
-                            s_dx2_vs += dx * dx * v_sigma
+                            ev = es[l] * v_alpha_k
+                            s_ev += ev
+                            s_dx_ev += dx * ev
+                            s_dx2_ev += dx * dx * ev
+                        s_o = s_ev
+                        s_vs = -o * s_ev
+                        s_dx_vs = -o * s_dx_ev
+                        s_dx2_vs = -o * s_dx2_ev
                         grad_isect[i, 0] -= a * s_dx_vs + b * dy * s_vs
                         grad_isect[i, 1] -= b * s_dx_vs + c * dy * s_vs
                         grad_isect[i, 2] += half * s_dx2_vs

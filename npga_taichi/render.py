@@ -251,12 +251,9 @@ class _Composite(torch.autograd.Function):
         grad_isect = _scratch.get("grad_isect", (packed.shape[0], GRAD_COLUMNS + channels), dt, dev)
         v_background_tiles = torch.empty((n_tiles, channels), dtype=dt, device=dev)
         variant = channel_variant(channels)
-        # colour suffix sums live in registers for unrolled channel counts, in memory otherwise
-        suffix_color = (torch.zeros((1,), dtype=dt, device=dev) if variant
-                        else _scratch.get("suffix_color", (height * pitch * channels,), dt, dev))
         _, _, composite_backward = composite_kernels(_real(packed), variant)
         composite_backward(packed, ids, colors, ranges, background, width, height, tiles_x, pitch,
-                           t_final.view(-1), last.view(-1), v_image, v_alpha, v_depth, suffix_color,
+                           t_final.view(-1), last.view(-1), v_image, v_alpha, v_depth,
                            grad_isect, v_background_tiles)
         grads = torch.zeros((max(n, 1), GRAD_COLUMNS + channels), dtype=dt, device=dev)
         if total > 0:

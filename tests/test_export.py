@@ -219,7 +219,7 @@ def test_exported_ply_opens_in_npga_compare(exported):
                                       "--width", "32", "--height", "32", "--json"], catch_exceptions=False)
     assert result.exit_code == 0, result.output
     report = json.loads(result.output[result.output.index("{"):])
-    assert report["passed"], report
+    assert report["passed"], result.output
 
 
 def test_export_refuses_overwrite_and_bad_arguments(exported, tmp_path):

@@ -158,7 +158,7 @@ def test_render_orbit_cross_and_interpolation(tiny_demo, tmp_path):
     import imageio.v2 as imageio
 
     from npga_taichi.camera_paths import bilinear_code
-    from npga_taichi.reenactment import LoadedRun, farthest_codes, tracking_file
+    from npga_taichi.reenactment import LoadedRun, tracking_file
 
     run_dir = tiny_demo["out"] / "run"
     run = LoadedRun(run_dir)
@@ -174,8 +174,9 @@ def test_render_orbit_cross_and_interpolation(tiny_demo, tmp_path):
     image = imageio.imread(grid["outputs"]["grid"])
     cam = run.camera(grid["camera"])
     assert image.shape == (2 * cam.height, 3 * cam.width, 3)
-    drive = run.drive("FREE")
-    corners = drive.z_exp[farthest_codes(drive.z_exp, 4)]
+    # the corners are the four codes named in render.json (SEQ:T), found in the tracking
+    corners = torch.stack([_code(run, label) for label in grid["corners"]])
+    assert len(set(grid["corners"])) == 4
     pose = run.reference_drive().frame(0)
     # the grid's last tile is the bottom-right corner code on the reference pose
     last = run.render(run.gaussians({**pose, "z_exp": bilinear_code(corners, 1.0, 1.0)}), cam)
@@ -184,6 +185,21 @@ def test_render_orbit_cross_and_interpolation(tiny_demo, tmp_path):
                               "--no-video", "--out", tmp_path / "p", "--json"))
     assert np.allclose(path["uv"], [[0.0, 0.0], [0.5, 0.5], [1.0, 1.0]])
     assert len(list((tmp_path / "p" / "frames").glob("*.png"))) == 3
+
+
+def _code(run, label):
+    seq, t = label.rsplit(":", 1)
+    drive = run.drive(seq)
+    return drive.z_exp[int(np.nonzero(drive.timesteps == int(t))[0][0])]
+
+
+def test_auto_corners_are_mutually_distant():
+    from npga_taichi.reenactment import farthest_codes
+
+    z = torch.tensor([[0.0, 0], [0.1, 0], [5, 0], [0, 5], [5, 5], [0.05, 0.05]])
+    assert sorted(farthest_codes(z, 4)) == [0, 2, 3, 4] or sorted(farthest_codes(z, 4)) == [1, 2, 3, 4]
+    with pytest.raises(ValueError, match="at least 4"):
+        farthest_codes(z[:3], 4)
 
 
 def test_render_bad_arguments(tiny_demo, tmp_path):
