@@ -233,7 +233,7 @@ def composite_kernels(real, static_channels: int):
                             else:
                                 k = (row + lane_pixel(x0, l, width)) * n_channels
                                 for ch in range(n_channels):
-                                    image[k + ch] += w * colors[g, ch]
+                                    image[k + ch] = image[k + ch] + w * colors[g, ch]
                             dep[l] += w * z
                             T[l] = ti.select(contrib, t_next, T[l])
                             lastv[l] = ti.select(contrib, i + 1, lastv[l])
@@ -252,7 +252,7 @@ def composite_kernels(real, static_channels: int):
                                 image[q * NC + ch] = acc[ch, l] + T[l] * background[ch]
                         else:
                             for ch in range(n_channels):
-                                image[q * n_channels + ch] += T[l] * background[ch]
+                                image[q * n_channels + ch] = image[q * n_channels + ch] + T[l] * background[ch]
 
     @ti.kernel
     def composite_backward(
@@ -316,11 +316,11 @@ def composite_kernels(real, static_channels: int):
                         for ch in range(n_channels):
                             gpix = v_image[q * n_channels + ch]
                             U[l] += T * background[ch] * gpix
-                            v_background_tiles[tile, ch] += T * gpix
+                            v_background_tiles[tile, ch] = v_background_tiles[tile, ch] + T * gpix
                     row_last = ti.max(row_last, lastv[l])
                 if ti.static(NC > 0):
                     for ch in ti.static(range(NC)):
-                        v_background_tiles[tile, ch] += bg_sum[ch]
+                        v_background_tiles[tile, ch] = v_background_tiles[tile, ch] + bg_sum[ch]
                 for step in range(row_last - start):
                     i = row_last - 1 - step
                     dy = dy_base - packed[i, 1]
@@ -374,7 +374,7 @@ def composite_kernels(real, static_channels: int):
                                 for ch in range(n_channels):
                                     gpix = v_image[k + ch]
                                     g_dot_c += gpix * colors[g, ch]
-                                    grad_isect[i, GRAD_COLUMNS + ch] += w_hit * gpix
+                                    grad_isect[i, GRAD_COLUMNS + ch] = grad_isect[i, GRAD_COLUMNS + ch] + w_hit * gpix
                             v_alpha_k = T * g_dot_c - inv * (U[l] - g_alpha_t[l])
                             U[l] += w_hit * g_dot_c
                             s_z += w_hit * g_dep[l]
@@ -389,15 +389,17 @@ def composite_kernels(real, static_channels: int):
                         s_vs = -o * s_ev
                         s_dx_vs = -o * s_dx_ev
                         s_dx2_vs = -o * s_dx2_ev
-                        grad_isect[i, 0] -= a * s_dx_vs + b * dy * s_vs
-                        grad_isect[i, 1] -= b * s_dx_vs + c * dy * s_vs
-                        grad_isect[i, 2] += half * s_dx2_vs
-                        grad_isect[i, 3] += dy * s_dx_vs
-                        grad_isect[i, 4] += half * dy * dy * s_vs
-                        grad_isect[i, 5] += s_o
-                        grad_isect[i, 6] += s_z
+                        # plain read-add-write, not +=: Taichi makes += on global arrays atomic, and
+                        # only this tile writes row i (atomics cost ~1/4 of the backward)
+                        grad_isect[i, 0] = grad_isect[i, 0] - (a * s_dx_vs + b * dy * s_vs)
+                        grad_isect[i, 1] = grad_isect[i, 1] - (b * s_dx_vs + c * dy * s_vs)
+                        grad_isect[i, 2] = grad_isect[i, 2] + half * s_dx2_vs
+                        grad_isect[i, 3] = grad_isect[i, 3] + dy * s_dx_vs
+                        grad_isect[i, 4] = grad_isect[i, 4] + half * dy * dy * s_vs
+                        grad_isect[i, 5] = grad_isect[i, 5] + s_o
+                        grad_isect[i, 6] = grad_isect[i, 6] + s_z
                         if ti.static(NC > 0):
                             for ch in ti.static(range(NC)):
-                                grad_isect[i, GRAD_COLUMNS + ch] += s_col[ch]
+                                grad_isect[i, GRAD_COLUMNS + ch] = grad_isect[i, GRAD_COLUMNS + ch] + s_col[ch]
 
     return pack_intersections, composite_forward, composite_backward

@@ -11,7 +11,9 @@ cold ``.grad`` kernel compiles are paid once per machine, not once per process.
 """
 from __future__ import annotations
 
+import contextlib
 import os
+import sys
 import threading
 
 import taichi as ti
@@ -61,12 +63,14 @@ def init(arch: str | None = None) -> str:
                 )
             return _arch
         resolved = _resolve(wanted)
-        ti.init(
-            arch=ti.cuda if resolved == "cuda" else ti.cpu,
-            offline_cache=True,
-            offline_cache_file_path=default_cache_dir(),
-            log_level=ti.WARN,
-        )
+        # ti.init prints "[Taichi] Starting on arch=..." on stdout; keep stdout for --json.
+        with contextlib.redirect_stdout(sys.stderr):
+            ti.init(
+                arch=ti.cuda if resolved == "cuda" else ti.cpu,
+                offline_cache=True,
+                offline_cache_file_path=default_cache_dir(),
+                log_level=ti.WARN,
+            )
         _arch = resolved
         return _arch
 

@@ -11,5 +11,9 @@ import os
 # Taichi's own thread pool needs (measured: compositing forward 280 ms CPU spinning vs 90 ms
 # passive on 2 cores). Must be set before torch loads libgomp; a user's explicit choice wins.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# Taichi would otherwise phone home for a version check at init (no network here, and nothing
+# may be fetched at run time) and print its banner on stdout, corrupting `--json` output.
+os.environ.setdefault("TI_SKIP_VERSION_CHECK", "ON")
+os.environ.setdefault("ENABLE_TAICHI_HEADER_PRINT", "False")
 
 __version__ = "0.1.0"
