@@ -33,7 +33,7 @@ of ``grad_isect`` that only its tile writes (no atomics); the caller reduces int
 Gaussians (``index_add_``). Per pixel the backward carries T and one weighted suffix sum (see
 ``composite_backward``). The gradient arithmetic is only partly vectorised by LLVM (the row's
 upstream gradients enter as 16 loop-invariant scalars, and Taichi's i32 index arithmetic keeps
-LLVM from proving lane loads adjacent): ~60 ms instead of ~120 ms for the scene above, which
+LLVM from proving lane loads adjacent): ~57 ms instead of ~120 ms for the scene above, which
 is where further speed lies. Measured and rejected: Gaussian-outer/rows-inner with the pixel
 state in memory (lane loads and stores are not vectorised, ~2x slower).
 

@@ -77,17 +77,23 @@ def slab(o, d, bmin, bmax):
     return ti.math.vec2(t_enter, t_exit)
 
 
-PHASE_CONE, PHASE_NEXT, PHASE_TRACE, PHASE_NORMAL, PHASE_AO, PHASE_SHADE = 0, 1, 2, 3, 4, 5
+PHASE_CONE, PHASE_NEXT, PHASE_TRACE, PHASE_NORMAL, PHASE_AO, PHASE_SHADE, PHASE_TILE, PHASE_PIXEL = range(8)
+# Pixels per side of the tiles whose shared cone is marched before their pixels' own cones.
+TILE = 4
+# A pixel's cone stops this close (head units) to the surface; its samples trace from there.
+CONE_CLEARANCE = 0.0015
 
 
 @ti.kernel
 def _render_kernel(viewmats: ti.types.ndarray(dtype=ti.f32, ndim=3), Ks: ti.types.ndarray(dtype=ti.f32, ndim=3),
                    pose: ti.types.ndarray(dtype=ti.f32, ndim=2), ident: ti.types.ndarray(dtype=ti.f32, ndim=1),
                    expr: ti.types.ndarray(dtype=ti.f32, ndim=2), light: ti.types.ndarray(dtype=ti.f32, ndim=1),
-                   side: ti.i32, seed: ti.i32,
+                   side: ti.i32, seed: ti.i32, tile: ti.i32,
                    rgba: ti.types.ndarray(dtype=ti.f32, ndim=4), hits: ti.types.ndarray(dtype=ti.f32, ndim=4)):
     n_cams, height, width = rgba.shape[0], rgba.shape[1], rgba.shape[2]
-    for c, i, j in ti.ndrange(n_cams, height, width):
+    n_ty = (height + tile - 1) // tile
+    n_tx = (width + tile - 1) // tile
+    for c, ty, tx in ti.ndrange(n_cams, n_ty, n_tx):
         idp = syn.load_identity(ident)
         e = syn.load_expression(expr, 0)
         # head pose: x_world = s R x_posed + t  (pose rows 0..2 = [R | t], pose[3, 0] = s)
@@ -106,6 +112,30 @@ def _render_kernel(viewmats: ti.types.ndarray(dtype=ti.f32, ndim=3), Ks: ti.type
         pixel_angle = 1.0 / ti.max(fx, fy)
         bmin = vec3(syn.BOUNDS_MIN[0], syn.BOUNDS_MIN[1], syn.BOUNDS_MIN[2])
         bmax = vec3(syn.BOUNDS_MAX[0], syn.BOUNDS_MAX[1], syn.BOUNDS_MAX[2])
+        # The tile is rendered by one state machine whose every iteration evaluates the posed
+        # SDF at exactly one point: the SDF is inlined once (it dominates compile time).
+        #   TILE:   march one cone containing every ray of the tile's pixels while it is clear
+        #           of the surface (most of the march from the bounding box to the head is
+        #           shared by tile x tile pixels);
+        #   PIXEL:  next pixel of the tile (no SDF evaluation);
+        #   CONE:   from there, march one cone containing all the pixel's sample rays (a step of
+        #           sdf - cone radius is safe for all of them);
+        #   TRACE:  sphere-trace sample `sidx` from where the cone stopped;
+        #   NORMAL: 4 tetrahedral gradient taps at the hit;  AO: 2 occlusion taps along n.
+        # Normal, occlusion and albedo vary slowly at this resolution: they are computed for the
+        # pixel's first hit and again only for a sample on another surface (a depth jump, e.g.
+        # the nose over the cheek), so silhouettes stay antialiased by every sample.
+        tile_c = vec3((tx * tile + 0.5 * tile - cx) / fx, (ty * tile + 0.5 * tile - cy) / fy, 1.0)
+        d_tile = R.transpose() @ (Rc.transpose() @ tile_c).normalized()
+        cone_tile = 0.75 * tile * pixel_angle * 1.05  # half-diagonal of the tile, per unit distance
+        span_t = slab(o_p, d_tile, bmin, bmax)
+        t_tile = ti.max(span_t[0] - 0.05, 0.0)
+        # past the centre ray's exit + the tile's half-width, every pixel ray has left the box
+        t_tile_far = span_t[1] + 0.05 + cone_tile * span_t[1]
+        cone = 0.75 * pixel_angle * 1.05  # half-diagonal of a pixel, per unit distance
+        i = 0
+        j = 0
+        pidx = -1
         acc = vec3(0.0, 0.0, 0.0)
         n_hit = 0
         first = 1
@@ -113,24 +143,12 @@ def _render_kernel(viewmats: ti.types.ndarray(dtype=ti.f32, ndim=3), Ks: ti.type
         ao = 1.0
         alb = vec3(0.0, 0.0, 0.0)
         t_shaded = 0.0
-        for k in ti.static(range(6)):
-            hits[c, i, j, k] = ti.math.nan
-        # The pixel is rendered by one state machine whose every iteration evaluates the posed
-        # SDF at exactly one point: the SDF is inlined once (it dominates compile time).
-        #   CONE:   march one cone containing all sample rays while it is clear of the surface
-        #           (a step of sdf - cone radius is safe for all of them);
-        #   TRACE:  sphere-trace sample `sidx` from where the cone stopped;
-        #   NORMAL: 4 tetrahedral gradient taps at the hit;  AO: 2 occlusion taps along n.
-        # Normal, occlusion and albedo vary slowly at this resolution: they are computed for the
-        # pixel's first hit and again only for a sample on another surface (a depth jump, e.g.
-        # the nose over the cheek), so silhouettes stay antialiased by every sample.
-        d_centre = (Rc.transpose() @ vec3((j + 0.5 - cx) / fx, (i + 0.5 - cy) / fy, 1.0)).normalized()
-        d_cp = R.transpose() @ d_centre
-        cone = 0.75 * pixel_angle * 1.05  # half-diagonal of a pixel, per unit distance
-        span_c = slab(o_p, d_cp, bmin, bmax)
-        t_cone = ti.max(span_c[0] - 0.05, 0.0)
-        t_cone_far = span_c[1] + 0.05
-        phase = PHASE_CONE
+        d_cp = vec3(0.0, 0.0, 1.0)
+        t_cone = 0.0
+        t_cone_far = 0.0
+        phase = PHASE_TILE
+        if t_tile >= t_tile_far:
+            phase = PHASE_PIXEL
         sidx = -1
         tt = 0.0
         t_far = 0.0
@@ -142,13 +160,39 @@ def _render_kernel(viewmats: ti.types.ndarray(dtype=ti.f32, ndim=3), Ks: ti.type
         n_p = vec3(0.0, 0.0, 1.0)
         g = vec3(0.0, 0.0, 0.0)
         occ = 0.0
-        if t_cone >= t_cone_far:
-            phase = PHASE_NEXT
-        for _ in range(4096):  # safety cap on the state machine
+        max_iters = tile * tile * (side * side * 170 + 300) + 300  # safety cap on the state machine
+        for _ in range(max_iters):
+            if phase == PHASE_PIXEL:  # set up the tile's next pixel (no SDF evaluation)
+                pidx += 1
+                if pidx >= tile * tile:
+                    break
+                i = ty * tile + pidx // tile
+                j = tx * tile + pidx % tile
+                if i < height and j < width:
+                    acc = vec3(0.0, 0.0, 0.0)
+                    n_hit = 0
+                    first = 1
+                    for k in ti.static(range(6)):
+                        hits[c, i, j, k] = ti.math.nan
+                    d_centre = (Rc.transpose() @ vec3((j + 0.5 - cx) / fx, (i + 0.5 - cy) / fy, 1.0)).normalized()
+                    d_cp = R.transpose() @ d_centre
+                    span_c = slab(o_p, d_cp, bmin, bmax)
+                    t_cone = ti.max(span_c[0] - 0.05, t_tile)
+                    t_cone_far = span_c[1] + 0.05
+                    sidx = -1
+                    phase = PHASE_CONE
+                    if t_cone >= t_cone_far:
+                        phase = PHASE_NEXT
+                continue
             if phase == PHASE_NEXT:  # set up the next sample ray (no SDF evaluation)
                 sidx += 1
-                if sidx >= side * side:
-                    break
+                if sidx >= side * side:  # the pixel is done
+                    col = acc / (side * side)
+                    for k in ti.static(range(3)):
+                        rgba[c, i, j, k] = ti.math.clamp(col[k], 0.0, 1.0)
+                    rgba[c, i, j, 3] = n_hit / (side * side)
+                    phase = PHASE_PIXEL
+                    continue
                 su = (sidx % side + hash01(ti.u32(c * 7919 + seed), ti.u32(i * 65537 + j), ti.u32(2 * sidx))) / side
                 sv = (sidx // side + hash01(ti.u32(c * 7919 + seed), ti.u32(i * 65537 + j), ti.u32(2 * sidx + 1))) / side
                 d_world = (Rc.transpose() @ vec3((j + su - cx) / fx, (i + sv - cy) / fy, 1.0)).normalized()
@@ -163,16 +207,26 @@ def _render_kernel(viewmats: ti.types.ndarray(dtype=ti.f32, ndim=3), Ks: ti.type
                     phase = PHASE_NEXT
                 continue
             q = o_p + t_cone * d_cp
-            if phase == PHASE_TRACE:
+            if phase == PHASE_TILE:
+                q = o_p + t_tile * d_tile
+            elif phase == PHASE_TRACE:
                 q = o_p + tt * d_p
             elif phase == PHASE_NORMAL:
                 q = xp + 5e-4 * syn.tetra_dir(tap)
             elif phase == PHASE_AO:
                 q = xp + (0.015 + 0.035 * tap) * n_p
             v = syn.posed_sdf(q, e, idp, True)  # the single call site
-            if phase == PHASE_CONE:
-                clearance = v - cone * t_cone
+            if phase == PHASE_TILE:
+                clearance = v - cone_tile * t_tile
                 if clearance < 0.004:
+                    phase = PHASE_PIXEL
+                else:
+                    t_tile += 0.8 * clearance
+                    if t_tile >= t_tile_far:  # every pixel misses
+                        phase = PHASE_PIXEL
+            elif phase == PHASE_CONE:
+                clearance = v - cone * t_cone
+                if clearance < CONE_CLEARANCE:
                     phase = PHASE_NEXT
                 else:
                     t_cone += 0.8 * clearance
@@ -226,15 +280,12 @@ def _render_kernel(viewmats: ti.types.ndarray(dtype=ti.f32, ndim=3), Ks: ti.type
                         hits[c, i, j, k] = xw[k]
                         hits[c, i, j, 3 + k] = n_w[k]
                 phase = PHASE_NEXT
-        col = acc / (side * side)
-        for k in ti.static(range(3)):
-            rgba[c, i, j, k] = ti.math.clamp(col[k], 0.0, 1.0)
-        rgba[c, i, j, 3] = n_hit / (side * side)
 
 
 def render_head(head: "syn.SyntheticHead", expr, viewmats: torch.Tensor, Ks: torch.Tensor, width: int,
                 height: int, rotation=None, translation=None, scale: float = syn.UNIT_METRES,
-                samples_per_side: int = 2, lighting: Lighting | None = None, seed: int = 0):
+                samples_per_side: int = 2, lighting: Lighting | None = None, seed: int = 0,
+                tile: int = TILE):
     """Render one posed head into C cameras.
 
     Args:
@@ -271,5 +322,5 @@ def render_head(head: "syn.SyntheticHead", expr, viewmats: torch.Tensor, Ks: tor
     rgba = torch.zeros(n_cams, height, width, 4, dtype=torch.float32, device=device)
     hits = torch.zeros(n_cams, height, width, 6, dtype=torch.float32, device=device)
     _render_kernel(viewmats.contiguous(), Ks.contiguous(), pose.to(device), head._ident(device), expr_t,
-                   light, int(samples_per_side), int(seed), rgba, hits)
+                   light, int(samples_per_side), int(seed), int(tile), rgba, hits)
     return rgba, hits
