@@ -202,20 +202,13 @@ def _atomic_json(path: Path, obj) -> None:
 
 def _in_all_images(points: np.ndarray, viewmats: np.ndarray, Ks: np.ndarray, width: int, height: int) -> np.ndarray:
     """(N,) bool: the world point projects inside every camera's image (in front of it)."""
-    # Each camera tests only the points that every previous camera kept (same arithmetic per
-    # point as testing all of them), on a contiguous copy: a strided (N, 3) view of the (N, 6)
-    # hits makes numpy's matmul take a slow generic loop.
-    idx = np.arange(len(points))
-    pts = np.ascontiguousarray(points)
+    keep = np.ones(len(points), bool)
     for vm, K in zip(viewmats, Ks):
-        pc = pts @ vm[:3, :3].T + vm[:3, 3]
+        pc = points @ vm[:3, :3].T + vm[:3, 3]
         z = np.maximum(pc[:, 2], 1e-9)
         u = K[0, 0] * pc[:, 0] / z + K[0, 2]
         v = K[1, 1] * pc[:, 1] / z + K[1, 2]
-        inside = (pc[:, 2] > 0) & (u >= 0) & (u < width) & (v >= 0) & (v < height)
-        idx, pts = idx[inside], pts[inside]
-    keep = np.zeros(len(points), bool)
-    keep[idx] = True
+        keep &= (pc[:, 2] > 0) & (u >= 0) & (u < width) & (v >= 0) & (v < height)
     return keep
 
 
@@ -233,9 +226,19 @@ def _write_frame(fdir: Path, image_folder: str, serials: list, rgba8: np.ndarray
         _atomic_png(fdir / "alpha_map" / f"cam_{serial}.png", rgba8[c, :, :, 3])
     pts = hits.reshape(-1, 6)
     pts = pts[np.isfinite(pts[:, 0])]
-    pts = pts[_in_all_images(pts[:, :3], viewmats, Ks, rgba8.shape[2], rgba8.shape[1])]
-    if len(pts) > n_points:
-        pts = pts[rng.choice(len(pts), n_points, replace=False)]
+    # A uniform random subset of the points inside every image: test the hits in a random order,
+    # in growing chunks, until n_points pass (testing all ~500k hits in 16 cameras would cost
+    # more CPU than the PNGs).
+    order = rng.permutation(len(pts))
+    chosen, have, start, chunk = [], 0, 0, n_points + n_points // 4 + 16
+    while start < len(order) and have < n_points:
+        cand = order[start:start + chunk]
+        cand = cand[_in_all_images(pts[cand, :3], viewmats, Ks, rgba8.shape[2], rgba8.shape[1])]
+        chosen.append(cand)
+        have += len(cand)
+        start += chunk
+        chunk *= 2
+    pts = pts[np.concatenate(chosen)[:n_points]] if chosen else pts[:0]
     xyz = pts[:, :3] + rng.normal(0.0, noise, size=(len(pts), 3)).astype(np.float32)
     write_pcd(fdir / "colmap" / "pointclouds" / POINTCLOUD_NAME,
               {"x": xyz[:, 0], "y": xyz[:, 1], "z": xyz[:, 2],

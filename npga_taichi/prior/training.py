@@ -325,8 +325,8 @@ def fit_prior(out: str | os.PathLike, cfg: PriorTrainConfig, force: bool = False
         opt.step()
         running = total.item() if running is None else 0.95 * running + 0.05 * total.item()
         if step % 20 == 0:
-            bar.set_postfix(loss=f"{running:.4f}", sdf_mm=f"{float(losses['surface']) * MM_PER_UNIT:.2f}",
-                            def_mm=f"{float(losses['deform']) * MM_PER_UNIT:.2f}")
+            bar.set_postfix(loss=f"{running:.4f}", sdf_mm=f"{losses['surface'].item() * MM_PER_UNIT:.2f}",
+                            def_mm=f"{losses['deform'].item() * MM_PER_UNIT:.2f}")
         if (step + 1) % cfg.checkpoint_every == 0 and step + 1 < cfg.steps:
             save_prior(model, out, extra={"step": step + 1, "optimizer": opt.state_dict(),
                                           "train_config": cfg.to_dict()})
