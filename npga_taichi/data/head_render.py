@@ -3,8 +3,11 @@
 One Taichi kernel renders every pixel x sample of every camera of a frame: rays are
 transformed into the head frame (``x_world = s R x_posed + t``), clipped to the head's bounding
 box and sphere-traced on ``sdf(backward(x, e))`` (the SDF written once in ``synthetic.py``).
-Per pixel, one cone containing all sample rays is marched first; then each of the ``n x n``
-stratified, hash-jittered samples (default 2 x 2 = 4) is traced from where the cone stopped.
+Each thread renders a tile of ``TILE x TILE`` pixels: one cone containing every ray of the tile
+is marched from the bounding box towards the head first (the long, shared part of the march);
+from where it stopped, one cone per pixel containing all its sample rays; then each of the
+``n x n`` stratified, hash-jittered samples (default 2 x 2 = 4) is traced from where the pixel's
+cone stopped.
 The alpha matte is the fraction of samples that hit. A hit is shaded with the SDF normal under
 fixed studio lighting (key + fill + ambient + a weak specular, two-tap ambient occlusion so
 the mouth cavity is dark); normal, occlusion and albedo are computed once per pixel and again
@@ -294,6 +297,9 @@ def render_head(head: "syn.SyntheticHead", expr, viewmats: torch.Tensor, Ks: tor
         viewmats: (C, 4, 4) world->camera, OpenCV. Ks: (C, 3, 3) pixels at (width, height).
         rotation (3, 3), translation (3,) metres, scale (metres per unit): x_world = s R x + t.
         samples_per_side: n -> n*n stratified samples per pixel.
+        seed: jitter seed of the samples.
+        tile: pixels per side of the tiles that share a cone march (speed only: the image
+            changes only within the tracer's hit tolerance).
     Returns:
         rgba (C, H, W, 4) float32 in [0, 1] (colour over the lighting's backdrop, alpha matte) and
         hits (C, H, W, 6): world position and world normal of the first sample's hit, NaN = miss.
@@ -301,6 +307,8 @@ def render_head(head: "syn.SyntheticHead", expr, viewmats: torch.Tensor, Ks: tor
     runtime.ensure_initialized()
     if samples_per_side < 1:
         raise ValueError(f"samples_per_side must be >= 1, got {samples_per_side}")
+    if tile < 1:
+        raise ValueError(f"tile must be >= 1, got {tile}")
     viewmats = torch.as_tensor(viewmats, dtype=torch.float32)
     device = viewmats.device
     runtime.check_device("viewmats", viewmats)
