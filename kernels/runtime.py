@@ -12,8 +12,8 @@ cold ``.grad`` kernel compiles are paid once per machine, not once per process.
 from __future__ import annotations
 
 import contextlib
+import io
 import os
-import sys
 import threading
 
 import taichi as ti
@@ -63,8 +63,9 @@ def init(arch: str | None = None) -> str:
                 )
             return _arch
         resolved = _resolve(wanted)
-        # ti.init prints "[Taichi] Starting on arch=..." on stdout; keep stdout for --json.
-        with contextlib.redirect_stdout(sys.stderr):
+        # ti.init prints "[Taichi] Starting on arch=..." on stdout, which would corrupt `--json`
+        # output; current_arch() reports the arch instead.
+        with contextlib.redirect_stdout(io.StringIO()):
             ti.init(
                 arch=ti.cuda if resolved == "cuda" else ti.cpu,
                 offline_cache=True,

@@ -5,53 +5,53 @@ POSIX when source and target share a directory), so a resumed run never reads a 
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 
 
-def save_checkpoint(obj: Any, path: str | os.PathLike) -> Path:
-    """Serialise ``obj`` with ``torch.save`` to ``path`` atomically; return the path.
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; when the block succeeds, fsync it and rename it
+    over ``path``, otherwise remove it.
 
-    The data goes to a uniquely named temporary file in the same directory, is flushed and
-    fsync'ed, and only then renamed over ``path``.
+    Every file npga writes (checkpoints, PLY, PCD, PNG, mp4, npz, JSON) goes through here, so a
+    process killed mid-write leaves the previous file intact and no half-written file appears.
+    The temporary keeps ``path``'s suffix, so writers that pick a format by extension
+    (imageio, numpy's savez) behave as they would on ``path``.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + path.suffix, dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
     try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(obj, handle)
-            handle.flush()
+        yield tmp
+        with open(tmp, "rb") as handle:
             os.fsync(handle.fileno())
-        os.replace(tmp_name, path)
+        os.replace(tmp, path)
     except BaseException:
         # Never leave half-written temporaries behind (KeyboardInterrupt included).
-        if os.path.exists(tmp_name):
-            os.unlink(tmp_name)
+        tmp.unlink(missing_ok=True)
         raise
-    return path
+
+
+def save_checkpoint(obj: Any, path: str | os.PathLike) -> Path:
+    """Serialise ``obj`` with ``torch.save`` to ``path`` atomically; return the path."""
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
+    return Path(path)
 
 
 def write_text_atomic(text: str, path: str | os.PathLike) -> Path:
     """Write a small text file (JSON config, summary) atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        if os.path.exists(tmp_name):
-            os.unlink(tmp_name)
-        raise
-    return path
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+    return Path(path)
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu",

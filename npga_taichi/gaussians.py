@@ -18,11 +18,12 @@ and ``ascii``; extra vertex properties are ignored; every error names the file.
 from __future__ import annotations
 
 import os
-import tempfile
 from dataclasses import dataclass
 
 import numpy as np
 import torch
+
+from npga_taichi.checkpoint import atomic_path
 
 # PLY scalar type names -> numpy type codes (without byte order).
 _PLY_TYPES = {
@@ -134,17 +135,10 @@ def write_ply(path: str | os.PathLike, means, quats, log_scales, opacity_logits,
     header = ["ply", "format binary_little_endian 1.0", f"element vertex {columns.shape[0]}"]
     header += [f"property float {name}" for name in names] + ["end_header"]
 
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp_", suffix=".ply", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
             f.write(("\n".join(header) + "\n").encode("ascii"))
             f.write(record.tobytes())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
     return dropped
 
 

@@ -20,6 +20,8 @@ from typing import Iterable
 import imageio.v2 as imageio
 import numpy as np
 
+from npga_taichi.checkpoint import atomic_path
+
 
 def to_uint8(frame) -> np.ndarray:
     """(H, W, C) float in [0, 1] or uint8 (numpy or torch) -> (H, W, 3) uint8.
@@ -65,10 +67,8 @@ def _pad_even(frame: np.ndarray) -> np.ndarray:
 def write_png(path: str | os.PathLike, frame) -> Path:
     """Write one frame as an 8-bit PNG atomically; returns the path."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    imageio.imwrite(tmp, to_uint8(frame))
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        imageio.imwrite(tmp, to_uint8(frame))
     return path
 
 
@@ -99,26 +99,20 @@ def write_mp4(path: str | os.PathLike, frames: Iterable, fps: float = 25.0, qual
         raise ValueError(f"video path must end in .mp4, got {path}")
     if fps <= 0:
         raise ValueError(f"fps must be positive, got {fps}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp.mp4")
     count = 0
-    writer = imageio.get_writer(
-        tmp, format="FFMPEG", mode="I", fps=fps, codec="libx264", quality=quality,
-        pixelformat="yuv420p", macro_block_size=1, ffmpeg_log_level="error",
-    )
-    try:
-        for frame in frames:
-            writer.append_data(_pad_even(to_uint8(frame)))
-            count += 1
-    except BaseException:
-        writer.close()
-        tmp.unlink(missing_ok=True)
-        raise
-    writer.close()
-    if count == 0:
-        tmp.unlink(missing_ok=True)
-        raise ValueError(f"no frames to write to {path}")
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        writer = imageio.get_writer(
+            tmp, format="FFMPEG", mode="I", fps=fps, codec="libx264", quality=quality,
+            pixelformat="yuv420p", macro_block_size=1, ffmpeg_log_level="error",
+        )
+        try:
+            for frame in frames:
+                writer.append_data(_pad_even(to_uint8(frame)))
+                count += 1
+        finally:
+            writer.close()
+        if count == 0:
+            raise ValueError(f"no frames to write to {path}")
     return path
 
 

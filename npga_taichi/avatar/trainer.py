@@ -19,11 +19,10 @@ statistics); it is counted in ``skipped_steps`` and reported in the log and summ
 from __future__ import annotations
 
 import json
-import math
 import os
 import random
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable
 

@@ -27,7 +27,6 @@ Nothing a method may use contains the ground truth; ``groundtruth/`` exists only
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -40,6 +39,7 @@ from scipy.spatial.transform import Rotation
 from tqdm import tqdm
 
 from npga_taichi.cameras import Camera, look_at
+from npga_taichi.checkpoint import atomic_path, write_text_atomic
 from npga_taichi.data import synthetic as syn
 from npga_taichi.data.head_render import Lighting, render_head
 from npga_taichi.data.nersemble import FULL_RESOLUTION, LOWER_ROW, UPPER_ROW
@@ -189,15 +189,12 @@ def rigid_trajectory(frames: int, rng: np.random.Generator, degrees: float, metr
 
 # --------------------------------------------------------------------------- writing
 def _atomic_png(path: Path, array: np.ndarray) -> None:
-    tmp = path.with_name(path.name + ".tmp.png")
-    iio.imwrite(tmp, array, extension=".png", compress_level=1)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        iio.imwrite(tmp, array, extension=".png", compress_level=1)
 
 
 def _atomic_json(path: Path, obj) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1))
-    os.replace(tmp, path)
+    write_text_atomic(json.dumps(obj, indent=1), path)
 
 
 def _in_all_images(points: np.ndarray, viewmats: np.ndarray, Ks: np.ndarray, width: int, height: int) -> np.ndarray:

@@ -8,10 +8,11 @@ COLMAP clouds as ``colmap/pointclouds/pointcloud_16.pcd``; the synthetic capture
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
+
+from npga_taichi.checkpoint import atomic_path
 
 _TYPES = {("F", 4): np.float32, ("F", 8): np.float64, ("I", 1): np.int8, ("I", 2): np.int16,
           ("I", 4): np.int32, ("I", 8): np.int64, ("U", 1): np.uint8, ("U", 2): np.uint16,
@@ -45,19 +46,18 @@ def write_pcd(path, fields: dict[str, np.ndarray], binary: bool = True) -> None:
         f"COUNT {' '.join('1' for _ in names)}\nWIDTH {n}\nHEIGHT 1\nVIEWPOINT 0 0 0 1 0 0 0\n"
         f"POINTS {n}\nDATA {'binary' if binary else 'ascii'}\n"
     )
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as fh:
-        fh.write(header.encode("ascii"))
-        if binary:
-            rec = np.empty(n, dtype=[(k, c.dtype) for k, c in zip(names, cols)])
-            for k, c in zip(names, cols):
-                rec[k] = c
-            fh.write(rec.tobytes())
-        else:
-            for row in zip(*cols):
-                fh.write((" ".join(repr(float(v)) if isinstance(v, np.floating) else str(v) for v in row) + "\n")
-                         .encode("ascii"))
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as fh:
+            fh.write(header.encode("ascii"))
+            if binary:
+                rec = np.empty(n, dtype=[(k, c.dtype) for k, c in zip(names, cols)])
+                for k, c in zip(names, cols):
+                    rec[k] = c
+                fh.write(rec.tobytes())
+            else:
+                for row in zip(*cols):
+                    fh.write((" ".join(repr(float(v)) if isinstance(v, np.floating) else str(v) for v in row) + "\n")
+                             .encode("ascii"))
 
 
 def read_pcd(path) -> dict[str, np.ndarray]:

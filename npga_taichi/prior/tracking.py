@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from npga_taichi.checkpoint import write_text_atomic
+from npga_taichi.checkpoint import atomic_path, write_text_atomic
 from npga_taichi.prior.model import MonoNPHM
 
 MM_PER_UNIT = 250.0
@@ -88,13 +88,12 @@ def save_tracking(tracking: Tracking, path: str | os.PathLike) -> Path:
     """Write ``<path>.npz`` (arrays) and ``<path>.json`` (summary) atomically."""
     path = Path(path).with_suffix(".npz")
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp.npz")
-    np.savez(tmp, sequence=np.array(tracking.sequence), timesteps=tracking.timesteps.astype(np.int64),
-             z_exp=tracking.z_exp.astype(np.float32), z_geo=tracking.z_geo.astype(np.float32),
-             z_app=tracking.z_app.astype(np.float32), rot=tracking.rot.astype(np.float32),
-             trans=tracking.trans.astype(np.float32), scale=np.array(tracking.scale, np.float64),
-             residual=tracking.residual.astype(np.float32), meta=np.array(json.dumps(tracking.meta)))
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        np.savez(tmp, sequence=np.array(tracking.sequence), timesteps=tracking.timesteps.astype(np.int64),
+                 z_exp=tracking.z_exp.astype(np.float32), z_geo=tracking.z_geo.astype(np.float32),
+                 z_app=tracking.z_app.astype(np.float32), rot=tracking.rot.astype(np.float32),
+                 trans=tracking.trans.astype(np.float32), scale=np.array(tracking.scale, np.float64),
+                 residual=tracking.residual.astype(np.float32), meta=np.array(json.dumps(tracking.meta)))
     write_text_atomic(json.dumps(tracking.summary(), indent=2), path.with_suffix(".json"))
     return path
 

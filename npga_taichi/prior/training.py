@@ -18,7 +18,6 @@ with the network frozen and reports SDF and deformation errors in millimetres.
 from __future__ import annotations
 
 import json
-import math
 import os
 import time
 from dataclasses import dataclass
