@@ -279,8 +279,9 @@ def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
     path = tmp_path / "ck.pt"
     save_checkpoint({"step": 1, "x": torch.arange(5)}, path)
 
-    def exploding_save(obj, handle):
-        handle.write(b"partial garbage")
+    def exploding_save(obj, target):
+        with open(target, "wb") as handle:
+            handle.write(b"partial garbage")
         raise KeyboardInterrupt  # the process "dies" halfway through writing
 
     monkeypatch.setattr(torch, "save", exploding_save)
