@@ -18,10 +18,8 @@ when the image or a gradient error exceeds its tolerance.
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import math
-import sys
 import time
 from dataclasses import asdict, dataclass
 from typing import Callable
@@ -248,21 +246,12 @@ def run_comparison(cfg: CompareConfig) -> dict:
 
     if cfg.arch == "cuda" and not torch.cuda.is_available():
         raise click.BadParameter("CUDA is not available to torch on this machine", param_hint="--arch")
-    # Taichi prints its banner on stdout; keep stdout for the report (and --json parseable).
-    with contextlib.redirect_stdout(sys.stderr):
-        from npga_taichi.kernels import runtime
+    from npga_taichi.kernels import runtime
 
-        try:
-            arch = runtime.init(cfg.arch)
-        except ValueError as err:
-            raise click.ClickException(str(err)) from None
-        try:
-            import npga_taichi.render  # noqa: F401
-        except ModuleNotFoundError as err:
-            if err.name == "npga_taichi.render":
-                raise click.ClickException("npga_taichi.render (our Taichi rasterizer) is not available in "
-                                           "this build") from None
-            raise
+    try:
+        arch = runtime.init(cfg.arch)
+    except ValueError as err:
+        raise click.ClickException(str(err)) from None
     device = torch.device("cuda" if arch == "cuda" else "cpu")
     dtype = {"float32": torch.float32, "float64": torch.float64}[cfg.dtype]
 

@@ -15,5 +15,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 # may be fetched at run time) and print its banner on stdout, corrupting `--json` output.
 os.environ.setdefault("TI_SKIP_VERSION_CHECK", "ON")
 os.environ.setdefault("ENABLE_TAICHI_HEADER_PRINT", "False")
+# ...and route kernel prints through a Python buffer whenever sys.stdout is redirected.
+os.environ.setdefault("TI_ENABLE_PYBUF", "0")
 
 __version__ = "0.1.0"
