@@ -4,49 +4,11 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import shutil
-import time
 from pathlib import Path
 
-import pytest
 from click.testing import CliRunner
 
 from npga_taichi.cli.main import cli
-
-_BUILT: dict[str, object] = {}  # one tiny demo per test process, whichever test file asks first
-
-
-def build_tiny_demo(tmp_path_factory) -> dict:
-    """Run ``npga demo OUT --preset tiny --json`` once; returns OUT, the JSON and the wall time.
-
-    Developer shortcut: with ``NPGA_TINY_DEMO=DIR`` (a finished tiny demo) DIR is copied into
-    the test's temporary folder and the demo only resumes there (every stage skipped).
-    """
-    if "error" in _BUILT:  # built once, failed once: do not pay for the pipeline again per test
-        pytest.fail(f"the tiny demo failed earlier in this session: {_BUILT['error']}")
-    if "out" not in _BUILT:
-        out = tmp_path_factory.mktemp("tiny_demo") / "demo"
-        if os.environ.get("NPGA_TINY_DEMO"):
-            shutil.copytree(os.environ["NPGA_TINY_DEMO"], out)
-        start = time.perf_counter()
-        try:
-            result = CliRunner().invoke(cli, ["demo", str(out), "--preset", "tiny", "--json", "--render-frames", "4"],
-                                        catch_exceptions=False)
-            assert result.exit_code == 0, result.output
-        except BaseException as err:
-            _BUILT["error"] = f"{type(err).__name__}: {err}"
-            raise
-        _BUILT["seconds"] = time.perf_counter() - start
-        _BUILT["out"] = out
-        _BUILT["summary"] = json.loads(result.stdout.strip().splitlines()[-1])
-    return dict(_BUILT)
-
-
-@pytest.fixture(scope="session")
-def tiny_demo(tmp_path_factory) -> dict:
-    return build_tiny_demo(tmp_path_factory)
-
 
 def test_demo_builds_avatar_metrics_and_video(tiny_demo):
     out: Path = tiny_demo["out"]

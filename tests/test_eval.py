@@ -112,7 +112,6 @@ def test_shape_mismatch_is_a_clear_error():
 
 # ------------------------------------------------------------------------- `npga eval` on a run
 
-from test_demo import tiny_demo  # noqa: E402,F401  (session fixture: one tiny trained run)
 
 
 def test_eval_cli_writes_csv_summary_and_worst_frames(tiny_demo, tmp_path):

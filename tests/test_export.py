@@ -130,7 +130,6 @@ def test_ply_export_round_trips_through_the_reader(tmp_path):
 
 # ----------------------------------------------------------------------- `npga export` on a run
 
-from test_demo import tiny_demo  # noqa: E402,F401  (session fixture: one tiny trained run)
 
 
 @pytest.fixture(scope="module")

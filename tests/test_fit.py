@@ -4,7 +4,6 @@ The trainer is driven by a small multi-view "capture" rendered in memory by a te
 (random coloured Gaussians on a head-sized ellipsoid, moving rigidly per frame) through our
 rasterizer, so these tests depend only on the avatar code and the rasterizer.
 """
-import dataclasses
 import json
 import math
 import os
@@ -19,8 +18,7 @@ import pytest
 import torch
 
 from npga_taichi import metrics
-from npga_taichi.avatar.config import AvatarConfig, TrainConfig, preset
-from npga_taichi.avatar.deformation import FrameCode
+from npga_taichi.avatar.config import AvatarConfig, TrainConfig
 from npga_taichi.avatar.model import NPGAAvatar, RenderCamera, load_avatar, render_frame
 from npga_taichi.avatar.trainer import AvatarData, Trainer, View, frame_code
 from npga_taichi.checkpoint import load_checkpoint
@@ -235,11 +233,9 @@ def test_killed_run_resumes_from_its_last_checkpoint(tmp_path, capture):
 
 # ------------------------------------------------------------------------------ npga fit (CLI)
 @pytest.fixture(scope="module")
-def demo_out(tmp_path_factory):
-    """The tiny demo's capture, prior, tracking and F (built once per session by test_demo)."""
-    from test_demo import build_tiny_demo
-
-    return build_tiny_demo(tmp_path_factory)["out"]
+def demo_out(tiny_demo):
+    """The tiny demo's capture, prior, tracking and F (built once per session, see conftest)."""
+    return tiny_demo["out"]
 
 
 def _fit(args):

@@ -2,7 +2,6 @@
 pass, checkpoint round trip, anchor layout, and a tiny training run whose loss must fall."""
 from __future__ import annotations
 
-import math
 
 import numpy as np
 import pytest

@@ -114,7 +114,6 @@ import json  # noqa: E402
 
 from click.testing import CliRunner  # noqa: E402
 
-from test_demo import tiny_demo  # noqa: E402,F401  (session fixture: one tiny trained run)
 
 
 def _invoke(*args):

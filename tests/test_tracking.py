@@ -7,7 +7,6 @@ import json
 import numpy as np
 import pytest
 import torch
-from scipy.spatial import cKDTree
 from scipy.spatial.transform import Rotation
 
 from npga_taichi.prior.config import preset
