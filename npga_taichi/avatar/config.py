@@ -5,15 +5,16 @@ by :func:`npga_taichi.avatar.model.load_avatar`, so a run is fully described by 
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from npga_taichi.config_io import DictConfig
+
 
 @dataclass
-class AvatarConfig:
+class AvatarConfig(DictConfig):
     """What the avatar is: its Gaussians, latent features and networks."""
 
     num_init_gaussians: int = 6000      # Gaussians sampled on the prior's zero level set at init
@@ -64,7 +65,7 @@ class AvatarConfig:
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(DictConfig):
     """How the avatar is trained."""
 
     steps: int = 6000                   # optimisation steps of the schedule
@@ -150,20 +151,6 @@ def preset(name: str) -> tuple[AvatarConfig, TrainConfig]:
     return AvatarConfig(**p["avatar"]).validate(), TrainConfig(**p["train"]).validate()
 
 
-def _from_dict(cls, data: dict[str, Any], source: str):
-    names = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - set(names))
-    if unknown:
-        raise ValueError(f"{source}: unknown {cls.__name__} fields {unknown}")
-    kwargs = {}
-    for key, value in data.items():
-        # JSON has no tuples: restore them so configs compare equal after a round trip.
-        if isinstance(value, list):
-            value = tuple(value)
-        kwargs[key] = value
-    return cls(**kwargs)
-
-
 def configs_to_json(avatar: AvatarConfig, train: TrainConfig, extra: dict[str, Any] | None = None) -> str:
     """JSON text of both configs (+ free-form ``extra`` such as input paths)."""
     return json.dumps({"avatar": asdict(avatar), "train": asdict(train), "extra": extra or {}},
@@ -178,8 +165,8 @@ def configs_from_json(text: str, source: str = "config.json") -> tuple[AvatarCon
         raise ValueError(f"{source} is not valid JSON: {err}") from err
     if not isinstance(data, dict) or "avatar" not in data or "train" not in data:
         raise ValueError(f"{source} lacks the 'avatar' and 'train' sections")
-    return (_from_dict(AvatarConfig, data["avatar"], source).validate(),
-            _from_dict(TrainConfig, data["train"], source).validate(), data.get("extra", {}))
+    return (AvatarConfig.from_dict(data["avatar"], source).validate(),
+            TrainConfig.from_dict(data["train"], source).validate(), data.get("extra", {}))
 
 
 def load_configs(run_dir: str | Path) -> tuple[AvatarConfig, TrainConfig, dict]:

@@ -17,9 +17,11 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from npga_taichi.config_io import DictConfig
+
 
 @dataclass
-class PriorConfig:
+class PriorConfig(DictConfig):
     """Sizes of the MonoNPHM networks (identity field + backward deformation field)."""
 
     n_anchors: int = 65            # facial anchor points (the local MLPs' centres)
@@ -68,16 +70,6 @@ class PriorConfig:
         """Full appearance identity code (same layout as geometry)."""
         return self.lat_dim_glob + (self.n_anchors + 1) * self.lat_dim_loc
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "PriorConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown PriorConfig fields: {unknown}")
-        return cls(**data)
 
 
 PRESETS: dict[str, PriorConfig] = {

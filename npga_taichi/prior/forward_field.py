@@ -21,13 +21,14 @@ from typing import Any
 import torch
 from torch import nn
 
+from npga_taichi.config_io import DictConfig
 from npga_taichi.checkpoint import load_checkpoint, save_checkpoint, write_text_atomic
 
 FORMAT = "npga-forward-field"
 
 
 @dataclass
-class ForwardFieldConfig:
+class ForwardFieldConfig(DictConfig):
     """Sizes of the forward deformation MLP."""
 
     lat_dim_exp: int = 16          # expression code size (must match the prior's)
@@ -37,16 +38,6 @@ class ForwardFieldConfig:
     feature_dim: int = 0           # per-point latent feature size (grown by expand_feature_input)
     activation: str = "softplus"   # hidden activation: softplus (β=100) or relu
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "ForwardFieldConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown ForwardFieldConfig fields: {unknown}")
-        return cls(**data)
 
 
 class ForwardDeformationField(nn.Module):
