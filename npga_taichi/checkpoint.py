@@ -6,6 +6,7 @@ POSIX when source and target share a directory), so a resumed run never reads a 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import tempfile
 from pathlib import Path
@@ -75,3 +76,45 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         if missing:
             raise ValueError(f"checkpoint {path} lacks keys {missing}; is it from another tool?")
     return obj
+
+
+def save_module_dir(directory: str | os.PathLike, filename: str, fmt: str, module: torch.nn.Module,
+                    config: Any, **fields: Any) -> Path:
+    """Save a network into ``directory``: ``filename`` (weights + config + ``fields``) and a
+    human-readable ``config.json``, both atomically; return the directory.
+
+    ``directory`` may also name the weights file itself (``.../model.pt``). ``config`` is a
+    :class:`npga_taichi.config_io.DictConfig`; ``fmt`` tags the file so loaders reject the
+    wrong kind of checkpoint with a clear message.
+    """
+    out = Path(directory)
+    if out.suffix == ".pt":
+        out = out.parent
+    payload = {"format": fmt, "config": config.to_dict(),
+               "state_dict": {k: v.detach().cpu() for k, v in module.state_dict().items()}, **fields}
+    save_checkpoint(payload, out / filename)
+    write_text_atomic(json.dumps(config.to_dict(), indent=2, sort_keys=True), out / "config.json")
+    return out
+
+
+def load_module_payload(path: str | os.PathLike, filename: str, fmt: str, kind: str,
+                        map_location: str | torch.device = "cpu") -> tuple[dict, Path]:
+    """Read what :func:`save_module_dir` wrote (``path`` = the directory or the file).
+
+    Returns ``(payload, file)``; ValueError naming the file if it is missing, torn, or not a
+    ``kind`` checkpoint.
+    """
+    path = Path(path)
+    file = path / filename if path.is_dir() else path
+    payload = load_checkpoint(file, map_location=map_location, required_keys=("format", "config", "state_dict"))
+    if payload["format"] != fmt:
+        raise ValueError(f"{file} is not a {kind} checkpoint (format {payload['format']!r})")
+    return payload, file
+
+
+def load_weights(module: torch.nn.Module, state: dict, file: str | os.PathLike) -> None:
+    """``module.load_state_dict(state)`` with a ValueError naming ``file`` when they do not fit."""
+    try:
+        module.load_state_dict(state)
+    except RuntimeError as err:
+        raise ValueError(f"{file}: weights do not fit the saved config: {err}") from err

@@ -11,7 +11,6 @@ Saved as a directory with ``config.json``, ``forward_field.pt`` and ``metrics.js
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 from dataclasses import dataclass
@@ -22,7 +21,7 @@ import torch
 from torch import nn
 
 from npga_taichi.config_io import DictConfig
-from npga_taichi.checkpoint import load_checkpoint, save_checkpoint, write_text_atomic
+from npga_taichi.checkpoint import load_module_payload, load_weights, save_module_dir
 
 FORMAT = "npga-forward-field"
 
@@ -122,32 +121,15 @@ class ForwardDeformationField(nn.Module):
 def save_forward_field(field: ForwardDeformationField, path: str | os.PathLike,
                        extra: dict[str, Any] | None = None) -> Path:
     """Write ``forward_field.pt`` and ``config.json`` atomically into directory ``path``."""
-    out = Path(path)
-    if out.suffix == ".pt":
-        out = out.parent
-    payload = {"format": FORMAT, "config": field.config.to_dict(),
-               "state_dict": {k: v.detach().cpu() for k, v in field.state_dict().items()},
-               "extra": extra or {}}
-    save_checkpoint(payload, out / "forward_field.pt")
-    write_text_atomic(json.dumps(field.config.to_dict(), indent=2, sort_keys=True),
-                      out / "config.json")
-    return out
+    return save_module_dir(path, "forward_field.pt", FORMAT, field, field.config, extra=extra or {})
 
 
 def load_forward_field(path: str | os.PathLike, map_location: str | torch.device = "cpu",
                        with_extra: bool = False):
     """Load F from a directory (or its ``forward_field.pt``); eval mode."""
-    path = Path(path)
-    file = path / "forward_field.pt" if path.is_dir() else path
-    payload = load_checkpoint(file, map_location=map_location,
-                              required_keys=("format", "config", "state_dict"))
-    if payload["format"] != FORMAT:
-        raise ValueError(f"{file} is not a forward-field checkpoint (format {payload['format']!r})")
+    payload, file = load_module_payload(path, "forward_field.pt", FORMAT, "forward-field", map_location)
     field = ForwardDeformationField(ForwardFieldConfig.from_dict(payload["config"]))
-    try:
-        field.load_state_dict(payload["state_dict"])
-    except RuntimeError as err:
-        raise ValueError(f"{file}: weights do not fit the saved config: {err}") from err
+    load_weights(field, payload["state_dict"], file)
     field.eval()
     if with_extra:
         return field, payload.get("extra", {})

@@ -10,7 +10,6 @@ A prior directory (``npga prior fit --out PRIOR``) holds ``config.json``, ``chec
 """
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -18,7 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from npga_taichi.checkpoint import load_checkpoint, save_checkpoint, write_text_atomic
+from npga_taichi.checkpoint import load_module_payload, load_weights, save_module_dir
 from npga_taichi.prior.backward_field import BackwardDeformationField
 from npga_taichi.prior.config import PriorConfig
 from npga_taichi.prior.identity_field import IdentityField
@@ -112,23 +111,10 @@ def save_prior(model: MonoNPHM, path: str | os.PathLike, extra: dict[str, Any] |
 
     ``extra`` (e.g. optimiser state for resuming) is stored beside the weights.
     """
-    out = Path(path)
-    if out.suffix == ".pt":
-        out = out.parent
-    payload = {
-        "format": CHECKPOINT_FORMAT,
-        "version": CHECKPOINT_VERSION,
-        "config": model.config.to_dict(),
-        "n_identities": model.codes_geo.num_embeddings,
-        "n_expressions": model.codes_exp.num_embeddings,
-        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-        "meta": model.meta,
-        "extra": extra or {},
-    }
-    save_checkpoint(payload, out / "checkpoint.pt")
-    write_text_atomic(json.dumps(model.config.to_dict(), indent=2, sort_keys=True),
-                      out / "config.json")
-    return out
+    return save_module_dir(path, "checkpoint.pt", CHECKPOINT_FORMAT, model, model.config,
+                           version=CHECKPOINT_VERSION, n_identities=model.codes_geo.num_embeddings,
+                           n_expressions=model.codes_exp.num_embeddings, meta=model.meta,
+                           extra=extra or {})
 
 
 def load_prior(path: str | os.PathLike, map_location: str | torch.device = "cpu",
@@ -138,20 +124,13 @@ def load_prior(path: str | os.PathLike, map_location: str | torch.device = "cpu"
     ``model.config`` holds the :class:`PriorConfig`; ``model.meta`` the metadata. With
     ``with_extra`` also returns the stored extra dict (optimiser state of a resumable run).
     """
-    path = Path(path)
-    ckpt_path = path / "checkpoint.pt" if path.is_dir() else path
-    payload = load_checkpoint(ckpt_path, map_location=map_location,
-                              required_keys=("format", "config", "state_dict"))
-    if payload["format"] != CHECKPOINT_FORMAT:
-        raise ValueError(f"{ckpt_path} is not a prior checkpoint (format {payload['format']!r})")
+    payload, ckpt_path = load_module_payload(path, "checkpoint.pt", CHECKPOINT_FORMAT, "prior",
+                                             map_location)
     config = PriorConfig.from_dict(payload["config"])
     state = payload["state_dict"]
     model = MonoNPHM(config, state["id_decoder.anchors_mean"],
                      payload.get("n_identities", 1), payload.get("n_expressions", 1))
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as err:
-        raise ValueError(f"{ckpt_path}: weights do not fit the saved config: {err}") from err
+    load_weights(model, state, ckpt_path)
     model.meta = dict(payload.get("meta", {}))
     model.eval()
     if with_extra:
