@@ -105,6 +105,16 @@ def projection_kernels(real):
         J = ti.Matrix([[fx / tz, real(0.0), -fx * txc / (tz * tz)], [real(0.0), fy / tz, -fy * tyc / (tz * tz)]], dt=real)
         return J, txc, tyc, uc, vc, (u < -lim_xn) or (u > lim_xp), (v < -lim_yn) or (v > lim_yp)
 
+    @ti.func
+    def screen_covariance(J, Sigma_c, eps2d):
+        """Sigma_2d = J Sigma_c J^T + eps2d I as its entries (a, b, c) and determinant; the
+        forward and the backward both call this so they can never disagree on it."""
+        cov = J @ Sigma_c @ J.transpose()
+        a = cov[0, 0] + eps2d
+        b = half * (cov[0, 1] + cov[1, 0])
+        c = cov[1, 1] + eps2d
+        return a, b, c, a * c - b * b
+
     @ti.kernel
     def project_forward(
         means: arr2, quats: arr2, scales: arr2, opacities: arr1,
@@ -131,11 +141,7 @@ def projection_kernels(real):
             if tz > near and tz < far and o >= real(ALPHA_MIN):
                 Sigma_c = W @ covariance(means, quats, scales, i) @ W.transpose()
                 J, _txc, _tyc, _uc, _vc, _clx, _cly = jacobian(t, fx, fy, lim_xp, lim_xn, lim_yp, lim_yn)
-                cov = J @ Sigma_c @ J.transpose()
-                a = cov[0, 0] + eps2d
-                b = half * (cov[0, 1] + cov[1, 0])
-                c = cov[1, 1] + eps2d
-                det = a * c - b * b
+                a, b, c, det = screen_covariance(J, Sigma_c, eps2d)
                 if det > 0:
                     ca = c / det
                     cb = -b / det
@@ -189,11 +195,7 @@ def projection_kernels(real):
                         M[r, c] = R[r, c] * s[c]
                 Sigma_c = W @ (M @ M.transpose()) @ W.transpose()
                 J, txc, tyc, uc, vc, clamped_x, clamped_y = jacobian(t, fx, fy, lim_xp, lim_xn, lim_yp, lim_yn)
-                cov = J @ Sigma_c @ J.transpose()
-                a = cov[0, 0] + eps2d
-                b = half * (cov[0, 1] + cov[1, 0])
-                c = cov[1, 1] + eps2d
-                det = a * c - b * b
+                a, b, c, det = screen_covariance(J, Sigma_c, eps2d)
                 Q = mat2([[c / det, -b / det], [-b / det, a / det]])
                 # ---- conic -> cov2d: dL/dCov = -Q G Q, G symmetric; the conic's off-diagonal
                 # entry is one parameter standing for both matrix entries, so G01 = G10 = v_b / 2.
