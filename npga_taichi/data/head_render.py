@@ -67,6 +67,12 @@ def hash01(a: ti.u32, b: ti.u32, c: ti.u32) -> ti.f32:
 
 
 @ti.func
+def axis_dir(k):
+    """Unit vector along axis k (0, 1, 2): the normal's forward-difference taps."""
+    return vec3(ti.cast(k == 0, ti.f32), ti.cast(k == 1, ti.f32), ti.cast(k == 2, ti.f32))
+
+
+@ti.func
 def slab(o, d, bmin, bmax):
     """(t_enter, t_exit) of the ray o + t d through the box [bmin, bmax] (enter > exit: miss)."""
     t_enter = -1e30
@@ -85,6 +91,8 @@ PHASE_CONE, PHASE_NEXT, PHASE_TRACE, PHASE_NORMAL, PHASE_AO, PHASE_SHADE, PHASE_
 TILE = 4
 # A pixel's cone stops this close (head units) to the surface; its samples trace from there.
 CONE_CLEARANCE = 0.0015
+# Forward-difference step (head units, 0.125 mm) of the SDF normal at a hit.
+NORMAL_STEP = 5e-4
 
 
 @ti.kernel
@@ -124,7 +132,7 @@ def _render_kernel(viewmats: ti.types.ndarray(dtype=ti.f32, ndim=3), Ks: ti.type
         #   CONE:   from there, march one cone containing all the pixel's sample rays (a step of
         #           sdf - cone radius is safe for all of them);
         #   TRACE:  sphere-trace sample `sidx` from where the cone stopped;
-        #   NORMAL: 4 tetrahedral gradient taps at the hit;  AO: 2 occlusion taps along n.
+        #   NORMAL: 3 forward-difference taps at the hit;  AO: 2 occlusion taps along n.
         # Normal, occlusion and albedo vary slowly at this resolution: they are computed for the
         # pixel's first hit and again only for a sample on another surface (a depth jump, e.g.
         # the nose over the cheek), so silhouettes stay antialiased by every sample.
@@ -162,6 +170,8 @@ def _render_kernel(viewmats: ti.types.ndarray(dtype=ti.f32, ndim=3), Ks: ti.type
         xp = vec3(0.0, 0.0, 0.0)
         n_p = vec3(0.0, 0.0, 1.0)
         g = vec3(0.0, 0.0, 0.0)
+        v_hit = 0.0
+        v_cone = 0.0
         occ = 0.0
         max_iters = tile * tile * (side * side * 170 + 300) + 300  # safety cap on the state machine
         for _ in range(max_iters):
@@ -182,6 +192,7 @@ def _render_kernel(viewmats: ti.types.ndarray(dtype=ti.f32, ndim=3), Ks: ti.type
                     span_c = slab(o_p, d_cp, bmin, bmax)
                     t_cone = ti.max(span_c[0] - 0.05, t_tile)
                     t_cone_far = span_c[1] + 0.05
+                    v_cone = 0.0
                     sidx = -1
                     phase = PHASE_CONE
                     if t_cone >= t_cone_far:
@@ -201,7 +212,10 @@ def _render_kernel(viewmats: ti.types.ndarray(dtype=ti.f32, ndim=3), Ks: ti.type
                 d_world = (Rc.transpose() @ vec3((j + su - cx) / fx, (i + sv - cy) / fy, 1.0)).normalized()
                 d_p = R.transpose() @ d_world  # unit; distances along it are in head units
                 span = slab(o_p, d_p, bmin, bmax)
-                tt = ti.max(ti.max(span[0], 0.0), t_cone)
+                # The cone's last value bounds this ray's distance at t_cone (minus how far the
+                # ray is from the cone's axis there): the first step is free.
+                free = ti.max(v_cone - t_cone * (d_p - d_cp).norm(), 0.0)
+                tt = ti.max(ti.max(span[0], 0.0), t_cone + 0.8 * free)
                 t_far = span[1]
                 steps = 0
                 phase = PHASE_TRACE
@@ -215,30 +229,32 @@ def _render_kernel(viewmats: ti.types.ndarray(dtype=ti.f32, ndim=3), Ks: ti.type
             elif phase == PHASE_TRACE:
                 q = o_p + tt * d_p
             elif phase == PHASE_NORMAL:
-                q = xp + 5e-4 * syn.tetra_dir(tap)
+                q = xp + NORMAL_STEP * axis_dir(tap)
             elif phase == PHASE_AO:
                 q = xp + (0.015 + 0.035 * tap) * n_p
             v = syn.posed_sdf(q, e, idp, True)  # the single call site
             if phase == PHASE_TILE:
                 clearance = v - cone_tile * t_tile
-                if clearance < 0.004:
+                if clearance < 0.001:
                     phase = PHASE_PIXEL
                 else:
                     t_tile += 0.8 * clearance
                     if t_tile >= t_tile_far:  # every pixel misses
                         phase = PHASE_PIXEL
             elif phase == PHASE_CONE:
+                v_cone = v
                 clearance = v - cone * t_cone
                 if clearance < CONE_CLEARANCE:
                     phase = PHASE_NEXT
                 else:
-                    t_cone += 0.8 * clearance
+                    t_cone += clearance if clearance < 2.0 * t_cone * pixel_angle else 0.8 * clearance
                     if t_cone >= t_cone_far:  # every sample misses
                         phase = PHASE_NEXT
             elif phase == PHASE_TRACE:
                 steps += 1
                 if v < ti.max(2e-4, 0.4 * tt * pixel_angle):  # 0.4 of a pixel footprint
                     xp = o_p + tt * d_p
+                    v_hit = v
                     if first == 1 or ti.abs(tt - t_shaded) > 0.01:
                         phase = PHASE_NORMAL
                         tap = 0
@@ -247,14 +263,24 @@ def _render_kernel(viewmats: ti.types.ndarray(dtype=ti.f32, ndim=3), Ks: ti.type
                         phase = PHASE_SHADE
                 else:
                     # 0.8: the composition with the deformation is not exactly 1-Lipschitz
-                    tt += 0.8 * v
+                    step = 0.8 * v
+                    if v < 2.0 * tt * pixel_angle:
+                        # Within two pixel footprints of the surface a full step overshoots by
+                        # at most the deformation's small excess over 1-Lipschitz; once the
+                        # pixel's first sample has hit, step to the tangent plane of that hit
+                        # (at most 2 v). Overshooting into the surface ends the trace a
+                        # fraction of a pixel deep.
+                        step = v
+                        if first == 0:
+                            step = v / ti.max(-n_p.dot(d_p), 0.5)
+                    tt += step
                     if tt > t_far or steps >= 160:
                         acc += bg
                         phase = PHASE_NEXT
             elif phase == PHASE_NORMAL:
-                g += syn.tetra_dir(tap) * v
+                g += axis_dir(tap) * (v - v_hit)
                 tap += 1
-                if tap == 4:
+                if tap == 3:
                     n_p = g.normalized(1e-12)
                     n_w = R @ n_p
                     phase = PHASE_AO
