@@ -332,8 +332,8 @@ def test_tiny_prior_fit_learns(tmp_path):
 
     cfg = PriorTrainConfig(preset="tiny", n_identities=2, n_expressions=2, n_heldout_expressions=1,
                            points_surface=300, points_near=300, points_space=100, batch_shapes=2,
-                           batch_points=300, steps=60, eval_points=400, eval_fit_steps=10,
-                           checkpoint_every=30, lr=3e-3)
+                           batch_points=300, steps=300, eval_points=400, eval_fit_steps=10,
+                           checkpoint_every=30, lr=3e-3, lr_deform=1e-3)
     out = tmp_path / "prior"
     metrics = fit_prior(out, cfg, progress=False, log=lambda m: None)
     model = load_prior(out)
@@ -341,6 +341,8 @@ def test_tiny_prior_fit_learns(tmp_path):
     assert model.meta["identity_seeds"] == [1000, 1001] and model.meta["heldout_identity_seed"] == 999
     for key in ("sdf_mae_mm", "deform_mae_mm"):
         assert np.isfinite(metrics["heldout"][key]) and np.isfinite(metrics["train"][key])
+    # B must have learned something: a dead deformation MLP (constant map) scores the identity's error.
+    assert metrics["train"]["deform_mae_mm"] < 0.9 * metrics["train"]["deform_identity_mae_mm"]
     # Loss after training vs a freshly initialised model on the same batch.
     _, _, samples = training_set(cfg, progress=False)
     idx = batch_indices(samples, 300, torch.Generator().manual_seed(5))

@@ -120,6 +120,9 @@ class PriorTrainConfig:
     steps: int = 3000              # optimisation steps
     lr: float = 2e-3               # network learning rate
     lr_codes: float = 5e-3         # latent code learning rate
+    # Learning rate of the backward deformation MLP. At 2e-3 its last Softplus(beta=100) layer
+    # dies early in training (every unit negative: B becomes a constant map and never recovers).
+    lr_deform: float = 5e-4
     lr_decay_every: int = 0        # halve both learning rates every this many steps (0: steps // 3)
     w_sdf: float = 2.0             # |SDF - SDF_gt| (near surface and space, clamped)
     w_surface: float = 4.0         # |SDF| on surface samples

@@ -233,7 +233,7 @@ def shape_errors(model: MonoNPHM, samples: ShapeSamples, z_geo: torch.Tensor,
 
     z_geo: (n_id, G) codes indexed by ``samples.identity`` (or rows given); z_exp: (S, E).
     """
-    sdf_err, def_err, surf_err = [], [], []
+    sdf_err, def_err, surf_err, still_err = [], [], [], []
     for k in range(len(samples.identity)):
         row = samples.identity[k] if pair_identity_rows is None else pair_identity_rows[k]
         zg = z_geo[int(row)]
@@ -245,12 +245,15 @@ def shape_errors(model: MonoNPHM, samples: ShapeSamples, z_geo: torch.Tensor,
         sdf_err.append((sdf[near] - samples.sdf[k][near]).abs())
         surf_err.append(sdf[surf].abs())
         def_err.append((can[surf, :3] - samples.canonical[k][surf]).norm(dim=-1))
-    sdf_err, def_err, surf_err = torch.cat(sdf_err), torch.cat(def_err), torch.cat(surf_err)
+        still_err.append((x[surf] - samples.canonical[k][surf]).norm(dim=-1))
+    sdf_err, def_err, surf_err, still_err = (torch.cat(e) for e in (sdf_err, def_err, surf_err, still_err))
     return {"sdf_mae_mm": float(sdf_err.mean()) * MM_PER_UNIT,
             "surface_sdf_mae_mm": float(surf_err.mean()) * MM_PER_UNIT,
             "surface_sdf_median_mm": float(surf_err.median()) * MM_PER_UNIT,
             "deform_mae_mm": float(def_err.mean()) * MM_PER_UNIT,
-            "deform_p95_mm": float(torch.quantile(def_err, 0.95)) * MM_PER_UNIT}
+            "deform_p95_mm": float(torch.quantile(def_err, 0.95)) * MM_PER_UNIT,
+            # the error of B = identity (no deformation): a B that learned nothing scores this
+            "deform_identity_mae_mm": float(still_err.mean()) * MM_PER_UNIT}
 
 
 def fit_prior(out: str | os.PathLike, cfg: PriorTrainConfig, force: bool = False,
@@ -291,10 +294,13 @@ def fit_prior(out: str | os.PathLike, cfg: PriorTrainConfig, force: bool = False
                       "pair_expressions": samples.expressions.tolist(),
                       "preset": cfg.preset}
     model.train()
-    net_params = [p for n, p in model.named_parameters() if not n.startswith("codes_")]
+    deform_params = list(model.ex_decoder.parameters())
+    deform_ids = {id(p) for p in deform_params}
+    net_params = [p for n, p in model.named_parameters() if not n.startswith("codes_") and id(p) not in deform_ids]
     code_params = [model.codes_geo.weight, model.codes_app.weight, model.codes_exp.weight]
-    opt = torch.optim.Adam([{"params": net_params, "lr": cfg.lr},
-                            {"params": code_params, "lr": cfg.lr_codes}])
+    group_lrs = (cfg.lr, cfg.lr_codes, cfg.lr_deform)
+    opt = torch.optim.Adam([{"params": params, "lr": lr} for params, lr in
+                            zip((net_params, code_params, deform_params), group_lrs)])
     if opt_state is not None:
         opt.load_state_dict(opt_state)
     gen = torch.Generator().manual_seed(cfg.seed + start_step)
@@ -305,8 +311,8 @@ def fit_prior(out: str | os.PathLike, cfg: PriorTrainConfig, force: bool = False
     decay_every = cfg.lr_decay_every or max(1, cfg.steps // 3)
     for step in bar:
         decay = 0.5 ** (step // decay_every)
-        opt.param_groups[0]["lr"] = cfg.lr * decay
-        opt.param_groups[1]["lr"] = cfg.lr_codes * decay
+        for group, lr in zip(opt.param_groups, group_lrs):
+            group["lr"] = lr * decay
         pairs = torch.randperm(n_pairs, generator=gen)[:cfg.batch_shapes]
         idx = batch_indices(samples, cfg.batch_points, gen)
         ids = samples.identity[pairs]
@@ -320,7 +326,7 @@ def fit_prior(out: str | os.PathLike, cfg: PriorTrainConfig, force: bool = False
         total = weighted_total(losses, cfg)
         opt.zero_grad()
         total.backward()
-        torch.nn.utils.clip_grad_norm_(net_params, 1.0)
+        torch.nn.utils.clip_grad_norm_(net_params + deform_params, 1.0)
         opt.step()
         running = total.item() if running is None else 0.95 * running + 0.05 * total.item()
         if step % 20 == 0:
