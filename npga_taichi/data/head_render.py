@@ -247,6 +247,7 @@ def _render_kernel(viewmats: ti.types.ndarray(dtype=ti.f32, ndim=3), Ks: ti.type
                 if clearance < CONE_CLEARANCE:
                     phase = PHASE_NEXT
                 else:
+                    # full steps near the surface, as in TRACE below
                     t_cone += clearance if clearance < 2.0 * t_cone * pixel_angle else 0.8 * clearance
                     if t_cone >= t_cone_far:  # every sample misses
                         phase = PHASE_NEXT
