@@ -175,7 +175,7 @@ def composite_kernels(real, static_channels: int):
     @ti.kernel
     def composite_forward(
         packed: arr2, ids: iarr1, colors: arr2, ranges: iarr2, background: arr1,
-        width: ti.i32, height: ti.i32, tiles_x: ti.i32, pitch: ti.i32,
+        width: ti.i32, height: ti.i32, tiles_x: ti.i32, pitch: ti.i32, spread: ti.i32,
         image: arr1, alpha_out: arr1, depth: arr1, t_final: arr1, last: iarr1,
     ):
         """image (H*W*C), alpha_out = 1 - T_final, depth (H*W) are written for every pixel;
@@ -184,7 +184,10 @@ def composite_kernels(real, static_channels: int):
         lanes unconditionally as vectors."""
         n_channels = colors.shape[1]
         ti.loop_config(block_dim=TILES_PER_TASK)
-        for tile in range(ranges.shape[0]):
+        for slot in range(ranges.shape[0] * spread):  # see runtime.parallel_spread
+            if slot % spread != 0:
+                continue
+            tile = slot // spread
             x0, y0, x1, y1 = tile_bounds(tile, tiles_x, width, height)
             start = ranges[tile, 0]
             end = ranges[tile, 1]
@@ -257,7 +260,7 @@ def composite_kernels(real, static_channels: int):
     @ti.kernel
     def composite_backward(
         packed: arr2, ids: iarr1, colors: arr2, ranges: iarr2, background: arr1,
-        width: ti.i32, height: ti.i32, tiles_x: ti.i32, pitch: ti.i32,
+        width: ti.i32, height: ti.i32, tiles_x: ti.i32, pitch: ti.i32, spread: ti.i32,
         t_final: arr1, last: iarr1, v_image: arr1, v_alpha: arr1, v_depth: arr1,
         grad_isect: arr2, v_background_tiles: arr2,
     ):
@@ -280,7 +283,10 @@ def composite_kernels(real, static_channels: int):
         """
         n_channels = colors.shape[1]
         ti.loop_config(block_dim=TILES_PER_TASK)
-        for tile in range(ranges.shape[0]):
+        for slot in range(ranges.shape[0] * spread):  # see runtime.parallel_spread
+            if slot % spread != 0:
+                continue
+            tile = slot // spread
             x0, y0, x1, y1 = tile_bounds(tile, tiles_x, width, height)
             start = ranges[tile, 0]
             end = ranges[tile, 1]

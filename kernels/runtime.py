@@ -76,6 +76,20 @@ def init(arch: str | None = None) -> str:
         return _arch
 
 
+# Taichi's CPU backend runs a parallel loop of fewer than ~1024 iterations on one thread
+# (measured on 2 cores: 256 iterations of equal work take as long with 2 threads as with 1,
+# whatever the loop's block_dim; 1024 run on both). Loops over few, large work items (tiles,
+# radix-sort blocks) therefore run over ``items * spread`` slots of which every ``spread``-th
+# does the work.
+PARALLEL_MIN_ITERATIONS = 1024
+
+
+def parallel_spread(n_items: int, on_cpu: bool) -> int:
+    """Slots per work item that make a loop over ``n_items`` parallel on the CPU (1 on a GPU,
+    where every item is already a thread)."""
+    return max(1, -(-PARALLEL_MIN_ITERATIONS // max(n_items, 1))) if on_cpu else 1
+
+
 def ensure_initialized() -> str:
     """Initialise with the default arch if nobody has yet; return the arch in use."""
     return _arch if _arch is not None else init()

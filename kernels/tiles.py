@@ -88,13 +88,17 @@ def binning_kernels(real):
 def _radix_pass(
     keys_in: ti.types.ndarray(dtype=ti.i64, ndim=1), ids_in: ti.types.ndarray(dtype=ti.i32, ndim=1),
     keys_out: ti.types.ndarray(dtype=ti.i64, ndim=1), ids_out: ti.types.ndarray(dtype=ti.i32, ndim=1),
-    hist: ti.types.ndarray(dtype=ti.i32, ndim=2), n: ti.i32, shift: ti.i32,
+    hist: ti.types.ndarray(dtype=ti.i32, ndim=2), n: ti.i32, shift: ti.i32, spread: ti.i32,
 ):
     """One stable LSD pass on the digit (key >> shift) & 255 over keys_in[:n]."""
     n_blocks = hist.shape[0]
     chunk = (n + n_blocks - 1) // n_blocks
-    # 1. per-block digit histograms (each block owns a row: plain stores, no atomics)
-    for b in range(n_blocks):
+    # 1. per-block digit histograms (each block owns a row: plain stores, no atomics); the
+    #    block loops run over n_blocks * spread slots (see runtime.parallel_spread)
+    for slot in range(n_blocks * spread):
+        if slot % spread != 0:
+            continue
+        b = slot // spread
         for d in range(RADIX_BUCKETS):
             hist[b, d] = 0
         for i in range(b * chunk, ti.min(n, (b + 1) * chunk)):
@@ -110,7 +114,10 @@ def _radix_pass(
                 hist[b, d] = running
                 running += c
     # 3. scatter; within a block in input order, so the pass is stable
-    for b in range(n_blocks):
+    for slot in range(n_blocks * spread):
+        if slot % spread != 0:
+            continue
+        b = slot // spread
         for i in range(b * chunk, ti.min(n, (b + 1) * chunk)):
             d = ti.cast((keys_in[i] >> shift) & (RADIX_BUCKETS - 1), ti.i32)
             pos = hist[b, d]
@@ -143,8 +150,9 @@ def radix_sort_pairs(keys: torch.Tensor, ids: torch.Tensor, keys_tmp: torch.Tens
     (one of the two pairs, depending on the number of passes).
     """
     src_k, src_i, dst_k, dst_i = keys, ids, keys_tmp, ids_tmp
+    spread = runtime.parallel_spread(hist.shape[0], keys.device.type == "cpu")
     for shift in range(0, key_bits, RADIX_BITS):
-        _radix_pass(src_k, src_i, dst_k, dst_i, hist, n, shift)
+        _radix_pass(src_k, src_i, dst_k, dst_i, hist, n, shift, spread)
         src_k, src_i, dst_k, dst_i = dst_k, dst_i, src_k, src_i
     return src_k, src_i
 

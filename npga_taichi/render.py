@@ -224,7 +224,8 @@ class _Composite(torch.autograd.Function):
         pitch = tiles_x * TILE_SIZE
         t_final = torch.empty((height, pitch), dtype=dt, device=dev)
         last = torch.empty((height, pitch), dtype=torch.int32, device=dev)
-        composite_forward(packed, ids, colors_arg, ranges, background, width, height, tiles_x, pitch,
+        spread = runtime.parallel_spread(ranges.shape[0], dev.type == "cpu")
+        composite_forward(packed, ids, colors_arg, ranges, background, width, height, tiles_x, pitch, spread,
                           image.view(-1), alpha.view(-1), depth.view(-1), t_final.view(-1), last.view(-1))
         ctx.save_for_backward(packed, ids, colors_arg, ranges, background, t_final, last)
         ctx.config = (width, height, colors.shape[0], total)
@@ -253,8 +254,8 @@ class _Composite(torch.autograd.Function):
         variant = channel_variant(channels)
         _, _, composite_backward = composite_kernels(_real(packed), variant)
         composite_backward(packed, ids, colors, ranges, background, width, height, tiles_x, pitch,
-                           t_final.view(-1), last.view(-1), v_image, v_alpha, v_depth,
-                           grad_isect, v_background_tiles)
+                           runtime.parallel_spread(n_tiles, dev.type == "cpu"), t_final.view(-1), last.view(-1),
+                           v_image, v_alpha, v_depth, grad_isect, v_background_tiles)
         grads = torch.zeros((max(n, 1), GRAD_COLUMNS + channels), dtype=dt, device=dev)
         if total > 0:
             grads.index_add_(0, ids[:total].long(), grad_isect[:total])
