@@ -7,8 +7,9 @@ block: ``packed[i] = (mean_x, mean_y, conic_a, conic_b, conic_c, opacity, depth,
 y_extent)`` with ``sigma_cut`` = max(ln(255 o) + 1e-3, 0) (no fragment with a larger sigma can
 reach alpha >= 1/255) and ``y_extent`` the half height of the ellipse sigma <= sigma_cut.
 
-One parallel work item per tile (Taichi parallelises the outermost loop only); inside, the tile
-is processed row by row. The 16 pixels of a tile row are 16 *lanes* whose state (transmittance,
+One parallel work item per tile (Taichi parallelises the outermost loop only; on the CPU the
+loop runs over ``spread`` slots per tile, see ``runtime.parallel_spread``, because Taichi keeps
+loops of fewer than ~1024 iterations on one thread); inside, the tile is processed row by row. The 16 pixels of a tile row are 16 *lanes* whose state (transmittance,
 colour and depth accumulators, last contributor, done flag) lives in registers: each Gaussian of
 the tile whose y-extent covers the row is evaluated on all 16 lanes with branch-free, statically
 unrolled code (selects instead of ifs), which LLVM's SLP vectoriser turns into SIMD (one AVX-512
@@ -54,8 +55,8 @@ PACKED_WIDTH = 9  # mean_x, mean_y, conic a, b, c, opacity, depth, sigma_cut, y_
 # above rounding error, so rows outside the ellipse sigma <= cut can be skipped.
 SIGMA_CUT_SLACK = 1e-3
 ROW_SLACK = 1e-2  # pixels added to the ellipse's y-extent (rounding never drops a hit row)
-# Tiles a CPU thread takes from the shared queue at once: small, because tile costs differ a lot
-# (Taichi's default of 32 leaves one core idle at the end of a 256-tile image).
+# Loop slots a CPU thread takes from the shared queue at once: small, because tile costs differ
+# a lot.
 TILES_PER_TASK = 2
 LANES = TILE_SIZE  # pixels of a tile row, processed together
 # grad_isect columns: d/d(mean_x, mean_y, conic a, b, c, opacity, depth), then one per channel
