@@ -9,8 +9,9 @@ reach alpha >= 1/255) and ``y_extent`` the half height of the ellipse sigma <= s
 
 One parallel work item per tile (Taichi parallelises the outermost loop only; on the CPU the
 loop runs over ``spread`` slots per tile, see ``runtime.parallel_spread``, because Taichi keeps
-loops of fewer than ~1024 iterations on one thread); inside, the tile is processed row by row. The 16 pixels of a tile row are 16 *lanes* whose state (transmittance,
-colour and depth accumulators, last contributor, done flag) lives in registers: each Gaussian of
+loops of fewer than ~1024 iterations on one thread); inside, the tile is processed row by row.
+The 16 pixels of a tile row are 16 *lanes* whose state (transmittance, colour and depth
+accumulators, last contributor, done flag) lives in registers: each Gaussian of
 the tile whose y-extent covers the row is evaluated on all 16 lanes with branch-free, statically
 unrolled code (selects instead of ifs), which LLVM's SLP vectoriser turns into SIMD (one AVX-512
 register holds a float32 row). A row stops as soon as all its pixels have terminated. Although
