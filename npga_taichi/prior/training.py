@@ -294,9 +294,8 @@ def fit_prior(out: str | os.PathLike, cfg: PriorTrainConfig, force: bool = False
                       "pair_expressions": samples.expressions.tolist(),
                       "preset": cfg.preset}
     model.train()
+    net_params = [p for n, p in model.named_parameters() if not n.startswith(("codes_", "ex_decoder."))]
     deform_params = list(model.ex_decoder.parameters())
-    deform_ids = {id(p) for p in deform_params}
-    net_params = [p for n, p in model.named_parameters() if not n.startswith("codes_") and id(p) not in deform_ids]
     code_params = [model.codes_geo.weight, model.codes_app.weight, model.codes_exp.weight]
     group_lrs = (cfg.lr, cfg.lr_codes, cfg.lr_deform)
     opt = torch.optim.Adam([{"params": params, "lr": lr} for params, lr in
