@@ -9,16 +9,30 @@ reach alpha >= 1/255) and ``y_extent`` the half height of the ellipse sigma <= s
 
 One parallel work item per tile (Taichi parallelises the outermost loop only; on the CPU the
 loop runs over ``spread`` slots per tile, see ``runtime.parallel_spread``, because Taichi keeps
-loops of fewer than ~1024 iterations on one thread); inside, the tile is processed row by row.
-The 16 pixels of a tile row are 16 *lanes* whose state (transmittance, colour and depth
-accumulators, last contributor, done flag) lives in registers: each Gaussian of
-the tile whose y-extent covers the row is evaluated on all 16 lanes with branch-free, statically
-unrolled code (selects instead of ifs), which LLVM's SLP vectoriser turns into SIMD (one AVX-512
-register holds a float32 row). A row stops as soon as all its pixels have terminated. Although
-lanes outside a Gaussian's ellipse are evaluated too (they simply do not hit), the forward is
-~4x cheaper than the per-pixel scalar loop it replaces (20k random Gaussians at 256^2: ~19 ms
-instead of ~75 ms process CPU time on the 2-core dev machine). Measured and rejected: also
-testing the ellipse's chord against the row's x-range (the scalar test cost more than it saved).
+loops of fewer than ~1024 iterations on one thread). The 16 pixels of a tile row are 16 *lanes*
+evaluated together with branch-free, statically unrolled code (selects and 0/1 factors instead
+of ifs), which LLVM's SLP vectoriser turns into SIMD (two AVX registers per float32 row).
+Per-pixel state saved for the backward is stored as *lane rows* (ndarrays whose element is a
+16-vector), so a row's lanes are one vector load.
+
+Forward: row by row, with the row's state (transmittance, colour and depth sums, last
+contributor, done flags) in registers; each Gaussian whose y-extent covers the row is evaluated
+on all 16 lanes and the row stops once all its pixels have terminated.
+
+Backward: Gaussian by Gaussian, back to front, each over only the tile rows its ellipse crosses
+and that it is not behind (``row_last``). Every row's running T and U (see
+``composite_backward``) and the Gaussian's per-lane gradient terms live in a small scratch
+array, and the terms are summed over lanes once per Gaussian rather than once per (Gaussian,
+row). On the CPU that scratch is a Taichi field with one block per thread
+(``ti.global_thread_idx()``): LLVM re-reads an ndarray's base pointer after every store, so
+stores to an ndarray are never merged into vector stores, and without vector stores to anchor
+it the SLP vectoriser left most of the gradient arithmetic scalar (and turned selects fed by
+loads into one branch per lane). With the field, the backward at 256^2 with 20k random
+Gaussians fell from ~28 to ~18 ms on the 2-core dev machine. No atomics: intersection i's
+gradient row is written by its tile only; the caller reduces intersections to Gaussians.
+Measured and rejected: per-row lane sums (serial add chains after LLVM's reassociation,
+~25 ms), keeping the per-row state in registers with Gaussians inner (the previous design,
+~28 ms).
 
 Per pixel, front to back (``contract``):
     sigma = 0.5 (a dx^2 + c dy^2) + b dx dy,   alpha = min(0.999, o exp(-sigma))
@@ -26,18 +40,9 @@ Per pixel, front to back (``contract``):
     first contributing Gaussian with T (1 - alpha) <= 1e-4.
     image = sum alpha_i T_i c_i + T_final background, depth = sum alpha_i T_i z_i.
 The forward saves T_final and ``last`` (1 + intersection index of the last contributor; the
-tile start if none). The backward walks each row back to front from its largest ``last``,
-reconstructing T_i = T_{i+1} / (1 - alpha_i) from T_final (Taichi's autodiff is wrong for
-loop-carried accumulators, taichi issue #8356, so it is written by hand). Per (Gaussian, row)
-it first evaluates the 16 fragments (vectorised) and skips the gradient arithmetic when no lane
-is hit; a Gaussian's gradient is summed over the 16 lanes and added to a per-*intersection* row
-of ``grad_isect`` that only its tile writes (no atomics); the caller reduces intersections to
-Gaussians (``index_add_``). Per pixel the backward carries T and one weighted suffix sum (see
-``composite_backward``). The gradient arithmetic is only partly vectorised by LLVM (the row's
-upstream gradients enter as 16 loop-invariant scalars, and Taichi's i32 index arithmetic keeps
-LLVM from proving lane loads adjacent): ~57 ms instead of ~120 ms for the scene above, which
-is where further speed lies. Measured and rejected: Gaussian-outer/rows-inner with the pixel
-state in memory (lane loads and stores are not vectorised, ~2x slower).
+tile start if none). The backward reconstructs T_i = T_{i+1} / (1 - alpha_i) from T_final
+(Taichi's autodiff is wrong for loop-carried accumulators, taichi issue #8356, so it is
+written by hand).
 
 Channel counts C <= 4 are unrolled with the colours in registers; other C use a generic variant
 that loops over channels at run time (slower, same results).
@@ -46,6 +51,8 @@ that loops over channels at run time (slower, same results).
 import functools
 
 import taichi as ti
+
+from taichi.lang import impl
 
 from npga_taichi.kernels import runtime
 
@@ -60,8 +67,15 @@ ROW_SLACK = 1e-2  # pixels added to the ellipse's y-extent (rounding never drops
 # a lot.
 TILES_PER_TASK = 2
 LANES = TILE_SIZE  # pixels of a tile row, processed together
+HALVINGS = (8, 4, 2, 1)  # pairwise-sum widths that reduce LANES values to one
 # grad_isect columns: d/d(mean_x, mean_y, conic a, b, c, opacity, depth), then one per channel
 GRAD_COLUMNS = 7
+
+
+def scratch_rows(static_channels: int) -> int:
+    """Lane rows of backward scratch per work item: (T, U) per tile row, then 7 + C gradient
+    accumulators (C = 0 for the generic variant, which adds colour gradients to grad_isect)."""
+    return 2 * TILE_SIZE + 7 + static_channels
 
 
 @ti.func
@@ -99,6 +113,11 @@ def composite_kernels(real, static_channels: int):
     arr2 = ti.types.ndarray(dtype=real, ndim=2)
     iarr1 = ti.types.ndarray(dtype=ti.i32, ndim=1)
     iarr2 = ti.types.ndarray(dtype=ti.i32, ndim=2)
+    # per-pixel state in lane rows: element k = the 16 pixels of tile row k, read as one vector
+    # load (scalar loads from i32 index arithmetic are not provably adjacent, which left the
+    # lane arithmetic consuming them scalar)
+    lanes_real = ti.types.ndarray(dtype=ti.types.vector(LANES, real), ndim=1)
+    lanes_int = ti.types.ndarray(dtype=ti.types.vector(LANES, ti.i32), ndim=1)
     half, one = 0.5, 1.0  # exact in f32, so safe as untyped literals in f64 kernels
     # inexact constants are cast inside the kernels: real(...) only works in Taichi scope
     NC = static_channels
@@ -161,6 +180,52 @@ def composite_kernels(real, static_channels: int):
         hit = (sigma >= real(0.0)) & (sigma <= cut) & (alpha >= real(ALPHA_MIN))
         return hit, e, raw, alpha
 
+    # Per-lane gradient terms of one intersection, accumulated over its rows and summed over the
+    # lanes once: e v_alpha (e = exp(-sigma)) times 1, dx, dy, dx^2, dx dy, dy^2, then w g_z and
+    # w g per channel (v_sigma = -o e v_alpha).
+    N_TERMS = 7 + NC
+    on_cpu = runtime.current_arch() == "cpu"
+    # The backward's working vectors live in a small scratch array per work item: each tile
+    # row's running T and U, then one accumulator per term. On the CPU that is a field with one
+    # block per thread, not an ndarray: LLVM re-reads an ndarray's base pointer after every store
+    # and so never merges stores to one into vector stores, and without vector stores to anchor
+    # it, its SLP vectoriser leaves most of the lane arithmetic scalar. On a GPU every tile is
+    # a thread with its own block of the ndarray ``scratch`` passed by the caller.
+    scratch_slots = impl.current_cfg().cpu_max_num_threads if on_cpu else 1
+    cpu_scratch = ti.Vector.field(LANES, real, shape=(scratch_slots * scratch_rows(NC),))
+
+    @ti.func
+    def scratch_base(tile):
+        """First scratch element of this work item (scratch_rows(C) elements each)."""
+        slot = tile
+        if ti.static(on_cpu):
+            slot = ti.cast(ti.global_thread_idx(), ti.i32)
+        return slot * scratch_rows(NC)
+
+    @ti.func
+    def scratch_load(scratch: ti.template(), k):
+        v = ti.Vector.zero(real, LANES)
+        if ti.static(on_cpu):
+            v = cpu_scratch[k]
+        else:
+            v = scratch[k]
+        return v
+
+    @ti.func
+    def scratch_store(scratch: ti.template(), k, v):
+        if ti.static(on_cpu):
+            cpu_scratch[k] = v
+        else:
+            scratch[k] = v
+
+    @ti.func
+    def lane_sum(v):
+        """Sum of a LANES-vector, halving: 8 + 4 + 2 + 1 independent adds."""
+        for width in ti.static(HALVINGS):
+            for l in ti.static(range(width)):
+                v[l] = v[l] + v[l + width]
+        return v[0]
+
     @ti.func
     def load_color(colors: arr2, g):
         col = ti.Vector.zero(real, NCV)
@@ -177,13 +242,14 @@ def composite_kernels(real, static_channels: int):
     @ti.kernel
     def composite_forward(
         packed: arr2, ids: iarr1, colors: arr2, ranges: iarr2, background: arr1,
-        width: ti.i32, height: ti.i32, tiles_x: ti.i32, pitch: ti.i32, spread: ti.i32,
-        image: arr1, alpha_out: arr1, depth: arr1, t_final: arr1, last: iarr1,
+        width: ti.i32, height: ti.i32, tiles_x: ti.i32, spread: ti.i32,
+        image: arr1, alpha_out: arr1, depth: arr1, t_final: lanes_real, last: lanes_int, row_last: iarr1,
     ):
         """image (H*W*C), alpha_out = 1 - T_final, depth (H*W) are written for every pixel;
-        t_final and last (H*pitch, rows padded to whole tiles: pitch = tiles_x * 16) for every
-        lane (T = 1 and last = tile start past the right edge), so the backward loads a row's
-        lanes unconditionally as vectors."""
+        t_final and last as lane rows (H * tiles_x elements of 16 pixels, element
+        py * tiles_x + tile column) for every lane (T = 1 and last = tile start past the right
+        edge), so the backward loads a row's lanes as one vector; ``row_last`` (H * tiles_x) the
+        largest ``last`` of each tile row."""
         n_channels = colors.shape[1]
         ti.loop_config(block_dim=TILES_PER_TASK)
         for slot in range(ranges.shape[0] * spread):  # see runtime.parallel_spread
@@ -245,9 +311,14 @@ def composite_kernels(real, static_channels: int):
                             done[l] = ti.select(term, 1, done[l])
                             n_term += ti.select(term, 1, 0)
                         remaining -= n_term
+                lane_row = py * tiles_x + x0 // TILE_SIZE
+                t_final[lane_row] = T
+                last[lane_row] = lastv
+                row_end = start
                 for l in ti.static(range(LANES)):
-                    t_final[py * pitch + x0 + l] = T[l]
-                    last[py * pitch + x0 + l] = lastv[l]
+                    row_end = ti.max(row_end, lastv[l])
+                row_last[lane_row] = row_end
+                for l in ti.static(range(LANES)):
                     if x0 + l < x1:
                         q = row + x0 + l
                         alpha_out[q] = one - T[l]
@@ -262,152 +333,170 @@ def composite_kernels(real, static_channels: int):
     @ti.kernel
     def composite_backward(
         packed: arr2, ids: iarr1, colors: arr2, ranges: iarr2, background: arr1,
-        width: ti.i32, height: ti.i32, tiles_x: ti.i32, pitch: ti.i32, spread: ti.i32,
-        t_final: arr1, last: iarr1, v_image: arr1, v_alpha: arr1, v_depth: arr1,
-        grad_isect: arr2, v_background_tiles: arr2,
+        width: ti.i32, height: ti.i32, tiles_x: ti.i32, spread: ti.i32,
+        t_final: lanes_real, last: lanes_int, row_last: iarr1,
+        v_image: lanes_real, v_alpha: lanes_real, v_depth: lanes_real,
+        grad_isect: arr2, v_background_tiles: arr2, scratch: lanes_real,
     ):
         """Per-intersection gradients ``grad_isect`` (M, 7 + C): d/d(mean_x, mean_y, conic a, b,
         c, opacity, depth, colour channels) of the Gaussian ``ids[i]`` through tile i's pixels
         (every row of every tile's range is written); background gradient as one partial sum per
-        tile, ``v_background_tiles`` (n_tiles, C). All per-pixel inputs are in the padded layout
-        of ``t_final`` (H*pitch[*C], zeros in the padding; zeros for an unused output), so a
-        row's 16 lanes are read without branches.
+        tile, ``v_background_tiles`` (n_tiles, C). Per-pixel inputs are lane rows like
+        ``t_final`` (element py * tiles_x + tile column; zeros past the right edge and for an
+        unused output); ``v_image`` is channel-planar: element (ch * H + py) * tiles_x + column.
+        ``scratch`` (GPU only: scratch_rows(C) lane rows per tile) holds working vectors.
 
-        For contributor k of a pixel, with S_k = sum_{j>k} alpha_j T_j c_j + T_final bg and
-        D_k = sum_{j>k} alpha_j T_j z_j (suffix sums, built while walking back to front):
+        Each tile walks its Gaussians back to front, each over the tile rows its ellipse crosses,
+        keeping per row the pixels' running T_k (from T_final, T_k = T_{k+1} / (1 - alpha_k))
+        and U. For contributor k of a pixel, with S_k = sum_{j>k} alpha_j T_j c_j + T_final bg
+        and D_k = sum_{j>k} alpha_j T_j z_j (suffix sums):
         dL/dalpha_k = g.(T_k c_k - S_k/(1-alpha_k)) + g_z (T_k z_k - D_k/(1-alpha_k))
                       + g_alpha T_final/(1-alpha_k)
-                    = T_k (g.c_k + g_z z_k) - (U_k - g_alpha T_final) / (1-alpha_k),
-        with the pixel's upstream gradients (g, g_z, g_alpha) fixed, so only the weighted suffix
-        sum U_k = g.S_k + g_z D_k is carried (one number per pixel instead of C + 1):
-        U starts at T_final g.bg and grows by alpha_k T_k (g.c_k + g_z z_k).
+                    = T_k (g.c_k + g_z z_k) - U_k / (1-alpha_k),
+        U_k = g.S_k + g_z D_k - g_alpha T_final, with the pixel's upstream gradients
+        (g, g_z, g_alpha) fixed: one number per pixel instead of C + 1, starting at
+        T_final (g.bg - g_alpha) and growing by alpha_k T_k (g.c_k + g_z z_k).
         The sigma gradient is -o e^-sigma dL/dalpha (raw = o e^-sigma below the 0.999 clamp).
+        A Gaussian's terms are accumulated per lane over its rows and summed over the lanes once.
         """
         n_channels = colors.shape[1]
+        plane = height * tiles_x  # lane rows per channel plane of v_image
         ti.loop_config(block_dim=TILES_PER_TASK)
         for slot in range(ranges.shape[0] * spread):  # see runtime.parallel_spread
             if slot % spread != 0:
                 continue
             tile = slot // spread
             x0, y0, x1, y1 = tile_bounds(tile, tiles_x, width, height)
+            column = tile % tiles_x
             start = ranges[tile, 0]
             end = ranges[tile, 1]
             x0f = ti.cast(x0, real) + half
-            for i in range(start, end):
-                for k in range(grad_isect.shape[1]):
-                    grad_isect[i, k] = real(0.0)
+            base = scratch_base(tile)
+            acc_base = base + 2 * TILE_SIZE
+            tile_last = start
             for ch in range(n_channels):
                 v_background_tiles[tile, ch] = real(0.0)
             for py in range(y0, y1):
-                dy_base = ti.cast(py, real) + half
-                T_run = ti.Vector.one(real, LANES)
-                lastv = ti.Vector.zero(ti.i32, LANES) + start
-                U = ti.Vector.zero(real, LANES)  # g . S + g_z D, the weighted suffix sum
-                G = ti.Matrix.zero(real, NCV, LANES)  # upstream image gradient
-                g_dep = ti.Vector.zero(real, LANES)
-                g_alpha_t = ti.Vector.zero(real, LANES)  # v_alpha * T_final
-                row_last = start
-                bg_sum = ti.Vector.zero(real, NCV)
-                for l in ti.static(range(LANES)):
-                    q = py * pitch + x0 + l
-                    T = t_final[q]
-                    T_run[l] = T
-                    lastv[l] = last[q]
-                    g_dep[l] = v_depth[q]
-                    g_alpha_t[l] = v_alpha[q] * T
+                lane_row = py * tiles_x + column
+                T_final = t_final[lane_row]
+                U = -v_alpha[lane_row] * T_final
+                for ch in range(n_channels):
+                    g_ch = v_image[ch * plane + lane_row]
+                    U += T_final * g_ch * background[ch]
+                    v_background_tiles[tile, ch] = v_background_tiles[tile, ch] + lane_sum(T_final * g_ch)
+                scratch_store(scratch, base + 2 * (py - y0), T_final)
+                scratch_store(scratch, base + 2 * (py - y0) + 1, U)
+                tile_last = ti.max(tile_last, row_last[lane_row])
+            for i in range(tile_last, end):  # behind every pixel's last contributor
+                for k in range(grad_isect.shape[1]):
+                    grad_isect[i, k] = real(0.0)
+            for step in range(tile_last - start):
+                i = tile_last - 1 - step
+                my = packed[i, 1]
+                y_extent = packed[i, 8]
+                # tile rows whose centre is within y_extent of the mean (clamped before the cast)
+                r0 = ti.cast(ti.max(ti.ceil(my - y_extent - half), ti.cast(y0, real)), ti.i32)
+                r1 = ti.cast(ti.min(ti.floor(my + y_extent - half), ti.cast(y1 - 1, real)), ti.i32)
+                mx = packed[i, 0]
+                a = packed[i, 2]
+                b = packed[i, 3]
+                c = packed[i, 4]
+                o = packed[i, 5]
+                z = packed[i, 6]
+                cut = packed[i, 7]
+                g = ids[i]
+                col = load_color(colors, g)
+                if ti.static(NC == 0):
+                    for ch in range(n_channels):
+                        grad_isect[i, GRAD_COLUMNS + ch] = real(0.0)
+                for r in ti.static(range(N_TERMS)):
+                    scratch_store(scratch, acc_base + r, ti.Vector.zero(real, LANES))
+                hit_rows = 0
+                for py in range(r0, r1 + 1):
+                    lane_row = py * tiles_x + column
+                    if i >= row_last[lane_row]:
+                        continue  # behind every pixel of this row
+                    dy = ti.cast(py, real) + half - my
+                    lastv = last[lane_row]
+                    # lane masks as 0/1 factors: LLVM scalarises (and branches on) selects whose
+                    # i1 condition vectors are rebuilt in the gradient block below
+                    hits = ti.Vector.zero(real, LANES)  # the fragment contributes
+                    keeps = ti.Vector.zero(real, LANES)  # ... and alpha = raw (below the 0.999 clamp)
+                    es = ti.Vector.zero(real, LANES)
+                    alphas = ti.Vector.zero(real, LANES)
+                    n_hit = 0
+                    for l in ti.static(range(LANES)):
+                        hit, e, raw, alpha = fragment(a, b, c, o, cut, x0f + l - mx, dy)
+                        hit = hit & (i < lastv[l])
+                        hits[l] = ti.select(hit, one, real(0.0))
+                        keeps[l] = ti.select(hit & (raw <= real(ALPHA_MAX)), one, real(0.0))
+                        n_hit += ti.select(hit, 1, 0)
+                        es[l] = e
+                        alphas[l] = alpha
+                    if n_hit == 0:
+                        continue  # the row crosses the ellipse outside this tile or behind its last contributors
+                    hit_rows += 1
+                    k = base + 2 * (py - y0)
+                    T_run = scratch_load(scratch, k)
+                    U = scratch_load(scratch, k + 1)
+                    terms = ti.Matrix.zero(real, N_TERMS, LANES)
+                    g_dep = v_depth[lane_row]
+                    G = ti.Matrix.zero(real, NCV, LANES)
                     if ti.static(NC > 0):
                         for ch in ti.static(range(NC)):
-                            G[ch, l] = v_image[q * NC + ch]
-                            U[l] += T * background[ch] * G[ch, l]
-                            bg_sum[ch] += T * G[ch, l]
-                    else:
-                        for ch in range(n_channels):
-                            gpix = v_image[q * n_channels + ch]
-                            U[l] += T * background[ch] * gpix
-                            v_background_tiles[tile, ch] = v_background_tiles[tile, ch] + T * gpix
-                    row_last = ti.max(row_last, lastv[l])
-                if ti.static(NC > 0):
-                    for ch in ti.static(range(NC)):
-                        v_background_tiles[tile, ch] = v_background_tiles[tile, ch] + bg_sum[ch]
-                for step in range(row_last - start):
-                    i = row_last - 1 - step
-                    dy = dy_base - packed[i, 1]
-                    if ti.abs(dy) <= packed[i, 8]:
-                        mx = packed[i, 0]
-                        a = packed[i, 2]
-                        b = packed[i, 3]
-                        c = packed[i, 4]
-                        o = packed[i, 5]
-                        z = packed[i, 6]
-                        cut = packed[i, 7]
-                        g = ids[i]
-                        col = load_color(colors, g)
-                        hits = ti.Vector.zero(ti.i32, LANES)
-                        es = ti.Vector.zero(real, LANES)
-                        raws = ti.Vector.zero(real, LANES)
-                        alphas = ti.Vector.zero(real, LANES)
-                        n_hit = 0
-                        for l in ti.static(range(LANES)):
-                            hit, e, raw, alpha = fragment(a, b, c, o, cut, x0f + l - mx, dy)
-                            hit = hit & (i < lastv[l])
-                            hits[l] = ti.select(hit, 1, 0)
-                            n_hit += hits[l]
-                            es[l] = e
-                            raws[l] = raw
-                            alphas[l] = alpha
-                        if n_hit == 0:
-                            continue  # the row crosses the ellipse outside this tile or after its last contributors
-                        # lane sums of e v_alpha (e = exp(-sigma)) times 1, dx, dx^2, then w g_z and w g;
-                        # v_sigma = -o e v_alpha, so the sigma sums are -o times the first three
-                        s_ev = real(0.0)
-                        s_dx_ev = real(0.0)
-                        s_dx2_ev = real(0.0)
-                        s_z = real(0.0)
-                        s_col = ti.Vector.zero(real, NCV)
-                        for l in ti.static(range(LANES)):
-                            dx = x0f + l - mx
-                            hit = hits[l] != 0
-                            raw = raws[l]
-                            alpha = alphas[l]
-                            inv = one / (one - alpha)
-                            T = T_run[l] * inv  # T_k from T_{k+1}
-                            w_hit = ti.select(hit, alpha * T, real(0.0))
-                            g_dot_c = g_dep[l] * z  # g . c_k + g_z z_k
-                            if ti.static(NC > 0):
-                                for ch in ti.static(range(NC)):
-                                    g_dot_c += G[ch, l] * col[ch]
-                                    s_col[ch] += w_hit * G[ch, l]
-                            else:
-                                k = (py * pitch + x0 + l) * n_channels
-                                for ch in range(n_channels):
-                                    gpix = v_image[k + ch]
-                                    g_dot_c += gpix * colors[g, ch]
-                                    grad_isect[i, GRAD_COLUMNS + ch] = grad_isect[i, GRAD_COLUMNS + ch] + w_hit * gpix
-                            v_alpha_k = T * g_dot_c - inv * (U[l] - g_alpha_t[l])
-                            U[l] += w_hit * g_dot_c
-                            s_z += w_hit * g_dep[l]
-                            T_run[l] = ti.select(hit, T, T_run[l])
-                            # alpha = min(0.999, raw): no gradient through the clamp
-                            v_alpha_k = ti.select(hit & (raw <= real(ALPHA_MAX)), v_alpha_k, real(0.0))
-                            ev = es[l] * v_alpha_k
-                            s_ev += ev
-                            s_dx_ev += dx * ev
-                            s_dx2_ev += dx * dx * ev
-                        s_o = s_ev
-                        s_vs = -o * s_ev
-                        s_dx_vs = -o * s_dx_ev
-                        s_dx2_vs = -o * s_dx2_ev
-                        # plain read-add-write, not +=: Taichi makes += on global arrays atomic, and
-                        # only this tile writes row i (atomics cost ~1/4 of the backward)
-                        grad_isect[i, 0] = grad_isect[i, 0] - (a * s_dx_vs + b * dy * s_vs)
-                        grad_isect[i, 1] = grad_isect[i, 1] - (b * s_dx_vs + c * dy * s_vs)
-                        grad_isect[i, 2] = grad_isect[i, 2] + half * s_dx2_vs
-                        grad_isect[i, 3] = grad_isect[i, 3] + dy * s_dx_vs
-                        grad_isect[i, 4] = grad_isect[i, 4] + half * dy * dy * s_vs
-                        grad_isect[i, 5] = grad_isect[i, 5] + s_o
-                        grad_isect[i, 6] = grad_isect[i, 6] + s_z
+                            g_ch = v_image[ch * plane + lane_row]
+                            for l in ti.static(range(LANES)):
+                                G[ch, l] = g_ch[l]
+                    for l in ti.static(range(LANES)):
+                        dx = x0f + l - mx
+                        alpha = alphas[l]
+                        inv = one / (one - alpha)
+                        T = T_run[l] * inv  # T_k from T_{k+1}
+                        w_hit = alpha * T * hits[l]
+                        g_dot_c = g_dep[l] * z  # g . c_k + g_z z_k
                         if ti.static(NC > 0):
                             for ch in ti.static(range(NC)):
-                                grad_isect[i, GRAD_COLUMNS + ch] = grad_isect[i, GRAD_COLUMNS + ch] + s_col[ch]
+                                g_dot_c += G[ch, l] * col[ch]
+                                terms[7 + ch, l] = w_hit * G[ch, l]
+                        else:
+                            for ch in range(n_channels):
+                                gpix = v_image[ch * plane + lane_row][l]
+                                g_dot_c += gpix * colors[g, ch]
+                                grad_isect[i, GRAD_COLUMNS + ch] = grad_isect[i, GRAD_COLUMNS + ch] + w_hit * gpix
+                        # alpha = min(0.999, raw): no gradient through the clamp
+                        v_alpha_k = (T * g_dot_c - inv * U[l]) * keeps[l]
+                        U[l] += w_hit * g_dot_c
+                        T_run[l] = ti.select(hits[l] > real(0.0), T, T_run[l])
+                        ev = es[l] * v_alpha_k
+                        terms[0, l] = ev
+                        terms[1, l] = dx * ev
+                        terms[2, l] = dy * ev
+                        terms[3, l] = dx * dx * ev
+                        terms[4, l] = dx * dy * ev
+                        terms[5, l] = dy * dy * ev
+                        terms[6, l] = w_hit * g_dep[l]
+                    scratch_store(scratch, k, T_run)
+                    scratch_store(scratch, k + 1, U)
+                    for r in ti.static(range(N_TERMS)):
+                        row = scratch_load(scratch, acc_base + r)
+                        for l in ti.static(range(LANES)):
+                            row[l] += terms[r, l]
+                        scratch_store(scratch, acc_base + r, row)
+                sums = ti.Vector.zero(real, N_TERMS)
+                if hit_rows > 0:
+                    for r in ti.static(range(N_TERMS)):
+                        sums[r] = lane_sum(scratch_load(scratch, acc_base + r))
+                s_dx_vs = -o * sums[1]
+                s_dy_vs = -o * sums[2]
+                grad_isect[i, 0] = -(a * s_dx_vs + b * s_dy_vs)
+                grad_isect[i, 1] = -(b * s_dx_vs + c * s_dy_vs)
+                grad_isect[i, 2] = -half * o * sums[3]
+                grad_isect[i, 3] = -o * sums[4]
+                grad_isect[i, 4] = -half * o * sums[5]
+                grad_isect[i, 5] = sums[0]
+                grad_isect[i, 6] = sums[6]
+                if ti.static(NC > 0):
+                    for ch in ti.static(range(NC)):
+                        grad_isect[i, GRAD_COLUMNS + ch] = sums[7 + ch]
 
     return pack_intersections, composite_forward, composite_backward

@@ -23,7 +23,13 @@ import taichi as ti
 from npga_taichi import contract
 from npga_taichi.contract import TILE_SIZE, RasterOutput
 from npga_taichi.kernels import runtime
-from npga_taichi.kernels.composite import GRAD_COLUMNS, PACKED_WIDTH, channel_variant, composite_kernels
+from npga_taichi.kernels.composite import (
+    GRAD_COLUMNS,
+    PACKED_WIDTH,
+    channel_variant,
+    composite_kernels,
+    scratch_rows,
+)
 from npga_taichi.kernels.projection import projection_kernels
 from npga_taichi.kernels.sh import sh_kernels
 from npga_taichi.kernels.tiles import (
@@ -220,14 +226,14 @@ class _Composite(torch.autograd.Function):
         image = torch.empty((height, width, channels), dtype=dt, device=dev)
         alpha = torch.empty((height, width, 1), dtype=dt, device=dev)
         depth = torch.empty((height, width, 1), dtype=dt, device=dev)
-        # saved per-pixel state in rows padded to whole tiles (the kernels' lane layout)
-        pitch = tiles_x * TILE_SIZE
-        t_final = torch.empty((height, pitch), dtype=dt, device=dev)
-        last = torch.empty((height, pitch), dtype=torch.int32, device=dev)
+        # saved per-pixel state as lane rows: rows padded to whole tiles, 16 pixels per element
+        t_final = torch.empty((height * tiles_x, TILE_SIZE), dtype=dt, device=dev)
+        last = torch.empty((height * tiles_x, TILE_SIZE), dtype=torch.int32, device=dev)
+        row_last = torch.empty((height * tiles_x,), dtype=torch.int32, device=dev)
         spread = runtime.parallel_spread(ranges.shape[0], dev.type == "cpu")
-        composite_forward(packed, ids, colors_arg, ranges, background, width, height, tiles_x, pitch, spread,
-                          image.view(-1), alpha.view(-1), depth.view(-1), t_final.view(-1), last.view(-1))
-        ctx.save_for_backward(packed, ids, colors_arg, ranges, background, t_final, last)
+        composite_forward(packed, ids, colors_arg, ranges, background, width, height, tiles_x, spread,
+                          image.view(-1), alpha.view(-1), depth.view(-1), t_final, last, row_last)
+        ctx.save_for_backward(packed, ids, colors_arg, ranges, background, t_final, last, row_last)
         ctx.config = (width, height, colors.shape[0], total)
         # unused outputs arrive as None in backward instead of materialised zero images
         ctx.set_materialize_grads(False)
@@ -235,27 +241,30 @@ class _Composite(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, v_image, v_alpha, v_depth):
-        packed, ids, colors, ranges, background, t_final, last = ctx.saved_tensors
+        packed, ids, colors, ranges, background, t_final, last, row_last = ctx.saved_tensors
         width, height, n, total = ctx.config
         dt, dev = packed.dtype, packed.device
         channels = colors.shape[1]
         tiles_x, tiles_y = _tile_grid(width, height)
         n_tiles = tiles_x * tiles_y
-        pitch = tiles_x * TILE_SIZE
-        # upstream gradients in the lane layout of t_final: rows padded to pitch with zeros,
-        # zeros for outputs that got no gradient
-        v_image = _padded_rows("v_image", v_image, height, width, pitch, channels, packed)
-        v_alpha = _padded_rows("v_alpha", v_alpha, height, width, pitch, 1, packed)
-        v_depth = _padded_rows("v_depth", v_depth, height, width, pitch, 1, packed)
+        # upstream gradients as lane rows like t_final (channel planes for the image)
+        v_image = _lane_rows("v_image", v_image, height, width, channels, packed)
+        v_alpha = _lane_rows("v_alpha", v_alpha, height, width, 1, packed)
+        v_depth = _lane_rows("v_depth", v_depth, height, width, 1, packed)
         # one gradient row per intersection (written by its tile only, no atomics), then summed
         # per Gaussian; columns: mean2d x, y, conic a, b, c, opacity, depth, channels
         grad_isect = _scratch.get("grad_isect", (packed.shape[0], GRAD_COLUMNS + channels), dt, dev)
         v_background_tiles = torch.empty((n_tiles, channels), dtype=dt, device=dev)
         variant = channel_variant(channels)
         _, _, composite_backward = composite_kernels(_real(packed), variant)
-        composite_backward(packed, ids, colors, ranges, background, width, height, tiles_x, pitch,
-                           runtime.parallel_spread(n_tiles, dev.type == "cpu"), t_final.view(-1), last.view(-1),
-                           v_image, v_alpha, v_depth, grad_isect, v_background_tiles)
+        on_cpu = dev.type == "cpu"
+        # working vectors of the backward: per-thread scratch inside the kernels on the CPU,
+        # one block per tile here on a GPU
+        rows = 1 if on_cpu else n_tiles * scratch_rows(variant)
+        scratch = _scratch.get("composite_scratch", (rows, TILE_SIZE), dt, dev)
+        composite_backward(packed, ids, colors, ranges, background, width, height, tiles_x,
+                           runtime.parallel_spread(n_tiles, on_cpu), t_final, last, row_last,
+                           v_image, v_alpha, v_depth, grad_isect, v_background_tiles, scratch)
         grads = torch.zeros((max(n, 1), GRAD_COLUMNS + channels), dtype=dt, device=dev)
         if total > 0:
             grads.index_add_(0, ids[:total].long(), grad_isect[:total])
@@ -267,18 +276,20 @@ class _Composite(torch.autograd.Function):
                 None, None, None, None)
 
 
-def _padded_rows(name, grad, height, width, pitch, channels, like):
-    """An upstream image gradient (H, W[, C]) or None as a flat (H * pitch * C) tensor with rows
-    padded to ``pitch`` columns by zeros (a view of ``grad`` itself when no padding is needed)."""
-    if grad is not None and pitch == width:
-        return grad.contiguous().view(-1)
-    buf = _scratch.get(name, (height, pitch, channels), like.dtype, like.device)
+def _lane_rows(name, grad, height, width, channels, like):
+    """An upstream gradient (H, W[, C]) or None in the kernels' lane layout: channel planes of
+    rows padded by zeros to whole tiles, as a (C * H * tiles_x, 16) tensor (element
+    (ch * H + row) * tiles_x + tile column holds 16 pixels)."""
+    tiles_x, _ = _tile_grid(width, height)
+    pitch = tiles_x * TILE_SIZE
+    buf = _scratch.get(name, (channels, height, pitch), like.dtype, like.device)
     if grad is None:
         buf.zero_()
     else:
-        buf[:, width:].zero_()
-        buf[:, :width].copy_(grad.reshape(height, width, channels))
-    return buf.view(-1)
+        if pitch > width:
+            buf[:, :, width:].zero_()
+        buf[:, :, :width].copy_(grad.reshape(height, width, channels).permute(2, 0, 1))
+    return buf.view(channels * height * tiles_x, TILE_SIZE)
 
 
 def camera_center(viewmat: torch.Tensor) -> torch.Tensor:
