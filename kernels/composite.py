@@ -192,7 +192,8 @@ def composite_kernels(real, static_channels: int):
     # it, its SLP vectoriser leaves most of the lane arithmetic scalar. On a GPU every tile is
     # a thread with its own block of the ndarray ``scratch`` passed by the caller.
     scratch_slots = impl.current_cfg().cpu_max_num_threads if on_cpu else 1
-    cpu_scratch = ti.Vector.field(LANES, real, shape=(scratch_slots * scratch_rows(NC),))
+    SCRATCH = scratch_rows(NC)
+    cpu_scratch = ti.Vector.field(LANES, real, shape=(scratch_slots * SCRATCH,))
 
     @ti.func
     def scratch_base(tile):
@@ -200,7 +201,7 @@ def composite_kernels(real, static_channels: int):
         slot = tile
         if ti.static(on_cpu):
             slot = ti.cast(ti.global_thread_idx(), ti.i32)
-        return slot * scratch_rows(NC)
+        return slot * SCRATCH
 
     @ti.func
     def scratch_load(scratch: ti.template(), k):

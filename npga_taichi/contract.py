@@ -104,12 +104,21 @@ def validate_inputs(
     _require(0 < near < far, f"near and far must satisfy 0 < near < far, got near={near}, far={far}")
     _require(eps2d >= 0, f"eps2d must be >= 0, got {eps2d}")
 
-    for name, t in tensors.items():
-        _require(bool(torch.isfinite(t).all()), f"{name} contains NaN or Inf")
-    _require(bool((scales > 0).all()), "scales must be positive (activated, e.g. exp(log_scales))")
-    _require(bool(((opacities >= 0) & (opacities <= 1)).all()),
-             "opacities must lie in [0, 1] (activated, e.g. sigmoid(logits))")
-    _require(bool((quats.norm(dim=-1) > 0).all()) if n else True, "quats contains a zero quaternion")
-    fx, fy = float(K[0, 0]), float(K[1, 1])
+    # Value checks in a handful of torch ops (each op costs tens of microseconds even on small
+    # tensors, and this runs on every render): one finiteness test over all inputs, then the
+    # ranges from four reductions read back at once; the offender is named on the slow path.
+    with torch.no_grad():
+        flat = torch.cat([t.detach().reshape(-1) for t in tensors.values()])
+        if not bool(torch.isfinite(flat).all()):
+            for name, t in tensors.items():
+                _require(bool(torch.isfinite(t).all()), f"{name} contains NaN or Inf")
+        if n:
+            o_min, o_max = torch.aminmax(opacities.detach())
+            scale_min, o_min, o_max, quat_max_min = torch.stack(
+                [scales.detach().min(), o_min, o_max, quats.detach().abs().amax(dim=-1).min()]).tolist()
+            _require(scale_min > 0, "scales must be positive (activated, e.g. exp(log_scales))")
+            _require(o_min >= 0 and o_max <= 1, "opacities must lie in [0, 1] (activated, e.g. sigmoid(logits))")
+            _require(quat_max_min > 0, "quats contains a zero quaternion")
+        fx, fy = K[0, 0].item(), K[1, 1].item()
     _require(fx > 0 and fy > 0, f"K must have positive focal lengths, got fx={fx}, fy={fy}")
     return channels
