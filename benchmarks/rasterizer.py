@@ -14,6 +14,7 @@ is tile fragments / forward+backward seconds, so ours and the peer's are compara
 
     python benchmarks/rasterizer.py --out bench.json          # full grid
     python benchmarks/rasterizer.py --quick                   # 256^2 x 20k only (the acceptance bar)
+    python benchmarks/rasterizer.py --quick --repeats 21 --peer-repeats 3   # steadier figures
 
 The peer is skipped where its estimated time (from its measured fragment rate) exceeds
 ``--peer-budget`` seconds; the JSON says so (``"peer": {"skipped": "..."}``).
@@ -152,11 +153,13 @@ TABLE_HEADER = ("| image | N | intersections | ours fwd / fwd+bwd ms (cpu ms) | 
 @click.option("--out", "out_path", type=click.Path(dir_okay=False), default=None, help="write results as JSON here")
 @click.option("--quick", is_flag=True, help="only 256x256 with 20k Gaussians (the acceptance bar)")
 @click.option("--repeats", type=int, default=5, show_default=True, help="timed repeats (median)")
+@click.option("--peer-repeats", type=int, default=1, show_default=True,
+              help="timed repeats of the (slow) PyTorch peer (median)")
 @click.option("--peer-budget", type=float, default=60.0, show_default=True,
               help="skip the PyTorch peer where one fwd+bwd is estimated above this many seconds")
-def main(out_path, quick, repeats, peer_budget):
+def main(out_path, quick, repeats, peer_repeats, peer_budget):
     """Time forward/backward of our rasterizer beside the PyTorch peer; print a markdown table."""
-    cfg = BenchConfig(repeats=repeats, peer_budget_s=peer_budget)
+    cfg = BenchConfig(repeats=repeats, peer_repeats=peer_repeats, peer_budget_s=peer_budget)
     if quick:
         cfg.sizes, cfg.counts = (256,), (20000,)
     click.echo(f"torch threads {torch.get_num_threads()}")

@@ -125,10 +125,12 @@ def composite_kernels(real, static_channels: int):
 
     @ti.kernel
     def pack_intersections(
-        ids: iarr1, n: ti.i32, means2d: arr2, conics: arr2, opacities: arr1, depths: arr1, packed: arr2,
+        ids: iarr1, n: ti.i32, means2d: arr2, conics: arr2, opacities: arr1, depths: arr1,
+        per_gaussian: arr2, packed: arr2,
     ):
-        for i in range(n):
-            g = ids[i]
+        """packed[i] = the row of Gaussian ids[i], for i < n; rows are built once per Gaussian
+        in ``per_gaussian`` (N, PACKED_WIDTH) first (the log and sqrt cost more than the copy)."""
+        for g in range(means2d.shape[0]):
             a = conics[g, 0]
             b = conics[g, 1]
             c = conics[g, 2]
@@ -139,15 +141,19 @@ def composite_kernels(real, static_channels: int):
             y_extent = real(1e30)
             if det > real(0.0) and a > real(0.0):
                 y_extent = ti.sqrt(real(2.0) * cut * a / det) + real(ROW_SLACK)
-            packed[i, 0] = means2d[g, 0]
-            packed[i, 1] = means2d[g, 1]
-            packed[i, 2] = a
-            packed[i, 3] = b
-            packed[i, 4] = c
-            packed[i, 5] = o
-            packed[i, 6] = depths[g]
-            packed[i, 7] = cut
-            packed[i, 8] = y_extent
+            per_gaussian[g, 0] = means2d[g, 0]
+            per_gaussian[g, 1] = means2d[g, 1]
+            per_gaussian[g, 2] = a
+            per_gaussian[g, 3] = b
+            per_gaussian[g, 4] = c
+            per_gaussian[g, 5] = o
+            per_gaussian[g, 6] = depths[g]
+            per_gaussian[g, 7] = cut
+            per_gaussian[g, 8] = y_extent
+        for i in range(n):
+            g = ids[i]
+            for k in ti.static(range(PACKED_WIDTH)):
+                packed[i, k] = per_gaussian[g, k]
 
     @ti.func
     def tile_bounds(tile, tiles_x, width, height):

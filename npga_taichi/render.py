@@ -221,7 +221,8 @@ class _Composite(torch.autograd.Function):
         pack, composite_forward, _ = composite_kernels(real, channel_variant(channels))
         packed = torch.empty((ids.shape[0], PACKED_WIDTH), dtype=dt, device=dev)
         if total > 0:
-            pack(ids, total, means2d, conics, opacities, depths, packed)
+            per_gaussian = _scratch.get("packed_per_gaussian", (means2d.shape[0], PACKED_WIDTH), dt, dev)
+            pack(ids, total, means2d, conics, opacities, depths, per_gaussian, packed)
         colors_arg = colors if colors.shape[0] > 0 else torch.zeros((1, channels), dtype=dt, device=dev)
         image = torch.empty((height, width, channels), dtype=dt, device=dev)
         alpha = torch.empty((height, width, 1), dtype=dt, device=dev)
