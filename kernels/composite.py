@@ -79,6 +79,19 @@ def scratch_rows(static_channels: int) -> int:
 
 
 @ti.func
+def select_max(a, b):
+    """max(a, b) for non-NaN operands in one instruction (maxps): ti.max lowers to LLVM's
+    maxnum, whose NaN rules cost x86 a compare-and-blend around every max."""
+    return ti.select(a > b, a, b)
+
+
+@ti.func
+def select_min(a, b):
+    """min(a, b) for non-NaN operands in one instruction (minps); see select_max."""
+    return ti.select(a < b, a, b)
+
+
+@ti.func
 def fast_exp_f32(x):
     """exp(x) in float32 for x <= 0 (Cephes expf: Cody-Waite reduction + degree-5 minimax
     polynomial, relative error <= 1.2e-7). Written as plain arithmetic so LLVM can vectorise it;
@@ -89,7 +102,7 @@ def fast_exp_f32(x):
     y = (((((1.9875691500e-4 * r + 1.3981999507e-3) * r + 8.3334519073e-3) * r + 4.1665795894e-2) * r
           + 1.6666665459e-1) * r + 5.0000001201e-1) * z + r + 1.0
     # 2^n by building the float's exponent bits; n >= -126 as long as x > -87
-    return y * ti.bit_cast((ti.cast(ti.max(n, -126.0), ti.i32) + 127) << 23, ti.f32)
+    return y * ti.bit_cast((ti.cast(select_max(n, -126.0), ti.i32) + 127) << 23, ti.f32)
 
 
 STATIC_CHANNELS_MAX = 4  # channel counts up to this are unrolled (colours kept in registers)
@@ -180,9 +193,9 @@ def composite_kernels(real, static_channels: int):
         polynomial exp in range: its argument is clamped to [0, cut], which changes no hit).
         """
         sigma = half * (a * dx * dx + c * dy * dy) + b * dx * dy
-        e = exp_neg(ti.min(ti.max(sigma, real(0.0)), cut))
+        e = exp_neg(select_min(select_max(sigma, real(0.0)), cut))
         raw = o * e
-        alpha = ti.min(real(ALPHA_MAX), raw)
+        alpha = select_min(raw, real(ALPHA_MAX))
         hit = (sigma >= real(0.0)) & (sigma <= cut) & (alpha >= real(ALPHA_MIN))
         return hit, e, raw, alpha
 
