@@ -84,11 +84,10 @@ def binning_kernels(real):
     return count_tiles, emit_keys
 
 
-@ti.kernel
+@ti.func
 def _radix_pass(
-    keys_in: ti.types.ndarray(dtype=ti.i64, ndim=1), ids_in: ti.types.ndarray(dtype=ti.i32, ndim=1),
-    keys_out: ti.types.ndarray(dtype=ti.i64, ndim=1), ids_out: ti.types.ndarray(dtype=ti.i32, ndim=1),
-    hist: ti.types.ndarray(dtype=ti.i32, ndim=2), n: ti.i32, shift: ti.i32, spread: ti.i32,
+    keys_in: ti.template(), ids_in: ti.template(), keys_out: ti.template(), ids_out: ti.template(),
+    hist: ti.template(), n: ti.i32, shift: ti.i32, spread: ti.i32,
 ):
     """One stable LSD pass on the digit (key >> shift) & 255 over keys_in[:n]."""
     n_blocks = hist.shape[0]
@@ -126,6 +125,26 @@ def _radix_pass(
             ids_out[pos] = ids_in[i]
 
 
+@functools.lru_cache(maxsize=None)
+def _radix_sort_kernel(n_passes: int):
+    """All passes of one sort in a single kernel launch (a Taichi launch costs ~0.1 ms of
+    Python and dispatch on the CPU): even passes read (keys, ids), odd ones the tmp pair."""
+    runtime.ensure_initialized()
+    i64 = ti.types.ndarray(dtype=ti.i64, ndim=1)
+    i32 = ti.types.ndarray(dtype=ti.i32, ndim=1)
+
+    @ti.kernel
+    def radix_sort(keys: i64, ids: i32, keys_tmp: i64, ids_tmp: i32,
+                   hist: ti.types.ndarray(dtype=ti.i32, ndim=2), n: ti.i32, spread: ti.i32):
+        for p in ti.static(range(n_passes)):
+            if ti.static(p % 2 == 0):
+                _radix_pass(keys, ids, keys_tmp, ids_tmp, hist, n, p * RADIX_BITS, spread)
+            else:
+                _radix_pass(keys_tmp, ids_tmp, keys, ids, hist, n, p * RADIX_BITS, spread)
+
+    return radix_sort
+
+
 @ti.kernel
 def _tile_ranges(
     keys: ti.types.ndarray(dtype=ti.i64, ndim=1), n: ti.i32, ranges: ti.types.ndarray(dtype=ti.i32, ndim=2),
@@ -149,12 +168,10 @@ def radix_sort_pairs(keys: torch.Tensor, ids: torch.Tensor, keys_tmp: torch.Tens
     (RADIX_BLOCKS, 256) scratch. Returns the (keys, ids) buffers holding the sorted result
     (one of the two pairs, depending on the number of passes).
     """
-    src_k, src_i, dst_k, dst_i = keys, ids, keys_tmp, ids_tmp
+    n_passes = (key_bits + RADIX_BITS - 1) // RADIX_BITS
     spread = runtime.parallel_spread(hist.shape[0], keys.device.type == "cpu")
-    for shift in range(0, key_bits, RADIX_BITS):
-        _radix_pass(src_k, src_i, dst_k, dst_i, hist, n, shift, spread)
-        src_k, src_i, dst_k, dst_i = dst_k, dst_i, src_k, src_i
-    return src_k, src_i
+    _radix_sort_kernel(n_passes)(keys, ids, keys_tmp, ids_tmp, hist, n, spread)
+    return (keys, ids) if n_passes % 2 == 0 else (keys_tmp, ids_tmp)
 
 
 def tile_ranges(sorted_keys: torch.Tensor, n: int, ranges: torch.Tensor) -> None:
