@@ -1,11 +1,11 @@
 """Tile-parallel alpha compositing: forward and hand-written backward, 16-lane pixel rows.
 
 Layout: intersections are sorted by (tile, float32 depth, Gaussian index) and each tile owns the
-contiguous range ``ranges[tile] = [start, end)``. ``pack_intersections`` gathers the per-Gaussian
-parameters into intersection order once, so a tile streams its Gaussians from one contiguous
-block: ``packed[i] = (mean_x, mean_y, conic_a, conic_b, conic_c, opacity, depth, sigma_cut,
-y_extent)`` with ``sigma_cut`` = max(ln(255 o) + 1e-3, 0) (no fragment with a larger sigma can
-reach alpha >= 1/255) and ``y_extent`` the half height of the ellipse sigma <= sigma_cut.
+contiguous range ``ranges[tile] = [start, end)``. ``pack_intersections`` builds one row per
+Gaussian and copies it into intersection order, so a tile streams its Gaussians from one
+contiguous block: ``packed[i] = (mean_x, mean_y, conic_a, conic_b, conic_c, opacity, depth,
+sigma_cut, y_extent)`` with ``sigma_cut`` = max(ln(255 o) + 1e-3, 0) (no fragment with a larger
+sigma can reach alpha >= 1/255) and ``y_extent`` the half height of the ellipse sigma <= sigma_cut.
 
 One parallel work item per tile (Taichi parallelises the outermost loop only; on the CPU the
 loop runs over ``spread`` slots per tile, see ``runtime.parallel_spread``, because Taichi keeps
@@ -27,12 +27,18 @@ row). On the CPU that scratch is a Taichi field with one block per thread
 (``ti.global_thread_idx()``): LLVM re-reads an ndarray's base pointer after every store, so
 stores to an ndarray are never merged into vector stores, and without vector stores to anchor
 it the SLP vectoriser left most of the gradient arithmetic scalar (and turned selects fed by
-loads into one branch per lane). With the field, the backward at 256^2 with 20k random
-Gaussians fell from ~28 to ~18 ms on the 2-core dev machine. No atomics: intersection i's
-gradient row is written by its tile only; the caller reduces intersections to Gaussians.
-Measured and rejected: per-row lane sums (serial add chains after LLVM's reassociation,
-~25 ms), keeping the per-row state in registers with Gaussians inner (the previous design,
-~28 ms).
+loads into one branch per lane). No atomics: intersection i's gradient row is written by its
+tile only; the caller reduces intersections to Gaussians.
+
+Times for 256^2 with 20k random Gaussians (benchmarks/rasterizer.py --quick) on the 2-core dev
+machine, wall / process CPU: backward 28 / 55 ms with the per-row state in registers and
+Gaussians inner (the previous design), 18 / 33 with the field scratch, 14.5 / 27.5 after
+clamping with compare-and-select (``select_max``); forward 9.5 / 19 -> 9 / 17. Measured and
+rejected: per-row lane sums (serial add chains after LLVM's reassociation: 25 ms); half-row
+(8-lane) code paths for Gaussians whose bounding box reaches one half of the tile (-10 % in the
+backward, but twice the cold compile time); 0/1 float flags instead of boolean lane masks
+(slower in both directions); reducing intersections to Gaussians in Taichi instead of with
+``index_add_`` (gathering by Gaussian 3.0 ms, Gaussian-range workers 4.0, atomics 3.6, vs 2.7).
 
 Per pixel, front to back (``contract``):
     sigma = 0.5 (a dx^2 + c dy^2) + b dx dy,   alpha = min(0.999, o exp(-sigma))
