@@ -216,6 +216,8 @@ def composite_kernels(real, static_channels: int):
     # and so never merges stores to one into vector stores, and without vector stores to anchor
     # it, its SLP vectoriser leaves most of the lane arithmetic scalar. On a GPU every tile is
     # a thread with its own block of the ndarray ``scratch`` passed by the caller.
+    # ti.global_thread_idx() on the CPU is the worker's index in [0, cpu_max_num_threads), and a
+    # kernel launch runs to completion before the next, so one block per worker never races.
     scratch_slots = impl.current_cfg().cpu_max_num_threads if on_cpu else 1
     SCRATCH = scratch_rows(NC)
     cpu_scratch = ti.Vector.field(LANES, real, shape=(scratch_slots * SCRATCH,))
@@ -246,7 +248,8 @@ def composite_kernels(real, static_channels: int):
 
     @ti.func
     def lane_sum(v):
-        """Sum of a LANES-vector, halving: 8 + 4 + 2 + 1 independent adds."""
+        """Sum of a LANES-vector, written as pairwise halvings (LLVM's reassociation may still
+        turn it into a chain; it runs once per intersection, not per lane)."""
         for width in ti.static(HALVINGS):
             for l in ti.static(range(width)):
                 v[l] = v[l] + v[l + width]
