@@ -111,6 +111,7 @@ def assert_matches_oracle(scene, width, height, sh_degree=None, tol=1e-6, **kwar
         (60, 40, 30, 3, None, 0),     # RGB, image not a multiple of 16
         (40, 33, 17, None, 3, 1),    # SH degree 3 (gradients to SH and, through dir, to means)
         (40, 24, 20, 5, None, 2),    # generic channel loop (C > 4)
+        (400, 96, 80, 3, None, 4),   # 30 tiles: each CPU thread reuses its backward scratch
     ],
 )
 def test_float64_forward_and_gradients_match_oracle(n, width, height, channels, sh_degree, seed):
