@@ -256,12 +256,15 @@ def composite_kernels(real, static_channels: int):
         return v[0]
 
     @ti.func
-    def load_color(colors: arr2, g):
+    def load_gaussian(packed: ti.template(), ids: ti.template(), colors: ti.template(), i):
+        """Intersection i's packed row (mean_x, conic a, b, c, opacity, depth, sigma_cut), its
+        Gaussian g and, for unrolled channel counts, g's colour (zeros otherwise)."""
+        g = ids[i]
         col = ti.Vector.zero(real, NCV)
         if ti.static(NC > 0):
             for ch in ti.static(range(NC)):
                 col[ch] = colors[g, ch]
-        return col
+        return packed[i, 0], packed[i, 2], packed[i, 3], packed[i, 4], packed[i, 5], packed[i, 6], packed[i, 7], g, col
 
     @ti.func
     def lane_pixel(x0, lane, width):
@@ -309,15 +312,7 @@ def composite_kernels(real, static_channels: int):
                         break  # every pixel of the row has terminated
                     dy = dy_base - packed[i, 1]
                     if ti.abs(dy) <= packed[i, 8]:  # the row crosses the ellipse sigma <= cut
-                        mx = packed[i, 0]
-                        a = packed[i, 2]
-                        b = packed[i, 3]
-                        c = packed[i, 4]
-                        o = packed[i, 5]
-                        z = packed[i, 6]
-                        cut = packed[i, 7]
-                        g = ids[i]
-                        col = load_color(colors, g)
+                        mx, a, b, c, o, z, cut, g, col = load_gaussian(packed, ids, colors, i)
                         n_term = 0
                         for l in ti.static(range(LANES)):
                             dx = x0f + l - mx
@@ -426,15 +421,7 @@ def composite_kernels(real, static_channels: int):
                 # tile rows whose centre is within y_extent of the mean (clamped before the cast)
                 r0 = ti.cast(ti.max(ti.ceil(my - y_extent - half), ti.cast(y0, real)), ti.i32)
                 r1 = ti.cast(ti.min(ti.floor(my + y_extent - half), ti.cast(y1 - 1, real)), ti.i32)
-                mx = packed[i, 0]
-                a = packed[i, 2]
-                b = packed[i, 3]
-                c = packed[i, 4]
-                o = packed[i, 5]
-                z = packed[i, 6]
-                cut = packed[i, 7]
-                g = ids[i]
-                col = load_color(colors, g)
+                mx, a, b, c, o, z, cut, g, col = load_gaussian(packed, ids, colors, i)
                 if ti.static(NC == 0):
                     for ch in range(n_channels):
                         grad_isect[i, GRAD_COLUMNS + ch] = real(0.0)
