@@ -76,12 +76,17 @@ LANES = TILE_SIZE  # pixels of a tile row, processed together
 HALVINGS = (8, 4, 2, 1)  # pairwise-sum widths that reduce LANES values to one
 # grad_isect columns: d/d(mean_x, mean_y, conic a, b, c, opacity, depth), then one per channel
 GRAD_COLUMNS = 7
+# Per-lane gradient terms of one intersection besides its colours, accumulated over its rows
+# and summed over the lanes once: e v_alpha (e = exp(-sigma)) times 1, dx, dy, dx^2, dx dy, dy^2,
+# then w g_z (v_sigma = -o e v_alpha); one w g term per unrolled colour channel follows.
+LANE_TERMS = 7
 
 
 def scratch_rows(static_channels: int) -> int:
-    """Lane rows of backward scratch per work item: (T, U) per tile row, then 7 + C gradient
-    accumulators (C = 0 for the generic variant, which adds colour gradients to grad_isect)."""
-    return 2 * TILE_SIZE + 7 + static_channels
+    """Lane rows of backward scratch per work item: (T, U) per tile row, then LANE_TERMS + C
+    gradient accumulators (C = 0 for the generic variant, which adds colour gradients to
+    grad_isect)."""
+    return 2 * TILE_SIZE + LANE_TERMS + static_channels
 
 
 @ti.func
@@ -205,10 +210,7 @@ def composite_kernels(real, static_channels: int):
         hit = (sigma >= real(0.0)) & (sigma <= cut) & (alpha >= real(ALPHA_MIN))
         return hit, e, raw, alpha
 
-    # Per-lane gradient terms of one intersection, accumulated over its rows and summed over the
-    # lanes once: e v_alpha (e = exp(-sigma)) times 1, dx, dy, dx^2, dx dy, dy^2, then w g_z and
-    # w g per channel (v_sigma = -o e v_alpha).
-    N_TERMS = 7 + NC
+    N_TERMS = LANE_TERMS + NC
     on_cpu = runtime.current_arch() == "cpu"
     # The backward's working vectors live in a small scratch array per work item: each tile
     # row's running T and U, then one accumulator per term. On the CPU that is a field with one
@@ -473,7 +475,7 @@ def composite_kernels(real, static_channels: int):
                         if ti.static(NC > 0):
                             for ch in ti.static(range(NC)):
                                 g_dot_c += G[ch, l] * col[ch]
-                                terms[7 + ch, l] = w_hit * G[ch, l]
+                                terms[LANE_TERMS + ch, l] = w_hit * G[ch, l]
                         else:
                             for ch in range(n_channels):
                                 gpix = v_image[ch * plane + lane_row][l]
@@ -513,6 +515,6 @@ def composite_kernels(real, static_channels: int):
                 grad_isect[i, 6] = sums[6]
                 if ti.static(NC > 0):
                     for ch in ti.static(range(NC)):
-                        grad_isect[i, GRAD_COLUMNS + ch] = sums[7 + ch]
+                        grad_isect[i, GRAD_COLUMNS + ch] = sums[LANE_TERMS + ch]
 
     return pack_intersections, composite_forward, composite_backward
