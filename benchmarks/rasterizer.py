@@ -1,5 +1,10 @@
 """Benchmark: our Taichi rasterizer vs the tile-batched pure-PyTorch peer (reference.rasterize_tiled).
 
+A third rasterizer calibrates the bar: ``per_pixel.rasterize_per_pixel``, the straightforward
+per-pixel Taichi loop (our projection and binning, one pixel per parallel iteration, atomics in
+the backward) that issue 2 expects to reach about half of its 100x. Before timing, each row
+checks it agrees with ours (image and gradient errors in the JSON).
+
 Random scenes (``random_scene``): N Gaussians uniform in the view frustum between depth 2 and 4,
 random rotations, log-normal scales (median 0.04 world units, ~10 px radius at 256 px), uniform
 opacities and colours, a pinhole camera with focal length = image width. For each N x size we time
@@ -40,6 +45,11 @@ import torch
 
 from npga_taichi import reference, render
 
+try:  # run as a script (benchmarks/ on sys.path) or imported as benchmarks.rasterizer
+    from per_pixel import rasterize_per_pixel
+except ImportError:  # pragma: no cover
+    from benchmarks.per_pixel import rasterize_per_pixel
+
 
 @dataclass
 class BenchConfig:
@@ -47,6 +57,7 @@ class BenchConfig:
     counts: tuple[int, ...] = (1000, 10000, 100000)  # Gaussians
     repeats: int = 5          # timed repeats per measurement (median reported)
     peer_repeats: int = 1     # the PyTorch peer is slow; one timed run after its warm-up
+    per_pixel: bool = True    # also time the straightforward per-pixel Taichi loop (calibration)
     peer_budget_s: float = 60.0  # skip the peer where one fwd+bwd is estimated above this
     seed: int = 0             # scene seed
     channels: int = 3         # colour channels
@@ -96,9 +107,23 @@ def count_intersections(scene, width, height) -> int:
     """Tile intersections of a scene (what our binning emits)."""
     means, quats, scales, opacities, _colors, viewmat, K = scene
     with torch.no_grad():
-        means2d, _conics, depths, radii, extents = render._ProjectGaussians.apply(
+        means2d, conics, depths, radii = render._ProjectGaussians.apply(
             means, quats, scales, opacities, viewmat, K, width, height, 0.01, 1e10, 0.3)
-        return render.bin_and_sort(means2d, depths, radii, extents, width, height)[2]
+        return render.bin_and_sort(means2d, conics, opacities, depths, radii, width, height)[2]
+
+
+def _agreement(scene, width, height, upstream) -> dict:
+    """Image max abs error and worst per-input relative L2 gradient error of the per-pixel loop
+    against ours (means, quats, scales, opacities, colours)."""
+    grads, images = [], []
+    for fn in (render.rasterize, rasterize_per_pixel):
+        params = [t.clone().requires_grad_(i < 5) for i, t in enumerate(scene)]
+        out = fn(*params, width, height)
+        (out.image * upstream).sum().backward()
+        images.append(out.image.detach())
+        grads.append([p.grad for p in params[:5]])
+    rel = max(float((a - b).norm() / b.norm().clamp_min(1e-30)) for a, b in zip(grads[1], grads[0]))
+    return {"image_max_abs_err": float((images[1] - images[0]).abs().max()), "grad_max_rel_err": rel}
 
 
 def run_benchmark(cfg: BenchConfig, progress=print) -> list[dict]:
@@ -117,6 +142,14 @@ def run_benchmark(cfg: BenchConfig, progress=print) -> list[dict]:
                          "fwd_bwd_ms": 1e3 * total, "fwd_bwd_cpu_ms": 1e3 * cpu,
                          "fragments_per_s": fragments / total},
             }
+            if cfg.per_pixel:
+                check = _agreement(scene, size, size, upstream)
+                if check["image_max_abs_err"] > 1e-4 or check["grad_max_rel_err"] > 1e-3:
+                    raise RuntimeError(f"per-pixel loop disagrees with ours at {size}² N={n}: {check}")
+                qf, qt, qc = _measure(rasterize_per_pixel, scene, size, size, upstream, cfg.repeats)
+                row["per_pixel"] = {"forward_ms": 1e3 * qf, "backward_ms": 1e3 * (qt - qf), "fwd_bwd_ms": 1e3 * qt,
+                                    "fwd_bwd_cpu_ms": 1e3 * qc, **check}
+                row["speedup_vs_per_pixel"] = qt / total
             estimate = fragments / peer_rate if peer_rate else None
             if estimate is not None and estimate > cfg.peer_budget_s:
                 row["peer"] = {"skipped": f"estimated {estimate:.0f} s > budget {cfg.peer_budget_s:.0f} s"}
@@ -127,6 +160,8 @@ def run_benchmark(cfg: BenchConfig, progress=print) -> list[dict]:
                                "fwd_bwd_cpu_ms": 1e3 * pc, "fragments_per_s": fragments / pt}
                 row["speedup_fwd_bwd"] = pt / total
                 row["speedup_fwd_bwd_cpu"] = pc / cpu if cpu > 0 else None
+                if cfg.per_pixel:
+                    row["per_pixel_speedup_fwd_bwd"] = pt / row["per_pixel"]["fwd_bwd_ms"] * 1e3
             rows.append(row)
             progress(_row_line(row))
     return rows
@@ -140,13 +175,21 @@ def _row_line(row) -> str:
         peer_txt = f"{peer['forward_ms']:.0f} / {peer['fwd_bwd_ms']:.0f} ({peer['fwd_bwd_cpu_ms']:.0f} cpu)"
         cpu_speed = row.get("speedup_fwd_bwd_cpu")
         speed = f"{row['speedup_fwd_bwd']:.0f}x" + (f" ({cpu_speed:.0f}x cpu)" if cpu_speed else "")
+    per_pixel = row.get("per_pixel")
+    pp_txt = "-"
+    if per_pixel:
+        pp_txt = f"{per_pixel['fwd_bwd_ms']:.0f} (ours {row['speedup_vs_per_pixel']:.1f}x faster"
+        if "per_pixel_speedup_fwd_bwd" in row:
+            pp_txt += f"; {row['per_pixel_speedup_fwd_bwd']:.1f}x the peer"
+        pp_txt += ")"
     return (f"| {row['size']}² | {row['n']} | {row['intersections']} | {ours['forward_ms']:.1f} / "
             f"{ours['fwd_bwd_ms']:.1f} ({ours['fwd_bwd_cpu_ms']:.0f} cpu) | {ours['fragments_per_s'] / 1e9:.2f} | "
-            f"{peer_txt} | {speed} |")
+            f"{peer_txt} | {speed} | {pp_txt} |")
 
 
 TABLE_HEADER = ("| image | N | intersections | ours fwd / fwd+bwd ms (cpu ms) | ours G tile-frag/s | "
-                "peer fwd / fwd+bwd ms (cpu ms) | speed-up wall (cpu) |\n|---|---|---|---|---|---|---|")
+                "peer fwd / fwd+bwd ms (cpu ms) | speed-up wall (cpu) | per-pixel loop fwd+bwd ms |\n"
+                "|---|---|---|---|---|---|---|---|")
 
 
 @click.command()
@@ -157,9 +200,12 @@ TABLE_HEADER = ("| image | N | intersections | ours fwd / fwd+bwd ms (cpu ms) | 
               help="timed repeats of the (slow) PyTorch peer (median)")
 @click.option("--peer-budget", type=float, default=60.0, show_default=True,
               help="skip the PyTorch peer where one fwd+bwd is estimated above this many seconds")
-def main(out_path, quick, repeats, peer_repeats, peer_budget):
-    """Time forward/backward of our rasterizer beside the PyTorch peer; print a markdown table."""
-    cfg = BenchConfig(repeats=repeats, peer_repeats=peer_repeats, peer_budget_s=peer_budget)
+@click.option("--per-pixel/--no-per-pixel", default=True, show_default=True,
+              help="also time the straightforward per-pixel Taichi loop (benchmarks/per_pixel.py)")
+def main(out_path, quick, repeats, peer_repeats, peer_budget, per_pixel):
+    """Time forward/backward of our rasterizer beside the PyTorch peer (and a straightforward
+    per-pixel Taichi loop); print a markdown table."""
+    cfg = BenchConfig(repeats=repeats, peer_repeats=peer_repeats, peer_budget_s=peer_budget, per_pixel=per_pixel)
     if quick:
         cfg.sizes, cfg.counts = (256,), (20000,)
     click.echo(f"torch threads {torch.get_num_threads()}")

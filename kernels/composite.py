@@ -1,11 +1,10 @@
 """Tile-parallel alpha compositing: forward and hand-written backward, 16-lane pixel rows.
 
 Layout: intersections are sorted by (tile, float32 depth, Gaussian index) and each tile owns the
-contiguous range ``ranges[tile] = [start, end)``. ``pack_intersections`` builds one row per
-Gaussian and copies it into intersection order, so a tile streams its Gaussians from one
-contiguous block: ``packed[i] = (mean_x, mean_y, conic_a, conic_b, conic_c, opacity, depth,
-sigma_cut, y_extent)`` with ``sigma_cut`` = max(ln(255 o) + 1e-3, 0) (no fragment with a larger
-sigma can reach alpha >= 1/255) and ``y_extent`` the half height of the ellipse sigma <= sigma_cut.
+contiguous range ``ranges[tile] = [start, end)``. ``packed[i]`` is the footprint row of
+intersection i's Gaussian (built by tile binning, kernels/footprint.py: mean, conic, opacity,
+depth, ``sigma_cut`` beyond which no fragment reaches alpha 1/255, and the ellipse's half height
+``y_extent``) in intersection order, so a tile streams its Gaussians from one contiguous block.
 
 One parallel work item per tile (Taichi parallelises the outermost loop only; on the CPU the
 loop runs over ``spread`` slots per tile, see ``runtime.parallel_spread``, because Taichi keeps
@@ -63,12 +62,10 @@ from taichi.lang import impl
 from npga_taichi.kernels import runtime
 
 from npga_taichi.contract import ALPHA_MAX, ALPHA_MIN, T_EPS, TILE_SIZE
+from npga_taichi.kernels.footprint import (
+    F_CONIC_A, F_CONIC_B, F_CONIC_C, F_CUT, F_DEPTH, F_MEAN_X, F_MEAN_Y, F_OPACITY, F_Y_EXTENT,
+)
 
-PACKED_WIDTH = 9  # mean_x, mean_y, conic a, b, c, opacity, depth, sigma_cut, y_extent
-# sigma > ln(255 o) + SIGMA_CUT_SLACK means alpha <= e^-SLACK / 255 < 1/255 with a margin far
-# above rounding error, so rows outside the ellipse sigma <= cut can be skipped.
-SIGMA_CUT_SLACK = 1e-3
-ROW_SLACK = 1e-2  # pixels added to the ellipse's y-extent (rounding never drops a hit row)
 # Loop slots a CPU thread takes from the shared queue at once: small, because tile costs differ
 # a lot.
 TILES_PER_TASK = 2
@@ -126,7 +123,7 @@ def channel_variant(n_channels: int) -> int:
 
 @functools.lru_cache(maxsize=None)
 def composite_kernels(real, static_channels: int):
-    """Return ``(pack_intersections, composite_forward, composite_backward)`` for dtype ``real``.
+    """Return ``(composite_forward, composite_backward)`` for dtype ``real``.
 
     ``static_channels`` = C (1..4) unrolls the channel loops and keeps colours and colour sums in
     registers; 0 builds the generic variant for any C (channel loops at run time).
@@ -146,38 +143,6 @@ def composite_kernels(real, static_channels: int):
     # inexact constants are cast inside the kernels: real(...) only works in Taichi scope
     NC = static_channels
     NCV = max(NC, 1)  # rows of the register colour matrices (unused in the generic variant)
-
-    @ti.kernel
-    def pack_intersections(
-        ids: iarr1, n: ti.i32, means2d: arr2, conics: arr2, opacities: arr1, depths: arr1,
-        per_gaussian: arr2, packed: arr2,
-    ):
-        """packed[i] = the row of Gaussian ids[i], for i < n; rows are built once per Gaussian
-        in ``per_gaussian`` (N, PACKED_WIDTH) first (the log and sqrt cost more than the copy)."""
-        for g in range(means2d.shape[0]):
-            a = conics[g, 0]
-            b = conics[g, 1]
-            c = conics[g, 2]
-            o = opacities[g]
-            cut = ti.max(ti.log(real(255.0) * o) + real(SIGMA_CUT_SLACK), real(0.0))
-            det = a * c - b * b
-            # sigma <= cut spans |dy| <= sqrt(2 cut Sigma_yy), Sigma_yy = a / det (conic = Sigma^-1)
-            y_extent = real(1e30)
-            if det > real(0.0) and a > real(0.0):
-                y_extent = ti.sqrt(real(2.0) * cut * a / det) + real(ROW_SLACK)
-            per_gaussian[g, 0] = means2d[g, 0]
-            per_gaussian[g, 1] = means2d[g, 1]
-            per_gaussian[g, 2] = a
-            per_gaussian[g, 3] = b
-            per_gaussian[g, 4] = c
-            per_gaussian[g, 5] = o
-            per_gaussian[g, 6] = depths[g]
-            per_gaussian[g, 7] = cut
-            per_gaussian[g, 8] = y_extent
-        for i in range(n):
-            g = ids[i]
-            for k in ti.static(range(PACKED_WIDTH)):
-                packed[i, k] = per_gaussian[g, k]
 
     @ti.func
     def tile_bounds(tile, tiles_x, width, height):
@@ -266,7 +231,8 @@ def composite_kernels(real, static_channels: int):
         if ti.static(NC > 0):
             for ch in ti.static(range(NC)):
                 col[ch] = colors[g, ch]
-        return packed[i, 0], packed[i, 2], packed[i, 3], packed[i, 4], packed[i, 5], packed[i, 6], packed[i, 7], g, col
+        return (packed[i, F_MEAN_X], packed[i, F_CONIC_A], packed[i, F_CONIC_B], packed[i, F_CONIC_C],
+                packed[i, F_OPACITY], packed[i, F_DEPTH], packed[i, F_CUT], g, col)
 
     @ti.func
     def lane_pixel(x0, lane, width):
@@ -312,8 +278,8 @@ def composite_kernels(real, static_channels: int):
                 for i in range(start, end):
                     if remaining <= 0:
                         break  # every pixel of the row has terminated
-                    dy = dy_base - packed[i, 1]
-                    if ti.abs(dy) <= packed[i, 8]:  # the row crosses the ellipse sigma <= cut
+                    dy = dy_base - packed[i, F_MEAN_Y]
+                    if ti.abs(dy) <= packed[i, F_Y_EXTENT]:  # the row crosses the ellipse sigma <= cut
                         mx, a, b, c, o, z, cut, g, col = load_gaussian(packed, ids, colors, i)
                         n_term = 0
                         for l in ti.static(range(LANES)):
@@ -418,8 +384,8 @@ def composite_kernels(real, static_channels: int):
                     grad_isect[i, k] = real(0.0)
             for step in range(tile_last - start):
                 i = tile_last - 1 - step
-                my = packed[i, 1]
-                y_extent = packed[i, 8]
+                my = packed[i, F_MEAN_Y]
+                y_extent = packed[i, F_Y_EXTENT]
                 # tile rows whose centre is within y_extent of the mean (clamped before the cast)
                 r0 = ti.cast(ti.max(ti.ceil(my - y_extent - half), ti.cast(y0, real)), ti.i32)
                 r1 = ti.cast(ti.min(ti.floor(my + y_extent - half), ti.cast(y1 - 1, real)), ti.i32)
@@ -517,4 +483,4 @@ def composite_kernels(real, static_channels: int):
                     for ch in ti.static(range(NC)):
                         grad_isect[i, GRAD_COLUMNS + ch] = sums[LANE_TERMS + ch]
 
-    return pack_intersections, composite_forward, composite_backward
+    return composite_forward, composite_backward

@@ -16,9 +16,8 @@ and the derivative through the clamp is the one autograd gives for that expressi
 
 A Gaussian is culled (radius 0, zero gradients) iff tz <= near or tz >= far, opacity < 1/255,
 det(Sigma_2d) <= 0, the opacity-aware radius is 0, or the rectangle mean2d +- radius does not
-touch the image. ``extent`` is a slightly enlarged float radius used only for tile binning and
-for the per-tile pixel rectangles of the compositor: it is never smaller than the distance at
-which alpha can still reach 1/255, so culling can never change the image.
+touch the image. Tile binning (kernels/tiles.py) culls further by the exact ellipse inside
+that radius (kernels/footprint.py).
 
 Kernels are built by :func:`projection_kernels` once per float dtype (``ti.f32`` / ``ti.f64``);
 every literal constant is cast to that dtype because Taichi would otherwise round it to f32.
@@ -32,11 +31,6 @@ from npga_taichi.kernels import runtime
 
 from npga_taichi.contract import ALPHA_MIN, FRUSTUM_CLAMP
 
-# Relative and absolute slack added to the float radius for binning. The exact bound
-# sqrt(2 ln(255 o) lambda_max) is computed in the working precision; the slack absorbs rounding
-# so that a pixel whose alpha rounds up to exactly 1/255 is still inside its tiles.
-EXTENT_REL_SLACK = 1e-3
-EXTENT_ABS_SLACK = 1e-2
 
 
 @functools.lru_cache(maxsize=None)
@@ -120,7 +114,6 @@ def projection_kernels(real):
         means: arr2, quats: arr2, scales: arr2, opacities: arr1,
         viewmat: arr2, Kmat: arr2, width: real, height: real, near: real, far: real, eps2d: real,
         means2d: arr2, conics: arr2, depths: arr1, radii: ti.types.ndarray(dtype=ti.i32, ndim=1),
-        extents: arr1,
     ):
         for i in range(means.shape[0]):
             W, tvec, fx, fy, cx, cy = load_camera(viewmat, Kmat)
@@ -129,7 +122,6 @@ def projection_kernels(real):
             t = W @ x + tvec
             tz = t[2]
             radius = 0
-            extent = real(0.0)
             # depth-culled Gaussians get z = 1 here (as the oracle does) so means2d stays finite
             z_safe = tz if tz > near and tz < far else real(1.0)
             mx = fx * t[0] / z_safe + cx
@@ -154,7 +146,6 @@ def projection_kernels(real):
                     rr = ti.cast(r, real)
                     if r > 0 and mx + rr > 0 and mx - rr < width and my + rr > 0 and my - rr < height:
                         radius = r
-                        extent = r_float * real(1.0 + EXTENT_REL_SLACK) + real(EXTENT_ABS_SLACK)
             means2d[i, 0] = mx
             means2d[i, 1] = my
             conics[i, 0] = ca
@@ -162,7 +153,6 @@ def projection_kernels(real):
             conics[i, 2] = cc
             depths[i] = tz
             radii[i] = radius
-            extents[i] = extent
 
     @ti.kernel
     def project_backward(

@@ -3,10 +3,13 @@
 Pipeline (all Taichi kernels except the prefix sum, which is ``torch.cumsum`` because Taichi
 1.7's prefix sum is GPU-only):
 
-1. ``count_tiles``   per Gaussian, the number of tiles its pixel rectangle touches
-   (mean2d +- extent, extent = slightly enlarged opacity-aware radius; 0 if culled).
+1. ``count_tiles``   per Gaussian, its footprint row (``kernels/footprint.py``: mean, conic,
+   opacity, depth, the ellipse sigma <= cut outside which it cannot reach alpha 1/255) and the
+   number of tiles whose pixel centres that ellipse may reach (0 if culled): per row of tiles,
+   those under the ellipse's x-range over the row's pixel-centre rows (on random scenes ~30 %
+   fewer than the square of side 2 radius).
 2. offsets = exclusive prefix sum of the counts (torch, int64).
-3. ``emit_keys``     one (key, gaussian id) pair per (Gaussian, tile) intersection, emitted in
+3. ``emit_keys``     one (key, gaussian id) pair per counted (Gaussian, tile), emitted in
    Gaussian order; key = tile_id << 32 | float32 bits of the camera depth (depth > near > 0, so
    the IEEE bits order like the depths).
 4. radix sort        our LSD radix sort (8 bits a pass, stable), so equal keys keep Gaussian
@@ -25,6 +28,10 @@ from npga_taichi.kernels import runtime
 import torch
 
 from npga_taichi.contract import TILE_SIZE
+from npga_taichi.kernels.footprint import (
+    F_CONIC_A, F_CONIC_B, F_CONIC_C, F_CUT, F_DEPTH, F_MEAN_X, F_MEAN_Y, F_OPACITY, F_Y_EXTENT,
+    band_x_range, half_extents, sigma_cut,
+)
 
 RADIX_BITS = 8
 RADIX_BUCKETS = 1 << RADIX_BITS
@@ -37,44 +44,101 @@ def binning_kernels(real):
     runtime.ensure_initialized()  # kernels are compiled for the arch chosen once per process
     arr1 = ti.types.ndarray(dtype=real, ndim=1)
     arr2 = ti.types.ndarray(dtype=real, ndim=2)
+    iarr1 = ti.types.ndarray(dtype=ti.i32, ndim=1)
+    i64arr1 = ti.types.ndarray(dtype=ti.i64, ndim=1)
     tile = float(TILE_SIZE)  # exact in f32
+    half = 0.5  # exact in f32, so safe as an untyped literal in f64 kernels
 
     @ti.func
-    def tile_rect(mx, my, e, tiles_x, tiles_y):
-        # A pixel (j, i) can be touched iff |j + 0.5 - mx| <= e and |i + 0.5 - my| <= e.
-        # Clamp in floating point before the cast so far-away Gaussians cannot overflow int32.
-        half = real(0.5)
-        tx0 = ti.cast(ti.max(ti.floor((mx - e - half) / tile), real(0.0)), ti.i32)
-        ty0 = ti.cast(ti.max(ti.floor((my - e - half) / tile), real(0.0)), ti.i32)
-        tx1 = ti.cast(ti.min(ti.floor((mx + e - half) / tile), ti.cast(tiles_x - 1, real)), ti.i32)
-        ty1 = ti.cast(ti.min(ti.floor((my + e - half) / tile), ti.cast(tiles_y - 1, real)), ti.i32)
-        return tx0, ty0, tx1, ty1
+    def tile_span(lo, hi, limit):
+        """Tiles (t0, t1) holding the pixels j < limit whose centres j + 0.5 lie in [lo, hi]
+        (t1 < t0 if none). Clamped in floating point before the cast (no int32 overflow)."""
+        j0 = ti.cast(ti.min(ti.max(ti.ceil(lo - half), real(0.0)), ti.cast(limit, real)), ti.i32)
+        j1 = ti.cast(ti.min(ti.max(ti.floor(hi - half), real(-1.0)), ti.cast(limit - 1, real)), ti.i32)
+        t0, t1 = 0, -1
+        if j0 <= j1:
+            t0, t1 = j0 // TILE_SIZE, j1 // TILE_SIZE
+        return t0, t1
+
+    @ti.func
+    def footprint_rows(footprint: ti.template(), g, radius, height):
+        """(ty0, ty1, x_ext, y_ext, exact) of Gaussian g: its rows of tiles, the half extents of
+        its footprint ellipse, never beyond its radius (+1 px: the ellipse lies inside the
+        radius up to rounding), and whether its conic is positive definite (so each row of
+        tiles can be narrowed to the ellipse)."""
+        a = footprint[g, F_CONIC_A]
+        b = footprint[g, F_CONIC_B]
+        c = footprint[g, F_CONIC_C]
+        x_ext, y_ext = half_extents(a, b, c, footprint[g, F_CUT], real)
+        r = ti.cast(radius + 1, real)
+        x_ext = ti.min(x_ext, r)
+        y_ext = ti.min(y_ext, r)
+        my = footprint[g, F_MEAN_Y]
+        ty0, ty1 = tile_span(my - y_ext, my + y_ext, height)
+        return ty0, ty1, x_ext, y_ext, a * c - b * b > real(0.0) and a > real(0.0) and c > real(0.0)
+
+    @ti.func
+    def row_tiles(footprint: ti.template(), g, ty, x_ext, y_ext, exact, width, height):
+        """Tiles (tx0, tx1) of row ty whose pixel centres Gaussian g's footprint ellipse may
+        reach: exactly those the ellipse's x-range over the row's band of pixel-centre rows
+        reaches (the whole box width for a degenerate conic); tx1 < tx0 if none."""
+        mx = footprint[g, F_MEAN_X]
+        lo = mx - x_ext
+        hi = mx + x_ext
+        if exact:
+            my = footprint[g, F_MEAN_Y]
+            y0 = ty * TILE_SIZE
+            x_lo, x_hi, crosses = band_x_range(
+                footprint[g, F_CONIC_A], footprint[g, F_CONIC_B], footprint[g, F_CONIC_C], footprint[g, F_CUT],
+                y_ext, ti.cast(y0, real) + half - my, ti.cast(ti.min(y0 + TILE_SIZE, height), real) - half - my, real)
+            lo = ti.max(lo, mx + x_lo)
+            hi = ti.min(hi, mx + x_hi)
+            if not crosses:
+                hi = lo - tile  # no pixel of the row
+        return tile_span(lo, hi, width)
 
     @ti.kernel
     def count_tiles(
-        means2d: arr2, extents: arr1, radii: ti.types.ndarray(dtype=ti.i32, ndim=1),
-        tiles_x: ti.i32, tiles_y: ti.i32, counts: ti.types.ndarray(dtype=ti.i64, ndim=1),
+        means2d: arr2, conics: arr2, opacities: arr1, depths: arr1, radii: iarr1,
+        width: ti.i32, height: ti.i32, tiles_x: ti.i32, tiles_y: ti.i32, footprint: arr2, counts: i64arr1,
     ):
+        """footprint (N, FOOTPRINT_WIDTH): every Gaussian's row; counts (N,): the tiles each
+        visible Gaussian's footprint reaches (0 if culled)."""
         for g in range(means2d.shape[0]):
+            a = conics[g, 0]
+            c = conics[g, 2]
+            cut = sigma_cut(opacities[g], real)
+            _x_ext, y_ext = half_extents(a, conics[g, 1], c, cut, real)
+            footprint[g, F_MEAN_X] = means2d[g, 0]
+            footprint[g, F_MEAN_Y] = means2d[g, 1]
+            footprint[g, F_CONIC_A] = a
+            footprint[g, F_CONIC_B] = conics[g, 1]
+            footprint[g, F_CONIC_C] = c
+            footprint[g, F_OPACITY] = opacities[g]
+            footprint[g, F_DEPTH] = depths[g]
+            footprint[g, F_CUT] = cut
+            footprint[g, F_Y_EXTENT] = y_ext
             n = 0
             if radii[g] > 0:
-                tx0, ty0, tx1, ty1 = tile_rect(means2d[g, 0], means2d[g, 1], extents[g], tiles_x, tiles_y)
-                if tx1 >= tx0 and ty1 >= ty0:
-                    n = (tx1 - tx0 + 1) * (ty1 - ty0 + 1)
+                ty0, ty1, x_ext, y_ext, exact = footprint_rows(footprint, g, radii[g], height)
+                for ty in range(ty0, ty1 + 1):
+                    tx0, tx1 = row_tiles(footprint, g, ty, x_ext, y_ext, exact, width, height)
+                    n += ti.max(tx1 - tx0 + 1, 0)
             counts[g] = n
 
     @ti.kernel
     def emit_keys(
-        means2d: arr2, extents: arr1, depths: arr1, radii: ti.types.ndarray(dtype=ti.i32, ndim=1),
-        offsets: ti.types.ndarray(dtype=ti.i64, ndim=1), tiles_x: ti.i32, tiles_y: ti.i32,
-        keys: ti.types.ndarray(dtype=ti.i64, ndim=1), ids: ti.types.ndarray(dtype=ti.i32, ndim=1),
+        footprint: arr2, radii: iarr1, offsets: i64arr1,
+        width: ti.i32, height: ti.i32, tiles_x: ti.i32, tiles_y: ti.i32, keys: i64arr1, ids: iarr1,
     ):
-        for g in range(means2d.shape[0]):
+        """One (key, Gaussian id) pair per tile counted by ``count_tiles``, from ``offsets[g]``."""
+        for g in range(footprint.shape[0]):
             if radii[g] > 0:
-                tx0, ty0, tx1, ty1 = tile_rect(means2d[g, 0], means2d[g, 1], extents[g], tiles_x, tiles_y)
-                depth_bits = ti.cast(ti.bit_cast(ti.cast(depths[g], ti.f32), ti.i32), ti.i64)
+                ty0, ty1, x_ext, y_ext, exact = footprint_rows(footprint, g, radii[g], height)
+                depth_bits = ti.cast(ti.bit_cast(ti.cast(footprint[g, F_DEPTH], ti.f32), ti.i32), ti.i64)
                 pos = offsets[g]
                 for ty in range(ty0, ty1 + 1):
+                    tx0, tx1 = row_tiles(footprint, g, ty, x_ext, y_ext, exact, width, height)
                     for tx in range(tx0, tx1 + 1):
                         tile_id = ti.cast(ty * tiles_x + tx, ti.i64)
                         keys[pos] = (tile_id << 32) | depth_bits

@@ -253,9 +253,9 @@ def test_more_than_a_million_intersections():
     K = torch.tensor([[256.0, 0, 128.0], [0, 256.0, 128.0], [0, 0, 1.0]], dtype=torch.float64)
     args = (means.float(), quats.float(), scales.float(), opacities.float(), colors.float(), viewmat.float(), K.float())
 
-    m2, conics, depths, radii, extents = render._ProjectGaussians.apply(*args[:4], args[5], args[6], width, height,
+    m2, conics, depths, radii = render._ProjectGaussians.apply(*args[:4], args[5], args[6], width, height,
                                                                           0.01, 1e10, 0.3)
-    ids, ranges, total = render.bin_and_sort(m2, depths, radii, extents, width, height)
+    ids, ranges, total = render.bin_and_sort(m2, conics, args[3], depths, radii, width, height)[:3]
     assert total > 1_000_000
     assert int((ranges[:, 1] - ranges[:, 0]).sum()) == total  # every intersection is in a tile range
     out = render.rasterize(*args, width, height)
@@ -348,3 +348,37 @@ def test_alpha_only_loss_and_repeated_renders_before_backward():
     for name in ("means", "quats", "scales", "opacities"):
         assert rel_err(leaves[name].grad, ref_leaves[name].grad) <= 1e-6, name
     assert float(leaves["colors"].grad.abs().max()) == 0.0  # alpha does not depend on colour
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_binning_keeps_every_contributing_tile_and_little_else(dtype):
+    """Every (Gaussian, tile) pair with a pixel centre where the Gaussian reaches alpha >= 1/255
+    (sigma >= 0) is emitted, and the exact-ellipse culling keeps few others: brute force over
+    all pixels, on a scene with needles and large, faint Gaussians, an image size that is not a
+    multiple of the tile size."""
+    width, height = 150, 110
+    scene = make_scene(600, width, height, dtype=dtype, seed=21, log_scale=-2.0)
+    g = torch.Generator().manual_seed(22)
+    needles = torch.rand(600, generator=g) < 0.3
+    scene["scales"][needles, 0] *= 12.0
+    scene["scales"][needles, 1] *= 0.05
+    scene["opacities"][:100] = 0.01 + 0.02 * torch.rand(100, generator=g).to(dtype)
+    m2, conics, depths, radii = render._ProjectGaussians.apply(
+        scene["means"], scene["quats"], scene["scales"], scene["opacities"], scene["viewmat"], scene["K"],
+        width, height, 0.01, 1e10, 0.3)
+    ids, ranges, total, _ = render.bin_and_sort(m2, conics, scene["opacities"], depths, radii, width, height)
+    tiles_x = (width + 15) // 16
+    tile_of = torch.repeat_interleave(torch.arange(ranges.shape[0]), (ranges[:, 1] - ranges[:, 0]).long())
+    emitted = set(zip(ids[:total].tolist(), tile_of.tolist()))
+    assert len(emitted) == total  # no pair twice
+
+    pix = reference._pixel_centers(width, height, torch.float64, "cpu")
+    pixel_tile = ((pix[:, 1] // 16) * tiles_x + pix[:, 0] // 16).long()
+    visible = torch.nonzero(radii > 0).squeeze(1)
+    _, _, _, _, _, hit = reference._fragments(pix, m2.double()[visible], conics.double()[visible],
+                                              scene["opacities"].double()[visible])
+    needed = set()
+    for j, gauss in enumerate(visible.tolist()):
+        needed.update((gauss, t) for t in torch.unique(pixel_tile[hit[:, j]]).tolist())
+    assert needed <= emitted
+    assert len(emitted) <= 1.02 * len(needed) + 10
