@@ -44,22 +44,29 @@ def half_extents(a, b, c, cut, real: ti.template()):
 
 
 @ti.func
-def band_x_range(a, b, c, cut, y_extent, y_lo, y_hi, real: ti.template()):
-    """(x_lo, x_hi, nonempty): the x-offsets from the mean covered by the ellipse sigma <= cut
-    (conic positive definite, half height ``y_extent`` from :func:`half_extents`) within the
-    band of y-offsets [y_lo, y_hi], widened by EXTENT_SLACK.
-
-    The ellipse's right edge x_r(dy) = (-b dy + sqrt(2 a cut - det dy^2)) / a is concave with
-    its maximum at dy = -b X / c (X its half width), so over the band it peaks at that dy
-    clamped into the band; the left edge likewise (convex, minimum at dy = b X / c). The band
-    is first clipped to the ellipse's rows, where both edges are defined."""
-    lo = ti.max(y_lo, -y_extent)
-    hi = ti.min(y_hi, y_extent)
+def band_constants(a, b, c, cut, real: ti.template()):
+    """(inv_a, det, two_a_cut, dy_x_max) of a positive-definite conic: what
+    :func:`band_x_range` needs, computed once per Gaussian (its divisions and square root cost
+    more than a band's test). dy_x_max is the y-offset of the ellipse's rightmost point."""
     det = a * c - b * b
     x_half = ti.sqrt(real(2.0) * cut * c / det)
-    dy_r = ti.min(ti.max(-b * x_half / c, lo), hi)
-    dy_l = ti.min(ti.max(b * x_half / c, lo), hi)
-    two_a_cut = real(2.0) * a * cut
-    x_hi = (-b * dy_r + ti.sqrt(ti.max(two_a_cut - det * dy_r * dy_r, real(0.0)))) / a
-    x_lo = (-b * dy_l - ti.sqrt(ti.max(two_a_cut - det * dy_l * dy_l, real(0.0)))) / a
+    return real(1.0) / a, det, real(2.0) * a * cut, -b * x_half / c
+
+
+@ti.func
+def band_x_range(b, inv_a, det, two_a_cut, dy_x_max, y_extent, y_lo, y_hi, real: ti.template()):
+    """(x_lo, x_hi, nonempty): the x-offsets from the mean covered by the ellipse sigma <= cut
+    (constants from :func:`band_constants`, half height ``y_extent`` from :func:`half_extents`)
+    within the band of y-offsets [y_lo, y_hi], widened by EXTENT_SLACK.
+
+    The ellipse's right edge x_r(dy) = (-b dy + sqrt(2 a cut - det dy^2)) / a is concave with
+    its maximum at dy_x_max, so over the band it peaks at dy_x_max clamped into the band; the
+    left edge likewise (convex, minimum at -dy_x_max). The band is first clipped to the
+    ellipse's rows, where both edges are defined."""
+    lo = ti.max(y_lo, -y_extent)
+    hi = ti.min(y_hi, y_extent)
+    dy_r = ti.min(ti.max(dy_x_max, lo), hi)
+    dy_l = ti.min(ti.max(-dy_x_max, lo), hi)
+    x_hi = (-b * dy_r + ti.sqrt(ti.max(two_a_cut - det * dy_r * dy_r, real(0.0)))) * inv_a
+    x_lo = (-b * dy_l - ti.sqrt(ti.max(two_a_cut - det * dy_l * dy_l, real(0.0)))) * inv_a
     return x_lo - real(EXTENT_SLACK), x_hi + real(EXTENT_SLACK), lo <= hi

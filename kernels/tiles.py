@@ -8,13 +8,19 @@ Pipeline (all Taichi kernels except the prefix sum, which is ``torch.cumsum`` be
    number of tiles whose pixel centres that ellipse may reach (0 if culled): per row of tiles,
    those under the ellipse's x-range over the row's pixel-centre rows (on random scenes ~30 %
    fewer than the square of side 2 radius).
-2. offsets = exclusive prefix sum of the counts (torch, int64).
-3. ``emit_keys``     one (key, gaussian id) pair per counted (Gaussian, tile), emitted in
-   Gaussian order; key = tile_id << 32 | float32 bits of the camera depth (depth > near > 0, so
-   the IEEE bits order like the depths).
-4. radix sort        our LSD radix sort (8 bits a pass, stable), so equal keys keep Gaussian
-   order: ties in float32 depth are broken by Gaussian index, in float64 mode too.
-5. ``tile_ranges``   per tile, the [start, end) range of its intersections in sorted order.
+   It also writes each Gaussian's depth key: the float32 bits of its camera depth as an int32
+   (depth > near > 0, so the IEEE bits order like the depths).
+2. radix sort        the Gaussians by depth key: our LSD radix sort (8 bits a pass, stable, so
+   ties in float32 depth keep Gaussian index order, in float64 mode too).
+3. offsets = exclusive prefix sum of the counts in that order (torch, int64).
+4. ``emit_keys``     one (tile id, Gaussian id) pair per counted (Gaussian, tile), at its
+   Gaussian's offset, so front to back.
+5. radix sort        the pairs by tile id (stable: front to back within each tile).
+6. ``tile_ranges``   per tile, the [start, end) range of its intersections in sorted order.
+
+Steps 2-5 are the stable LSD radix sort of the 64-bit keys tile << 32 | depth bits over
+intersections in Gaussian order, with its depth passes run once per Gaussian instead of once per
+intersection (N keys, not M ~ 5 N), and 32-bit keys throughout.
 
 Buffers are owned by the caller (``npga_taichi.render`` caches and grows them); no intersection
 is ever dropped because the caller sizes the buffers from the exact count.
@@ -30,12 +36,15 @@ import torch
 from npga_taichi.contract import TILE_SIZE
 from npga_taichi.kernels.footprint import (
     F_CONIC_A, F_CONIC_B, F_CONIC_C, F_CUT, F_DEPTH, F_MEAN_X, F_MEAN_Y, F_OPACITY, F_Y_EXTENT,
-    band_x_range, half_extents, sigma_cut,
+    band_constants, band_x_range, half_extents, sigma_cut,
 )
 
 RADIX_BITS = 8
 RADIX_BUCKETS = 1 << RADIX_BITS
 RADIX_BLOCKS = 64  # independent histogram/scatter blocks (parallel work items) per pass
+# On the CPU, sorts of up to this many keys run single-threaded (measured on 2 cores: a serial
+# pass over 20k keys costs less than the dispatch of its two parallel loops).
+RADIX_SERIAL_MAX = 32768
 
 
 @functools.lru_cache(maxsize=None)
@@ -62,23 +71,29 @@ def binning_kernels(real):
 
     @ti.func
     def footprint_rows(footprint: ti.template(), g, radius, height):
-        """(ty0, ty1, x_ext, y_ext, exact) of Gaussian g: its rows of tiles, the half extents of
-        its footprint ellipse, never beyond its radius (+1 px: the ellipse lies inside the
-        radius up to rounding), and whether its conic is positive definite (so each row of
-        tiles can be narrowed to the ellipse)."""
+        """(ty0, ty1, x_ext, y_ext, exact, band): Gaussian g's rows of tiles, the half extents
+        of its footprint ellipse, never beyond its radius (+1 px: the ellipse lies inside the
+        radius up to rounding), whether its conic is positive definite (so each row of tiles
+        can be narrowed to the ellipse) and then the ellipse's ``band_constants``."""
         a = footprint[g, F_CONIC_A]
         b = footprint[g, F_CONIC_B]
         c = footprint[g, F_CONIC_C]
-        x_ext, y_ext = half_extents(a, b, c, footprint[g, F_CUT], real)
+        cut = footprint[g, F_CUT]
+        x_ext, y_ext = half_extents(a, b, c, cut, real)
         r = ti.cast(radius + 1, real)
         x_ext = ti.min(x_ext, r)
         y_ext = ti.min(y_ext, r)
         my = footprint[g, F_MEAN_Y]
         ty0, ty1 = tile_span(my - y_ext, my + y_ext, height)
-        return ty0, ty1, x_ext, y_ext, a * c - b * b > real(0.0) and a > real(0.0) and c > real(0.0)
+        exact = a * c - b * b > real(0.0) and a > real(0.0) and c > real(0.0)
+        band = ti.Vector.zero(real, 4)
+        if exact:
+            inv_a, det, two_a_cut, dy_x_max = band_constants(a, b, c, cut, real)
+            band = ti.Vector([inv_a, det, two_a_cut, dy_x_max])
+        return ty0, ty1, x_ext, y_ext, exact, band
 
     @ti.func
-    def row_tiles(footprint: ti.template(), g, ty, x_ext, y_ext, exact, width, height):
+    def row_tiles(footprint: ti.template(), g, ty, x_ext, y_ext, exact, band, width, height):
         """Tiles (tx0, tx1) of row ty whose pixel centres Gaussian g's footprint ellipse may
         reach: exactly those the ellipse's x-range over the row's band of pixel-centre rows
         reaches (the whole box width for a degenerate conic); tx1 < tx0 if none."""
@@ -89,8 +104,8 @@ def binning_kernels(real):
             my = footprint[g, F_MEAN_Y]
             y0 = ty * TILE_SIZE
             x_lo, x_hi, crosses = band_x_range(
-                footprint[g, F_CONIC_A], footprint[g, F_CONIC_B], footprint[g, F_CONIC_C], footprint[g, F_CUT],
-                y_ext, ti.cast(y0, real) + half - my, ti.cast(ti.min(y0 + TILE_SIZE, height), real) - half - my, real)
+                footprint[g, F_CONIC_B], band[0], band[1], band[2], band[3], y_ext,
+                ti.cast(y0, real) + half - my, ti.cast(ti.min(y0 + TILE_SIZE, height), real) - half - my, real)
             lo = ti.max(lo, mx + x_lo)
             hi = ti.min(hi, mx + x_hi)
             if not crosses:
@@ -100,10 +115,11 @@ def binning_kernels(real):
     @ti.kernel
     def count_tiles(
         means2d: arr2, conics: arr2, opacities: arr1, depths: arr1, radii: iarr1,
-        width: ti.i32, height: ti.i32, tiles_x: ti.i32, tiles_y: ti.i32, footprint: arr2, counts: i64arr1,
+        width: ti.i32, height: ti.i32, footprint: arr2, counts: i64arr1, depth_keys: iarr1,
     ):
         """footprint (N, FOOTPRINT_WIDTH): every Gaussian's row; counts (N,): the tiles each
-        visible Gaussian's footprint reaches (0 if culled)."""
+        visible Gaussian's footprint reaches (0 if culled); depth_keys (N,): the float32 bits
+        of its depth as an int32 (depth > near > 0, so the bits order like the depths)."""
         for g in range(means2d.shape[0]):
             a = conics[g, 0]
             c = conics[g, 2]
@@ -119,29 +135,31 @@ def binning_kernels(real):
             footprint[g, F_CUT] = cut
             footprint[g, F_Y_EXTENT] = y_ext
             n = 0
+            key = 0
             if radii[g] > 0:
-                ty0, ty1, x_ext, y_ext, exact = footprint_rows(footprint, g, radii[g], height)
+                ty0, ty1, x_ext, y_ext, exact, band = footprint_rows(footprint, g, radii[g], height)
                 for ty in range(ty0, ty1 + 1):
-                    tx0, tx1 = row_tiles(footprint, g, ty, x_ext, y_ext, exact, width, height)
+                    tx0, tx1 = row_tiles(footprint, g, ty, x_ext, y_ext, exact, band, width, height)
                     n += ti.max(tx1 - tx0 + 1, 0)
+                key = ti.bit_cast(ti.cast(depths[g], ti.f32), ti.i32)
             counts[g] = n
+            depth_keys[g] = key
 
     @ti.kernel
     def emit_keys(
         footprint: arr2, radii: iarr1, offsets: i64arr1,
-        width: ti.i32, height: ti.i32, tiles_x: ti.i32, tiles_y: ti.i32, keys: i64arr1, ids: iarr1,
+        width: ti.i32, height: ti.i32, tiles_x: ti.i32, tile_keys: iarr1, ids: iarr1,
     ):
-        """One (key, Gaussian id) pair per tile counted by ``count_tiles``, from ``offsets[g]``."""
+        """One (tile id, Gaussian id) pair per tile counted by ``count_tiles``, Gaussian g's
+        from ``offsets[g]`` on (offsets in front-to-back order, so the pairs are too)."""
         for g in range(footprint.shape[0]):
             if radii[g] > 0:
-                ty0, ty1, x_ext, y_ext, exact = footprint_rows(footprint, g, radii[g], height)
-                depth_bits = ti.cast(ti.bit_cast(ti.cast(footprint[g, F_DEPTH], ti.f32), ti.i32), ti.i64)
+                ty0, ty1, x_ext, y_ext, exact, band = footprint_rows(footprint, g, radii[g], height)
                 pos = offsets[g]
                 for ty in range(ty0, ty1 + 1):
-                    tx0, tx1 = row_tiles(footprint, g, ty, x_ext, y_ext, exact, width, height)
+                    tx0, tx1 = row_tiles(footprint, g, ty, x_ext, y_ext, exact, band, width, height)
                     for tx in range(tx0, tx1 + 1):
-                        tile_id = ti.cast(ty * tiles_x + tx, ti.i64)
-                        keys[pos] = (tile_id << 32) | depth_bits
+                        tile_keys[pos] = ty * tiles_x + tx
                         ids[pos] = g
                         pos += 1
 
@@ -151,13 +169,15 @@ def binning_kernels(real):
 @ti.func
 def _radix_pass(
     keys_in: ti.template(), ids_in: ti.template(), keys_out: ti.template(), ids_out: ti.template(),
-    hist: ti.template(), n: ti.i32, shift: ti.i32, spread: ti.i32,
+    hist: ti.template(), n: ti.i32, shift: ti.i32, n_blocks: ti.i32, spread: ti.i32, serial: ti.template(),
 ):
-    """One stable LSD pass on the digit (key >> shift) & 255 over keys_in[:n]."""
-    n_blocks = hist.shape[0]
+    """One stable LSD pass on the digit (key >> shift) & 255 over keys_in[:n], in ``n_blocks``
+    blocks (one when ``serial``: the loops then run on the calling thread)."""
     chunk = (n + n_blocks - 1) // n_blocks
     # 1. per-block digit histograms (each block owns a row: plain stores, no atomics); the
     #    block loops run over n_blocks * spread slots (see runtime.parallel_spread)
+    if ti.static(serial):
+        ti.loop_config(serialize=True)
     for slot in range(n_blocks * spread):
         if slot % spread != 0:
             continue
@@ -165,7 +185,7 @@ def _radix_pass(
         for d in range(RADIX_BUCKETS):
             hist[b, d] = 0
         for i in range(b * chunk, ti.min(n, (b + 1) * chunk)):
-            d = ti.cast((keys_in[i] >> shift) & (RADIX_BUCKETS - 1), ti.i32)
+            d = (keys_in[i] >> shift) & (RADIX_BUCKETS - 1)
             hist[b, d] = hist[b, d] + 1
     # 2. exclusive scan in (digit, block) order: the output position of every block's run
     ti.loop_config(serialize=True)
@@ -177,12 +197,14 @@ def _radix_pass(
                 hist[b, d] = running
                 running += c
     # 3. scatter; within a block in input order, so the pass is stable
+    if ti.static(serial):
+        ti.loop_config(serialize=True)
     for slot in range(n_blocks * spread):
         if slot % spread != 0:
             continue
         b = slot // spread
         for i in range(b * chunk, ti.min(n, (b + 1) * chunk)):
-            d = ti.cast((keys_in[i] >> shift) & (RADIX_BUCKETS - 1), ti.i32)
+            d = (keys_in[i] >> shift) & (RADIX_BUCKETS - 1)
             pos = hist[b, d]
             hist[b, d] = pos + 1
             keys_out[pos] = keys_in[i]
@@ -190,54 +212,57 @@ def _radix_pass(
 
 
 @functools.lru_cache(maxsize=None)
-def _radix_sort_kernel(n_passes: int):
+def _radix_sort_kernel(n_passes: int, serial: bool):
     """All passes of one sort in a single kernel launch (a Taichi launch costs ~0.1 ms of
-    Python and dispatch on the CPU): even passes read (keys, ids), odd ones the tmp pair."""
+    Python and dispatch on the CPU): even passes read (keys, ids), odd ones the tmp pair.
+    ``serial`` runs every loop on the calling thread: on the CPU each parallel loop costs
+    ~55 us of thread-pool dispatch, more than a small sort's whole pass."""
     runtime.ensure_initialized()
-    i64 = ti.types.ndarray(dtype=ti.i64, ndim=1)
     i32 = ti.types.ndarray(dtype=ti.i32, ndim=1)
 
     @ti.kernel
-    def radix_sort(keys: i64, ids: i32, keys_tmp: i64, ids_tmp: i32,
-                   hist: ti.types.ndarray(dtype=ti.i32, ndim=2), n: ti.i32, spread: ti.i32):
+    def radix_sort(keys: i32, ids: i32, keys_tmp: i32, ids_tmp: i32,
+                   hist: ti.types.ndarray(dtype=ti.i32, ndim=2), n: ti.i32, n_blocks: ti.i32, spread: ti.i32):
         for p in ti.static(range(n_passes)):
             if ti.static(p % 2 == 0):
-                _radix_pass(keys, ids, keys_tmp, ids_tmp, hist, n, p * RADIX_BITS, spread)
+                _radix_pass(keys, ids, keys_tmp, ids_tmp, hist, n, p * RADIX_BITS, n_blocks, spread, serial)
             else:
-                _radix_pass(keys_tmp, ids_tmp, keys, ids, hist, n, p * RADIX_BITS, spread)
+                _radix_pass(keys_tmp, ids_tmp, keys, ids, hist, n, p * RADIX_BITS, n_blocks, spread, serial)
 
     return radix_sort
 
 
 @ti.kernel
-def _tile_ranges(
-    keys: ti.types.ndarray(dtype=ti.i64, ndim=1), n: ti.i32, ranges: ti.types.ndarray(dtype=ti.i32, ndim=2),
-):
-    for t in range(ranges.shape[0]):
-        ranges[t, 0] = 0
-        ranges[t, 1] = 0
+def _tile_ranges(tile_keys: ti.types.ndarray(dtype=ti.i32, ndim=1), n: ti.i32,
+                 ranges: ti.types.ndarray(dtype=ti.i32, ndim=2)):
+    """ranges (zeroed by the caller): [start, end) of every tile present in tile_keys[:n]."""
     for i in range(n):
-        tile_id = ti.cast(keys[i] >> 32, ti.i32)
-        if i == 0 or ti.cast(keys[i - 1] >> 32, ti.i32) != tile_id:
+        tile_id = tile_keys[i]
+        if i == 0 or tile_keys[i - 1] != tile_id:
             ranges[tile_id, 0] = i
-        if i == n - 1 or ti.cast(keys[i + 1] >> 32, ti.i32) != tile_id:
+        if i == n - 1 or tile_keys[i + 1] != tile_id:
             ranges[tile_id, 1] = i + 1
 
 
 def radix_sort_pairs(keys: torch.Tensor, ids: torch.Tensor, keys_tmp: torch.Tensor, ids_tmp: torch.Tensor,
                      hist: torch.Tensor, n: int, key_bits: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Stable sort of ``keys[:n]`` (non-negative int64 < 2**key_bits) carrying ``ids[:n]``.
+    """Stable sort of ``keys[:n]`` (int32, non-negative, < 2**key_bits) carrying ``ids[:n]``.
 
     ``keys_tmp``/``ids_tmp`` are scratch buffers of at least n entries and ``hist`` an int32
     (RADIX_BLOCKS, 256) scratch. Returns the (keys, ids) buffers holding the sorted result
     (one of the two pairs, depending on the number of passes).
     """
-    n_passes = (key_bits + RADIX_BITS - 1) // RADIX_BITS
-    spread = runtime.parallel_spread(hist.shape[0], keys.device.type == "cpu")
-    _radix_sort_kernel(n_passes)(keys, ids, keys_tmp, ids_tmp, hist, n, spread)
+    n_passes = max(1, (key_bits + RADIX_BITS - 1) // RADIX_BITS)
+    on_cpu = keys.device.type == "cpu"
+    serial = on_cpu and n <= RADIX_SERIAL_MAX
+    n_blocks = 1 if serial else hist.shape[0]
+    spread = 1 if serial else runtime.parallel_spread(n_blocks, on_cpu)
+    _radix_sort_kernel(n_passes, serial)(keys, ids, keys_tmp, ids_tmp, hist, n, n_blocks, spread)
     return (keys, ids) if n_passes % 2 == 0 else (keys_tmp, ids_tmp)
 
 
-def tile_ranges(sorted_keys: torch.Tensor, n: int, ranges: torch.Tensor) -> None:
-    """Fill ``ranges`` (n_tiles, 2) int32 with each tile's [start, end) in the sorted keys."""
-    _tile_ranges(sorted_keys, n, ranges)
+def tile_ranges(sorted_tile_keys: torch.Tensor, n: int, ranges: torch.Tensor) -> None:
+    """Fill ``ranges`` (n_tiles, 2) int32 with each tile's [start, end) in the sorted keys
+    (0, 0 for a tile without intersections)."""
+    ranges.zero_()
+    _tile_ranges(sorted_tile_keys, n, ranges)
