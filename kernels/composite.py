@@ -74,9 +74,10 @@ HALVINGS = (8, 4, 2, 1)  # pairwise-sum widths that reduce LANES values to one
 # grad_isect columns: d/d(mean_x, mean_y, conic a, b, c, opacity, depth), then one per channel
 GRAD_COLUMNS = 7
 # Per-lane gradient terms of one intersection besides its colours, accumulated over its rows
-# and summed over the lanes once: e v_alpha (e = exp(-sigma)) times 1, dx, dy, dx^2, dx dy, dy^2,
-# then w g_z (v_sigma = -o e v_alpha); one w g term per unrolled colour channel follows.
-LANE_TERMS = 7
+# and summed over the lanes once: ev = e v_alpha (e = exp(-sigma), v_sigma = -o ev), ev dy,
+# ev dy^2, then w g_z; one w g term per unrolled colour channel follows. A lane's dx is the same
+# in every row, so the dx, dx^2 and dx dy moments are formed from these at the lane sum.
+LANE_TERMS = 4
 
 
 def scratch_rows(static_channels: int) -> int:
@@ -431,8 +432,8 @@ def composite_kernels(real, static_channels: int):
                             g_ch = v_image[ch * plane + lane_row]
                             for l in ti.static(range(LANES)):
                                 G[ch, l] = g_ch[l]
+                    dy2 = dy * dy
                     for l in ti.static(range(LANES)):
-                        dx = x0f + l - mx
                         alpha = alphas[l]
                         inv = one / (one - alpha)
                         T = T_run[l] * inv  # T_k from T_{k+1}
@@ -453,12 +454,9 @@ def composite_kernels(real, static_channels: int):
                         T_run[l] = ti.select(hits[l] > real(0.0), T, T_run[l])
                         ev = es[l] * v_alpha_k
                         terms[0, l] = ev
-                        terms[1, l] = dx * ev
-                        terms[2, l] = dy * ev
-                        terms[3, l] = dx * dx * ev
-                        terms[4, l] = dx * dy * ev
-                        terms[5, l] = dy * dy * ev
-                        terms[6, l] = w_hit * g_dep[l]
+                        terms[1, l] = ev * dy
+                        terms[2, l] = ev * dy2
+                        terms[3, l] = w_hit * g_dep[l]
                     scratch_store(scratch, k, T_run)
                     scratch_store(scratch, k + 1, U)
                     for r in ti.static(range(N_TERMS)):
@@ -466,10 +464,22 @@ def composite_kernels(real, static_channels: int):
                         for l in ti.static(range(LANES)):
                             row[l] += terms[r, l]
                         scratch_store(scratch, acc_base + r, row)
-                sums = ti.Vector.zero(real, N_TERMS)
+                # sums of ev, ev dx, ev dy, ev dx^2, ev dx dy, ev dy^2, w g_z, then the colours
+                sums = ti.Vector.zero(real, GRAD_COLUMNS + NC)
                 if hit_rows > 0:
-                    for r in ti.static(range(N_TERMS)):
-                        sums[r] = lane_sum(scratch_load(scratch, acc_base + r))
+                    dxs = ti.Vector.zero(real, LANES)
+                    for l in ti.static(range(LANES)):
+                        dxs[l] = x0f + l - mx
+                    ev = scratch_load(scratch, acc_base)
+                    ev_dy = scratch_load(scratch, acc_base + 1)
+                    sums[0] = lane_sum(ev)
+                    sums[1] = lane_sum(ev * dxs)
+                    sums[2] = lane_sum(ev_dy)
+                    sums[3] = lane_sum(ev * dxs * dxs)
+                    sums[4] = lane_sum(ev_dy * dxs)
+                    sums[5] = lane_sum(scratch_load(scratch, acc_base + 2))
+                    for r in ti.static(range(3, N_TERMS)):
+                        sums[r + 3] = lane_sum(scratch_load(scratch, acc_base + r))
                 s_dx_vs = -o * sums[1]
                 s_dy_vs = -o * sums[2]
                 grad_isect[i, 0] = -(a * s_dx_vs + b * s_dy_vs)
@@ -481,6 +491,6 @@ def composite_kernels(real, static_channels: int):
                 grad_isect[i, 6] = sums[6]
                 if ti.static(NC > 0):
                     for ch in ti.static(range(NC)):
-                        grad_isect[i, GRAD_COLUMNS + ch] = sums[LANE_TERMS + ch]
+                        grad_isect[i, GRAD_COLUMNS + ch] = sums[GRAD_COLUMNS + ch]
 
     return composite_forward, composite_backward
