@@ -121,8 +121,9 @@ class _PerPixelComposite(torch.autograd.Function):
     def forward(ctx, means2d, conics, opacities, colors, depths, radii, width, height):
         means2d, conics, opacities, colors, depths = (t.detach() for t in (means2d, conics, opacities, colors, depths))
         dt, dev = means2d.dtype, means2d.device
-        ids, ranges, total, footprint = render.bin_and_sort(means2d, conics, opacities, depths, radii, width, height)
-        packed = footprint.index_select(0, ids[:total]) if total else torch.zeros((1, footprint.shape[1]), dtype=dt, device=dev)
+        bins = render.bin_and_sort(means2d, conics, opacities, depths, radii, width, height)
+        ids, ranges, total = bins.ids, bins.ranges, bins.total
+        packed = bins.footprint.index_select(0, ids) if total else torch.zeros((1, bins.footprint.shape[1]), dtype=dt, device=dev)
         image = torch.empty((height * width, colors.shape[1]), dtype=dt, device=dev)
         t_final = torch.empty((height * width,), dtype=dt, device=dev)
         last = torch.empty((height * width,), dtype=torch.int32, device=dev)

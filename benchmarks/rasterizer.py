@@ -109,7 +109,7 @@ def count_intersections(scene, width, height) -> int:
     with torch.no_grad():
         means2d, conics, depths, radii = render._ProjectGaussians.apply(
             means, quats, scales, opacities, viewmat, K, width, height, 0.01, 1e10, 0.3)
-        return render.bin_and_sort(means2d, conics, opacities, depths, radii, width, height)[2]
+        return render.bin_and_sort(means2d, conics, opacities, depths, radii, width, height).total
 
 
 def _agreement(scene, width, height, upstream) -> dict:

@@ -27,7 +27,8 @@ row). On the CPU that scratch is a Taichi field with one block per thread
 stores to an ndarray are never merged into vector stores, and without vector stores to anchor
 it the SLP vectoriser left most of the gradient arithmetic scalar (and turned selects fed by
 loads into one branch per lane). No atomics: intersection i's gradient row is written by its
-tile only; the caller reduces intersections to Gaussians.
+tile only, at its slot (``render.TileBins``: each Gaussian's intersections in consecutive rows);
+the caller sums the rows per Gaussian.
 
 Times for 256^2 with 20k random Gaussians (benchmarks/rasterizer.py --quick) on the 2-core dev
 machine, wall / process CPU: backward 28 / 55 ms with the per-row state in registers and
@@ -325,15 +326,16 @@ def composite_kernels(real, static_channels: int):
 
     @ti.kernel
     def composite_backward(
-        packed: arr2, ids: iarr1, colors: arr2, ranges: iarr2, background: arr1,
+        packed: arr2, ids: iarr1, slots: iarr1, colors: arr2, ranges: iarr2, background: arr1,
         width: ti.i32, height: ti.i32, tiles_x: ti.i32, spread: ti.i32,
         t_final: lanes_real, last: lanes_int, row_last: iarr1,
         v_image: lanes_real, v_alpha: lanes_real, v_depth: lanes_real,
         grad_isect: arr2, v_background_tiles: arr2, scratch: lanes_real,
     ):
-        """Per-intersection gradients ``grad_isect`` (M, 7 + C): d/d(mean_x, mean_y, conic a, b,
-        c, opacity, depth, colour channels) of the Gaussian ``ids[i]`` through tile i's pixels
-        (every row of every tile's range is written); background gradient as one partial sum per
+        """Per-intersection gradients ``grad_isect`` (M, 7 + C), intersection i's in row
+        ``slots[i]``: d/d(mean_x, mean_y, conic a, b, c, opacity, depth, colour channels) of the
+        Gaussian ``ids[i]`` through tile i's pixels (every intersection's row is written; the
+        caller sums them per Gaussian); background gradient as one partial sum per
         tile, ``v_background_tiles`` (n_tiles, C). Per-pixel inputs are lane rows like
         ``t_final`` (element py * tiles_x + tile column; zeros past the right edge and for an
         unused output); ``v_image`` is channel-planar: element (ch * H + py) * tiles_x + column.
@@ -382,9 +384,10 @@ def composite_kernels(real, static_channels: int):
                 tile_last = ti.max(tile_last, row_last[lane_row])
             for i in range(tile_last, end):  # behind every pixel's last contributor
                 for k in range(grad_isect.shape[1]):
-                    grad_isect[i, k] = real(0.0)
+                    grad_isect[slots[i], k] = real(0.0)
             for step in range(tile_last - start):
                 i = tile_last - 1 - step
+                out = slots[i]  # the gradient row of intersection i
                 my = packed[i, F_MEAN_Y]
                 y_extent = packed[i, F_Y_EXTENT]
                 # tile rows whose centre is within y_extent of the mean (clamped before the cast)
@@ -393,7 +396,7 @@ def composite_kernels(real, static_channels: int):
                 mx, a, b, c, o, z, cut, g, col = load_gaussian(packed, ids, colors, i)
                 if ti.static(NC == 0):
                     for ch in range(n_channels):
-                        grad_isect[i, GRAD_COLUMNS + ch] = real(0.0)
+                        grad_isect[out, GRAD_COLUMNS + ch] = real(0.0)
                 for r in ti.static(range(N_TERMS)):
                     scratch_store(scratch, acc_base + r, ti.Vector.zero(real, LANES))
                 hit_rows = 0
@@ -447,7 +450,7 @@ def composite_kernels(real, static_channels: int):
                             for ch in range(n_channels):
                                 gpix = v_image[ch * plane + lane_row][l]
                                 g_dot_c += gpix * colors[g, ch]
-                                grad_isect[i, GRAD_COLUMNS + ch] = grad_isect[i, GRAD_COLUMNS + ch] + w_hit * gpix
+                                grad_isect[out, GRAD_COLUMNS + ch] = grad_isect[out, GRAD_COLUMNS + ch] + w_hit * gpix
                         # alpha = min(0.999, raw): no gradient through the clamp
                         v_alpha_k = (T * g_dot_c - inv * U[l]) * keeps[l]
                         U[l] += w_hit * g_dot_c
@@ -482,15 +485,15 @@ def composite_kernels(real, static_channels: int):
                         sums[r + 3] = lane_sum(scratch_load(scratch, acc_base + r))
                 s_dx_vs = -o * sums[1]
                 s_dy_vs = -o * sums[2]
-                grad_isect[i, 0] = -(a * s_dx_vs + b * s_dy_vs)
-                grad_isect[i, 1] = -(b * s_dx_vs + c * s_dy_vs)
-                grad_isect[i, 2] = -half * o * sums[3]
-                grad_isect[i, 3] = -o * sums[4]
-                grad_isect[i, 4] = -half * o * sums[5]
-                grad_isect[i, 5] = sums[0]
-                grad_isect[i, 6] = sums[6]
+                grad_isect[out, 0] = -(a * s_dx_vs + b * s_dy_vs)
+                grad_isect[out, 1] = -(b * s_dx_vs + c * s_dy_vs)
+                grad_isect[out, 2] = -half * o * sums[3]
+                grad_isect[out, 3] = -o * sums[4]
+                grad_isect[out, 4] = -half * o * sums[5]
+                grad_isect[out, 5] = sums[0]
+                grad_isect[out, 6] = sums[6]
                 if ti.static(NC > 0):
                     for ch in ti.static(range(NC)):
-                        grad_isect[i, GRAD_COLUMNS + ch] = sums[GRAD_COLUMNS + ch]
+                        grad_isect[out, GRAD_COLUMNS + ch] = sums[GRAD_COLUMNS + ch]
 
     return composite_forward, composite_backward

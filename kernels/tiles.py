@@ -261,6 +261,28 @@ def radix_sort_pairs(keys: torch.Tensor, ids: torch.Tensor, keys_tmp: torch.Tens
     return (keys, ids) if n_passes % 2 == 0 else (keys_tmp, ids_tmp)
 
 
+@functools.lru_cache(maxsize=None)
+def sum_slot_rows(real):
+    """Kernel ``(rows (M, K), first (N,) int64, counts (N,) int64, out (N, K))``: out[g] = the sum
+    of rows first[g] .. first[g] + counts[g] - 1 (a Gaussian's intersections occupy consecutive
+    slots, see ``render.TileBins``), in slot order."""
+    runtime.ensure_initialized()
+    arr2 = ti.types.ndarray(dtype=real, ndim=2)
+    i64 = ti.types.ndarray(dtype=ti.i64, ndim=1)
+
+    @ti.kernel
+    def sum_rows(rows: arr2, first: i64, counts: i64, out: arr2):
+        for g in range(out.shape[0]):
+            start = ti.cast(first[g], ti.i32)
+            for k in range(rows.shape[1]):
+                total = real(0.0)
+                for j in range(start, start + ti.cast(counts[g], ti.i32)):
+                    total += rows[j, k]
+                out[g, k] = total
+
+    return sum_rows
+
+
 def tile_ranges(sorted_tile_keys: torch.Tensor, n: int, ranges: torch.Tensor) -> None:
     """Fill ``ranges`` (n_tiles, 2) int32 with each tile's [start, end) in the sorted keys
     (0, 0 for a tile without intersections)."""

@@ -17,6 +17,8 @@ both work, with one set of kernels per dtype compiled on first use (cached offli
 """
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 import taichi as ti
 
@@ -37,6 +39,7 @@ from npga_taichi.kernels.tiles import (
     RADIX_BLOCKS,
     binning_kernels,
     radix_sort_pairs,
+    sum_slot_rows,
     tile_ranges,
 )
 
@@ -165,25 +168,39 @@ def _grad_or_zeros(grad, shape, like):
     return grad.contiguous()
 
 
-def bin_and_sort(means2d, conics, opacities, depths, radii, width: int, height: int):
-    """Tile intersections sorted by (tile, float32 depth, Gaussian index).
+class TileBins(NamedTuple):
+    """Tile intersections of one render, from :func:`bin_and_sort`.
 
-    Returns ``(ids (M,) int32 Gaussian index per intersection, ranges (n_tiles, 2) int32, M,
-    footprint (N, FOOTPRINT_WIDTH) per-Gaussian rows, kernels/footprint.py)``; ``ids`` has at
-    least one (unused) entry when M = 0. ``footprint`` is a reused scratch buffer, valid until
-    the next call.
+    Intersections are first emitted grouped by Gaussian (Gaussians front to back): Gaussian g's
+    occupy *slots* first[g] .. first[g] + counts[g] - 1. They are then sorted by (tile, float32
+    depth, Gaussian index); a sorted intersection's slot is where the backward writes its
+    gradient row, so summing the rows per Gaussian reads contiguous memory.
     """
+
+    ids: torch.Tensor        # (M,) int32 Gaussian of each sorted intersection (>= 1 entry)
+    slots: torch.Tensor      # (M,) int32 slot of each sorted intersection (>= 1 entry)
+    ranges: torch.Tensor     # (n_tiles, 2) int32 [start, end) of each tile's sorted intersections
+    total: int               # M
+    footprint: torch.Tensor  # (N, FOOTPRINT_WIDTH) per-Gaussian rows (kernels/footprint.py); scratch
+                             # reused by the next call
+    first: torch.Tensor      # (N,) int64 first slot of each Gaussian
+    counts: torch.Tensor     # (N,) int64 intersections of each Gaussian
+
+
+def bin_and_sort(means2d, conics, opacities, depths, radii, width: int, height: int) -> TileBins:
+    """Tile intersections sorted by (tile, float32 depth, Gaussian index), see :class:`TileBins`."""
     tiles_x, tiles_y = _tile_grid(width, height)
     n_tiles = tiles_x * tiles_y
     n = means2d.shape[0]
     dt, dev = means2d.dtype, means2d.device
-    ranges = torch.empty((n_tiles, 2), dtype=torch.int32, device=dev)
+    ranges = torch.zeros((n_tiles, 2), dtype=torch.int32, device=dev)
     footprint = _scratch.get("footprint", (n, FOOTPRINT_WIDTH), dt, dev)
+    counts = torch.zeros((n,), dtype=torch.int64, device=dev)
+    first = torch.zeros((n,), dtype=torch.int64, device=dev)
+    none = torch.zeros((1,), dtype=torch.int32, device=dev)
     if n == 0:
-        ranges.zero_()
-        return torch.zeros((1,), dtype=torch.int32, device=dev), ranges, 0, footprint
+        return TileBins(none, none, ranges, 0, footprint, first, counts)
     count_tiles, emit_keys = binning_kernels(_real(means2d))
-    counts = torch.empty((n,), dtype=torch.int64, device=dev)
     depth_keys = _scratch.get("depth_keys", (n,), torch.int32, dev)
     count_tiles(means2d, conics, opacities, depths, radii, width, height, footprint, counts, depth_keys)
     # The order is that of a stable LSD radix sort of the keys tile << 32 | float32 depth bits
@@ -198,21 +215,20 @@ def bin_and_sort(means2d, conics, opacities, depths, radii, width: int, height: 
     total = int(ends[-1])
     if total >= 2**31 - 1:
         raise ValueError(f"{total} tile intersections exceed the int32 index range; render smaller images")
-    m = max(total, 1)
-    tile_keys = torch.empty((m,), dtype=torch.int32, device=dev)
-    ids = torch.empty((m,), dtype=torch.int32, device=dev)
     if total == 0:
-        ranges.zero_()
-        return ids, ranges, 0, footprint
+        return TileBins(none, none, ranges, 0, footprint, first, counts)
     # each Gaussian's first slot, scattered back to Gaussian order so emit_keys reads its inputs
     # sequentially (gathering them in depth order made it 1.5x slower)
-    offsets = torch.empty_like(counts).index_copy_(0, order.long(), ends - counts_sorted)
-    emit_keys(footprint, radii, offsets, width, height, tiles_x, tile_keys, ids)
+    first.index_copy_(0, order.long(), ends - counts_sorted)
+    tile_keys = torch.empty((total,), dtype=torch.int32, device=dev)
+    slot_ids = _scratch.get("slot_ids", (total,), torch.int32, dev)
+    emit_keys(footprint, radii, first, width, height, tiles_x, tile_keys, slot_ids)
     # both buffers of the tile sort are fresh: either may come back as the result
-    tile_keys, ids = radix_sort_pairs(tile_keys, ids, torch.empty_like(tile_keys), torch.empty_like(ids), hist,
-                                      total, max(1, (n_tiles - 1).bit_length()))
+    slots = torch.arange(total, dtype=torch.int32, device=dev)
+    tile_keys, slots = radix_sort_pairs(tile_keys, slots, torch.empty_like(tile_keys), torch.empty_like(slots),
+                                        hist, total, max(1, (n_tiles - 1).bit_length()))
     tile_ranges(tile_keys, total, ranges)
-    return ids, ranges, total, footprint
+    return TileBins(slot_ids.index_select(0, slots), slots, ranges, total, footprint, first, counts)
 
 
 class _Composite(torch.autograd.Function):
@@ -227,12 +243,13 @@ class _Composite(torch.autograd.Function):
         real = _real(means2d)
         channels = colors.shape[1]
         tiles_x, _ = _tile_grid(width, height)
-        ids, ranges, total, footprint = bin_and_sort(means2d, conics, opacities, depths, radii, width, height)
+        bins = bin_and_sort(means2d, conics, opacities, depths, radii, width, height)
+        ids, ranges, total = bins.ids, bins.ranges, bins.total
         composite_forward, _ = composite_kernels(real, channel_variant(channels))
         # each tile streams its Gaussians' footprint rows from one contiguous block (a torch
         # gather: 5x faster than the same copy as a Taichi kernel on the CPU)
         if total > 0:
-            packed = footprint.index_select(0, ids[:total])
+            packed = bins.footprint.index_select(0, ids)
         else:
             packed = torch.zeros((1, FOOTPRINT_WIDTH), dtype=dt, device=dev)
         colors_arg = colors if colors.shape[0] > 0 else torch.zeros((1, channels), dtype=dt, device=dev)
@@ -246,7 +263,8 @@ class _Composite(torch.autograd.Function):
         spread = runtime.parallel_spread(ranges.shape[0], dev.type == "cpu")
         composite_forward(packed, ids, colors_arg, ranges, background, width, height, tiles_x, spread,
                           image.view(-1), alpha.view(-1), depth.view(-1), t_final, last, row_last)
-        ctx.save_for_backward(packed, ids, colors_arg, ranges, background, t_final, last, row_last)
+        ctx.save_for_backward(packed, ids, colors_arg, ranges, background, t_final, last, row_last,
+                              bins.slots, bins.first, bins.counts)
         ctx.config = (width, height, colors.shape[0], total)
         # unused outputs arrive as None in backward instead of materialised zero images
         ctx.set_materialize_grads(False)
@@ -254,7 +272,7 @@ class _Composite(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, v_image, v_alpha, v_depth):
-        packed, ids, colors, ranges, background, t_final, last, row_last = ctx.saved_tensors
+        packed, ids, colors, ranges, background, t_final, last, row_last, slots, first, counts = ctx.saved_tensors
         width, height, n, total = ctx.config
         dt, dev = packed.dtype, packed.device
         channels = colors.shape[1]
@@ -264,8 +282,8 @@ class _Composite(torch.autograd.Function):
         v_image = _lane_rows("v_image", v_image, height, width, channels, packed)
         v_alpha = _lane_rows("v_alpha", v_alpha, height, width, 1, packed)
         v_depth = _lane_rows("v_depth", v_depth, height, width, 1, packed)
-        # one gradient row per intersection (written by its tile only, no atomics), then summed
-        # per Gaussian; columns: mean2d x, y, conic a, b, c, opacity, depth, channels
+        # one gradient row per intersection, at its slot (written by its tile only, no atomics),
+        # then summed per Gaussian; columns: mean2d x, y, conic a, b, c, opacity, depth, channels
         grad_isect = _scratch.get("grad_isect", (packed.shape[0], GRAD_COLUMNS + channels), dt, dev)
         v_background_tiles = torch.empty((n_tiles, channels), dtype=dt, device=dev)
         variant = channel_variant(channels)
@@ -275,13 +293,14 @@ class _Composite(torch.autograd.Function):
         # one block per tile here on a GPU
         rows = 1 if on_cpu else n_tiles * scratch_rows(variant)
         scratch = _scratch.get("composite_scratch", (rows, TILE_SIZE), dt, dev)
-        composite_backward(packed, ids, colors, ranges, background, width, height, tiles_x,
+        composite_backward(packed, ids, slots, colors, ranges, background, width, height, tiles_x,
                            runtime.parallel_spread(n_tiles, on_cpu), t_final, last, row_last,
                            v_image, v_alpha, v_depth, grad_isect, v_background_tiles, scratch)
-        grads = torch.zeros((max(n, 1), GRAD_COLUMNS + channels), dtype=dt, device=dev)
+        grads = torch.zeros((n, GRAD_COLUMNS + channels), dtype=dt, device=dev)
         if total > 0:
-            grads.index_add_(0, ids[:total].long(), grad_isect[:total])
-        grads = grads[:n]
+            # contiguous per Gaussian (slots), so this reads memory in order: 2.5x faster than
+            # index_add_ over the sorted intersections
+            sum_slot_rows(_real(packed))(grad_isect, first, counts, grads)
         v_means2d, v_conics = grads[:, 0:2], grads[:, 2:5]
         v_opacities, v_depths, v_colors = grads[:, 5], grads[:, 6], grads[:, GRAD_COLUMNS:]
         v_background = v_background_tiles.sum(0)

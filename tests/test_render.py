@@ -255,7 +255,8 @@ def test_more_than_a_million_intersections():
 
     m2, conics, depths, radii = render._ProjectGaussians.apply(*args[:4], args[5], args[6], width, height,
                                                                           0.01, 1e10, 0.3)
-    ids, ranges, total = render.bin_and_sort(m2, conics, args[3], depths, radii, width, height)[:3]
+    bins = render.bin_and_sort(m2, conics, args[3], depths, radii, width, height)
+    ranges, total = bins.ranges, bins.total
     assert total > 1_000_000
     assert int((ranges[:, 1] - ranges[:, 0]).sum()) == total  # every intersection is in a tile range
     out = render.rasterize(*args, width, height)
@@ -366,11 +367,17 @@ def test_binning_keeps_every_contributing_tile_and_little_else(dtype):
     m2, conics, depths, radii = render._ProjectGaussians.apply(
         scene["means"], scene["quats"], scene["scales"], scene["opacities"], scene["viewmat"], scene["K"],
         width, height, 0.01, 1e10, 0.3)
-    ids, ranges, total, _ = render.bin_and_sort(m2, conics, scene["opacities"], depths, radii, width, height)
+    bins = render.bin_and_sort(m2, conics, scene["opacities"], depths, radii, width, height)
+    ids, ranges, total = bins.ids, bins.ranges, bins.total
     tiles_x = (width + 15) // 16
     tile_of = torch.repeat_interleave(torch.arange(ranges.shape[0]), (ranges[:, 1] - ranges[:, 0]).long())
     emitted = set(zip(ids[:total].tolist(), tile_of.tolist()))
     assert len(emitted) == total  # no pair twice
+    # gradient slots: a permutation that gives each Gaussian its own consecutive block
+    slots, gauss = bins.slots.long(), ids.long()
+    assert torch.equal(torch.sort(slots).values, torch.arange(total))
+    assert bool(((slots >= bins.first[gauss]) & (slots < bins.first[gauss] + bins.counts[gauss])).all())
+    assert int(bins.counts.sum()) == total
 
     pix = reference._pixel_centers(width, height, torch.float64, "cpu")
     pixel_tile = ((pix[:, 1] // 16) * tiles_x + pix[:, 0] // 16).long()
