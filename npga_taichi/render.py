@@ -296,11 +296,13 @@ class _Composite(torch.autograd.Function):
         composite_backward(packed, ids, slots, colors, ranges, background, width, height, tiles_x,
                            runtime.parallel_spread(n_tiles, on_cpu), t_final, last, row_last,
                            v_image, v_alpha, v_depth, grad_isect, v_background_tiles, scratch)
-        grads = torch.zeros((n, GRAD_COLUMNS + channels), dtype=dt, device=dev)
         if total > 0:
-            # contiguous per Gaussian (slots), so this reads memory in order: 2.5x faster than
-            # index_add_ over the sorted intersections
-            sum_slot_rows(_real(packed))(grad_isect, first, counts, grads)
+            # contiguous per Gaussian (slots), so this reads memory in order: 1.6x faster than
+            # index_add_ over the sorted intersections; every row of grads is written
+            grads = torch.empty((n, GRAD_COLUMNS + channels), dtype=dt, device=dev)
+            sum_slot_rows(_real(packed), grads.shape[1])(grad_isect, first, counts, grads)
+        else:
+            grads = torch.zeros((n, GRAD_COLUMNS + channels), dtype=dt, device=dev)
         v_means2d, v_conics = grads[:, 0:2], grads[:, 2:5]
         v_opacities, v_depths, v_colors = grads[:, 5], grads[:, 6], grads[:, GRAD_COLUMNS:]
         v_background = v_background_tiles.sum(0)
