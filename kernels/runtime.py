@@ -11,6 +11,7 @@ cold ``.grad`` kernel compiles are paid once per machine, not once per process.
 """
 from __future__ import annotations
 
+import atexit
 import contextlib
 import io
 import os
@@ -73,7 +74,18 @@ def init(arch: str | None = None) -> str:
                 log_level=ti.WARN,
             )
         _arch = resolved
+        atexit.register(_write_kernel_cache)
         return _arch
+
+
+def _write_kernel_cache() -> None:
+    """Tear Taichi down at exit so it writes the offline cache. Taichi writes it only when its
+    program object is destroyed, which interpreter shutdown does not guarantee: `npga fit`
+    exited without writing it (every run then recompiled ~15 s of kernels) while a short script
+    doing the same renders wrote it."""
+    if _arch is not None:
+        with contextlib.suppress(Exception):  # never turn a clean exit into a traceback
+            ti.reset()
 
 
 # Taichi's CPU backend runs a parallel loop of fewer than ~1024 iterations on one thread

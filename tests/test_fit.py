@@ -281,3 +281,18 @@ def test_fit_cli_ablation_flags_and_errors(tmp_path, demo_out):
     no_field = _fit([demo_out / "capture", "--out", tmp_path / "y", "--prior", demo_out / "prior",
                      "--field", tmp_path / "nofield", "--preset", "tiny"])
     assert no_field.exit_code != 0 and "--no-prior" in no_field.output
+
+
+def test_fit_process_leaves_its_kernels_in_the_offline_cache(tmp_path, demo_out):
+    """A finished ``npga fit`` process has written Taichi's offline cache, so the next run does
+    not recompile (~15 s). Taichi writes the cache only when its program object is destroyed,
+    which interpreter shutdown did not do for this command; the runtime now tears Taichi down
+    at exit."""
+    cache = tmp_path / "kernel_cache"
+    env = dict(os.environ, NPGA_TAICHI_CACHE=str(cache))
+    args = [demo_out / "capture", "--out", tmp_path / "run", "--prior", demo_out / "prior", "--field",
+            demo_out / "distill", "--preset", "tiny", "--steps", "1", "--no-progress"]
+    proc = subprocess.run([sys.executable, "-m", "npga_taichi.cli.main", "fit", *map(str, args)], env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert len(list(cache.glob("*.tic"))) >= 5, sorted(p.name for p in cache.iterdir())
