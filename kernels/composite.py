@@ -33,12 +33,16 @@ the caller sums the rows per Gaussian.
 Times for 256^2 with 20k random Gaussians (benchmarks/rasterizer.py --quick) on the 2-core dev
 machine, wall / process CPU: backward 28 / 55 ms with the per-row state in registers and
 Gaussians inner (the previous design), 18 / 33 with the field scratch, 14.5 / 27.5 after
-clamping with compare-and-select (``select_max``); forward 9.5 / 19 -> 9 / 17. Measured and
-rejected: per-row lane sums (serial add chains after LLVM's reassociation: 25 ms); half-row
-(8-lane) code paths for Gaussians whose bounding box reaches one half of the tile (-10 % in the
-backward, but twice the cold compile time); 0/1 float flags instead of boolean lane masks
-(slower in both directions); reducing intersections to Gaussians in Taichi instead of with
-``index_add_`` (gathering by Gaussian 3.0 ms, Gaussian-range workers 4.0, atomics 3.6, vs 2.7).
+clamping with compare-and-select (``select_max``), 13.5 / 26 with exact tile culling (100k
+instead of 138k intersections) and 4 instead of 7 lane accumulators; forward 9.5 / 19 -> 9 / 17
+-> 7.6 / 14.5. Measured and rejected: per-row lane sums (serial add chains after LLVM's
+reassociation: 25 ms); half-row (8-lane) code paths for Gaussians whose bounding box reaches one
+half of the tile (-10 % in the backward, but twice the cold compile time); a forward over 8-lane
+half rows (no register spills, but twice the loop iterations: 1.7x slower); 0/1 float flags
+instead of boolean lane masks (slower in both directions). The forward's bare loop over every
+(row, intersection) pair, with each evaluation skipped, still takes 8 ms CPU (the full forward
+14.5, where early termination shortens the loop): the y-extent test is a branch that a third of
+the pairs fail in no predictable pattern.
 
 Per pixel, front to back (``contract``):
     sigma = 0.5 (a dx^2 + c dy^2) + b dx dy,   alpha = min(0.999, o exp(-sigma))
