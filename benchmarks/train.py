@@ -25,7 +25,8 @@ from npga_taichi import metrics
 from npga_taichi.avatar.config import preset as get_preset
 from npga_taichi.avatar.deformation import FrameCode
 from npga_taichi.avatar.density_control import GradientStats, densify_and_prune
-from npga_taichi.avatar.model import NPGAAvatar, RenderCamera, get_rasterizer
+from npga_taichi.avatar.model import NPGAAvatar, get_rasterizer
+from npga_taichi.cameras import Camera
 from npga_taichi.avatar.trainer import AvatarData, Trainer, View, regularizers
 
 WIDTH, HEIGHT = 275, 401   # the default synthetic capture's image size
@@ -44,7 +45,7 @@ class StandInCapture:
             view[:3, :3] = rot
             view[2, 3] = 1.0
             K = torch.tensor([[690.0, 0, WIDTH / 2], [0, 690.0, HEIGHT / 2], [0, 0, 1]])
-            self.cameras[f"cam{i}"] = SimpleNamespace(viewmat=view, K=K, width=WIDTH, height=HEIGHT)
+            self.cameras[f"cam{i}"] = Camera(f"cam{i}", view, K, WIDTH, HEIGHT)
         yy, xx = np.mgrid[0:HEIGHT, 0:WIDTH]
         r = np.hypot((xx - WIDTH / 2) / 90, (yy - HEIGHT / 2) / 120)
         self.alpha = (r < 1).astype(np.float32)[..., None]

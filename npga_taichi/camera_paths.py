@@ -23,6 +23,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from npga_taichi.cameras import camera_center
+
 # Corners of the expression square in the order of the four codes (see module docstring).
 SQUARE_CORNERS = ((0.0, 0.0), (1.0, 0.0), (0.0, 1.0), (1.0, 1.0))
 # Default loop: every corner once, around the border, back to the start.
@@ -49,12 +51,6 @@ def axis_angle_matrix(axis: np.ndarray, angle: float) -> np.ndarray:
     x, y, z = axis
     skew = np.array([[0.0, -z, y], [z, 0.0, -x], [-y, x, 0.0]])
     return np.eye(3) + math.sin(angle) * skew + (1.0 - math.cos(angle)) * (skew @ skew)
-
-
-def camera_center(viewmat) -> np.ndarray:
-    """(3,) world position of a camera from its world->camera ``viewmat``."""
-    v = _as_numpy(viewmat)
-    return -v[:3, :3].T @ v[:3, 3]
 
 
 def default_orbit_center(viewmat, point=(0.0, 0.0, 0.0)) -> np.ndarray:

@@ -14,10 +14,21 @@ import numpy as np
 import torch
 
 
-def _as_tensor(x, dtype=torch.float32, device=None) -> torch.Tensor:
+def _as_tensor(x, dtype=None, device=None) -> torch.Tensor:
+    """Tensor of ``x``; keeps a floating tensor's dtype unless ``dtype`` says otherwise
+    (float32 for everything else)."""
     if isinstance(x, torch.Tensor):
+        dtype = dtype or (x.dtype if x.is_floating_point() else torch.float32)
         return x.to(dtype=dtype, device=device if device is not None else x.device)
-    return torch.as_tensor(np.asarray(x), dtype=dtype, device=device)
+    return torch.as_tensor(np.asarray(x), dtype=dtype or torch.float32, device=device)
+
+
+def camera_center(viewmat):
+    """(3,) world position of the camera of a world->camera ``viewmat`` (4, 4): -Rᵀ t.
+
+    Works on torch tensors (differentiably) and numpy arrays alike.
+    """
+    return -(viewmat[:3, :3].T @ viewmat[:3, 3])
 
 
 @dataclass
@@ -32,13 +43,17 @@ class Camera:
 
     def __post_init__(self):
         self.viewmat = _as_tensor(self.viewmat)
-        self.K = _as_tensor(self.K, device=self.viewmat.device)
+        self.K = _as_tensor(self.K, self.viewmat.dtype, self.viewmat.device)
         if self.viewmat.shape != (4, 4):
             raise ValueError(f"camera {self.serial}: viewmat must be (4, 4), got {tuple(self.viewmat.shape)}")
         if self.K.shape != (3, 3):
             raise ValueError(f"camera {self.serial}: K must be (3, 3), got {tuple(self.K.shape)}")
+        if isinstance(self.width, bool) or isinstance(self.height, bool):
+            raise ValueError(f"camera {self.serial}: width and height must be integers, not booleans")
         self.width = int(self.width)
         self.height = int(self.height)
+        if self.width < 1 or self.height < 1:
+            raise ValueError(f"camera {self.serial}: image size must be positive, got {self.width}x{self.height}")
 
     @property
     def device(self) -> torch.device:
@@ -46,8 +61,7 @@ class Camera:
 
     def center(self) -> torch.Tensor:
         """(3,) camera centre in world coordinates: -R^T t."""
-        R = self.viewmat[:3, :3]
-        return -(R.T @ self.viewmat[:3, 3])
+        return camera_center(self.viewmat)
 
     def world_to_camera(self, points: torch.Tensor) -> torch.Tensor:
         """(N, 3) world -> (N, 3) camera coordinates (OpenCV)."""
@@ -67,10 +81,13 @@ class Camera:
         return uv, z
 
     def scaled(self, factor: float) -> "Camera":
-        """The camera for images resized by `factor` (0.5 = half size), rounded down in size."""
-        if factor <= 0:
+        """The camera for images resized by ``factor`` (0.5 = half size); sizes round to the
+        nearest pixel (at least 1). Training, rendering and evaluation all scale through here."""
+        if not factor > 0:
             raise ValueError(f"scale factor must be positive, got {factor}")
-        return self.resized(int(self.width * factor), int(self.height * factor))
+        if factor == 1.0:
+            return self
+        return self.resized(max(1, round(self.width * factor)), max(1, round(self.height * factor)))
 
     def resized(self, width: int, height: int) -> "Camera":
         """The camera for images resized to exactly (width, height)."""
@@ -79,8 +96,14 @@ class Camera:
         S = torch.tensor([[sx, 0, 0], [0, sy, 0], [0, 0, 1]], dtype=self.K.dtype, device=self.device)
         return Camera(self.serial, self.viewmat.clone(), S @ self.K, width, height)
 
-    def to(self, device) -> "Camera":
-        return Camera(self.serial, self.viewmat.to(device), self.K.to(device), self.width, self.height)
+    def to(self, device=None, dtype: torch.dtype | None = None) -> "Camera":
+        """This camera with its matrices on ``device`` / in ``dtype`` (self when nothing changes)."""
+        device = torch.device(device) if device is not None else self.device
+        dtype = dtype or self.viewmat.dtype
+        if device == self.device and dtype == self.viewmat.dtype:
+            return self
+        return Camera(self.serial, self.viewmat.to(device, dtype), self.K.to(device, dtype), self.width,
+                      self.height)
 
 
 def look_at(eye, target, up=(0.0, 1.0, 0.0)) -> np.ndarray:

@@ -15,7 +15,6 @@ Cross-reenactment takes the codes from another run's or another capture's tracki
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 from dataclasses import dataclass
@@ -25,9 +24,8 @@ from typing import Mapping
 import numpy as np
 import torch
 
+from npga_taichi.avatar.model import raster_background, render_gaussians
 from npga_taichi.contract import RasterOutput
-
-RASTER_KEYS = ("means", "quats", "scales", "opacities", "colors", "sh_degree")
 
 
 @dataclass
@@ -142,24 +140,6 @@ def _capture_location(extra: Mapping, run_dir: Path) -> tuple[Path, str]:
     return root, str(pid)
 
 
-def scaled_camera(camera, scale: float):
-    """A copy of ``camera`` rendering ``scale`` times its image size (K scaled alike), exactly as
-    :meth:`npga_taichi.avatar.model.RenderCamera.from_camera` scales it for training."""
-    if scale == 1.0:
-        return camera
-    from npga_taichi.avatar.model import RenderCamera
-
-    rc = RenderCamera.from_camera(camera, "cpu", torch.float64, scale=scale)
-    viewmat = camera.viewmat
-    K = rc.K if isinstance(camera.K, torch.Tensor) else rc.K.numpy()
-    if isinstance(camera.K, torch.Tensor):
-        K = K.to(camera.K.dtype)
-    changes = {"viewmat": viewmat, "K": K, "width": rc.width, "height": rc.height}
-    if dataclasses.is_dataclass(camera):
-        return dataclasses.replace(camera, **changes)
-    return type(camera)(**{"serial": camera.serial, **changes})
-
-
 class LoadedRun:
     """A trained avatar with its configs, capture and background, ready to render frames.
 
@@ -203,7 +183,7 @@ class LoadedRun:
     def cameras(self) -> dict:
         """serial -> Camera at the rendering resolution (see the class docstring)."""
         if self._cameras is None:
-            self._cameras = {s: scaled_camera(c, self.image_scale) for s, c in self.capture.cameras.items()}
+            self._cameras = {s: c.scaled(self.image_scale) for s, c in self.capture.cameras.items()}
         return self._cameras
 
     def camera(self, serial: str):
@@ -254,27 +234,19 @@ class LoadedRun:
         out = self.avatar.gaussians_for_frame(frame["z_exp"], frame["rot"], frame["trans"], frame["scale"])
         return normalise_gaussians(out)
 
-    def raster_background(self, gaussians: Mapping[str, object]) -> torch.Tensor:
-        """Background the Gaussians are composited over: the training colour, or zero features
-        for screen-CNN avatars (as :func:`npga_taichi.avatar.model.render_frame` does)."""
-        if self.avatar.cnn is not None:
-            return torch.zeros(gaussians["colors"].shape[1], dtype=torch.float32, device=self.device)
-        return self.background
+    def raster_background(self, gaussians: Mapping[str, object]) -> torch.Tensor | None:
+        """What ``gaussians`` are composited over (zero features for screen-CNN avatars)."""
+        return raster_background(self.avatar, self.background, gaussians["colors"].shape[-1], self.background)
 
     @torch.no_grad()
     def rasterize_frame(self, gaussians: Mapping[str, object], camera) -> RasterOutput:
         """The raw rasterization (features for CNN avatars) that an HDF5 re-render reproduces."""
-        g = {k: gaussians[k] for k in RASTER_KEYS}
-        return self.rasterize(**g, **camera_kwargs(camera, self.device),
-                              background=self.raster_background(gaussians))
+        return render_gaussians(self.avatar, dict(gaussians), camera, self.background, self.rasterize)[1]
 
     @torch.no_grad()
     def render(self, gaussians: Mapping[str, object], camera) -> torch.Tensor:
         """(H, W, 3) float32 image of ``gaussians`` seen by ``camera`` over the run's background."""
-        image = self.rasterize_frame(gaussians, camera).image
-        if self.avatar.cnn is not None:
-            image = self.avatar.cnn(image.permute(2, 0, 1)[None])[0].permute(1, 2, 0)
-        return image
+        return render_gaussians(self.avatar, dict(gaussians), camera, self.background, self.rasterize)[0]
 
 
 def normalise_gaussians(out: Mapping[str, object]) -> dict:
@@ -287,15 +259,6 @@ def normalise_gaussians(out: Mapping[str, object]) -> dict:
         "colors": out["colors"].detach().float().contiguous(),
         "sh_degree": out["sh_degree"],
     }
-
-
-def camera_kwargs(camera, device) -> dict:
-    """viewmat, K, width, height of a Camera-like object as float32 rasterize keyword arguments."""
-    def t(x):
-        x = x if isinstance(x, torch.Tensor) else torch.as_tensor(np.asarray(x))
-        return x.to(device=device, dtype=torch.float32)
-
-    return {"viewmat": t(camera.viewmat), "K": t(camera.K), "width": int(camera.width), "height": int(camera.height)}
 
 
 def describe_run(run: LoadedRun) -> dict:

@@ -19,7 +19,8 @@ import torch
 
 from npga_taichi import metrics
 from npga_taichi.avatar.config import AvatarConfig, TrainConfig
-from npga_taichi.avatar.model import NPGAAvatar, RenderCamera, load_avatar, render_frame
+from npga_taichi.avatar.model import NPGAAvatar, load_avatar, render_frame
+from npga_taichi.cameras import Camera
 from npga_taichi.avatar.trainer import AvatarData, Trainer, View, frame_code
 from npga_taichi.checkpoint import load_checkpoint
 
@@ -40,7 +41,7 @@ def _ellipsoid(n, seed):
 
 
 class TeacherCapture:
-    """cameras (serial -> RenderCamera) + load_image / load_alpha rendered by a teacher avatar."""
+    """cameras (serial -> Camera) + load_image / load_alpha rendered by a teacher avatar."""
 
     def __init__(self):
         cfg = AvatarConfig(num_init_gaussians=N_TEACHER, max_gaussians=N_TEACHER, sh_degree=0, static=True,
@@ -54,7 +55,7 @@ class TeacherCapture:
             view[:3, :3] = _rot_y(float(ang))
             view[2, 3] = 0.6
             K = torch.tensor([[80.0, 0, W / 2], [0, 80.0, H / 2], [0, 0, 1]])
-            self.cameras[f"c{i}"] = RenderCamera(view, K, W, H)
+            self.cameras[f"c{i}"] = Camera(f"c{i}", view, K, W, H)
         frames = 4
         self.tracking = SimpleNamespace(
             timesteps=np.arange(frames), z_exp=torch.randn(frames, EXP, generator=g),

@@ -8,10 +8,14 @@ Public API used by ``npga render / eval / export``:
   ``colors`` = SH ``(N,K,3)`` with ``sh_degree`` = d, or features ``(N,C)`` with ``sh_degree``
   None (CNN avatars: rasterize over a zero background, then ``avatar.cnn`` (B,C,H,W)->(B,3,H,W)).
 * :func:`render_frame` ``(avatar, camera, frame, background) -> RenderResult`` (RGB image +
-  the raw RasterOutput), the same call the trainer uses.
+  the raw RasterOutput); it and :func:`render_posed` (the training step, which times the
+  deformation apart) both end in :func:`render_gaussians`, the one render path.
+* :func:`avatar_state` / :func:`avatar_from_state`: an avatar as configs + state dict, the only
+  form in which avatars are saved (checkpoints are loaded with ``weights_only=True``).
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,8 +32,10 @@ from npga_taichi.avatar.detail_network import DetailNetwork
 from npga_taichi.avatar.gaussians import CanonicalGaussians
 from npga_taichi.avatar.laplacian import knn_graph
 from npga_taichi.avatar.screen_cnn import ScreenCNN
-from npga_taichi.checkpoint import load_checkpoint
+from npga_taichi.cameras import Camera
+from npga_taichi.checkpoint import load_checkpoint, load_weights
 from npga_taichi.contract import RasterOutput
+from npga_taichi.prior.forward_field import ForwardDeformationField, ForwardFieldConfig
 
 RASTERIZERS = ("taichi", "reference", "tiled")
 
@@ -45,33 +51,6 @@ def get_rasterizer(name: str | None = None) -> Callable[..., RasterOutput]:
         return rasterize
     from npga_taichi import reference
     return reference.rasterize if name == "reference" else reference.rasterize_tiled
-
-
-@dataclass
-class RenderCamera:
-    """What rasterize needs of a camera: viewmat (4,4) world->camera OpenCV, K (3,3) pixels."""
-
-    viewmat: torch.Tensor
-    K: torch.Tensor
-    width: int
-    height: int
-
-    @staticmethod
-    def from_camera(camera: Any, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
-                    scale: float = 1.0) -> "RenderCamera":
-        """From any object with viewmat, K, width, height; ``scale`` < 1 downsizes the image
-        (K's focal lengths and principal point scale with the image, pixel centres at j + 0.5)."""
-        viewmat = torch.as_tensor(np.asarray(camera.viewmat) if not isinstance(camera.viewmat, torch.Tensor)
-                                  else camera.viewmat).to(device, dtype)
-        K = torch.as_tensor(np.asarray(camera.K) if not isinstance(camera.K, torch.Tensor)
-                            else camera.K).to(device, dtype).clone()
-        width, height = int(camera.width), int(camera.height)
-        if scale != 1.0:
-            new_w, new_h = max(1, round(width * scale)), max(1, round(height * scale))
-            K[0] *= new_w / width
-            K[1] *= new_h / height
-            width, height = new_w, new_h
-        return RenderCamera(viewmat, K, width, height)
 
 
 @dataclass
@@ -107,6 +86,7 @@ class NPGAAvatar(nn.Module):
         self.config = config
         self.exp_dim = exp_dim
         self.extent = float(extent)
+        self.background = tuple(float(x) for x in background)
         color_dim = config.cnn_feature_dim if config.use_cnn else 3
         self.sh_degree = None if config.use_cnn else config.sh_degree
         self.gaussians = CanonicalGaussians(config.num_init_gaussians, color_dim, self.sh_degree,
@@ -158,34 +138,106 @@ class NPGAAvatar(nn.Module):
                 "opacities": posed.opacities, "colors": colors, "sh_degree": sh_degree}
 
 
-def render_frame(avatar: NPGAAvatar, camera: Any, frame: FrameCode, background: torch.Tensor | None = None,
-                 rasterizer: Callable[..., RasterOutput] | None = None) -> RenderResult:
-    """Render one frame of ``avatar`` from ``camera`` (a RenderCamera or anything with viewmat,
-    K, width, height) over ``background`` (3,); returns RGB (H, W, 3) + the raster output.
+def raster_background(avatar: NPGAAvatar, background: torch.Tensor | None, channels: int,
+                      like: torch.Tensor) -> torch.Tensor | None:
+    """What the Gaussians are composited over: ``background`` (3,), or zero features for
+    screen-CNN avatars, whose CNN adds the background itself (see screen_cnn.py)."""
+    if avatar.cnn is not None:
+        return torch.zeros(channels, dtype=like.dtype, device=like.device)
+    return None if background is None else background.to(like)
 
-    CNN avatars rasterize their features over zero and run the screen CNN (see screen_cnn.py).
+
+def render_gaussians(avatar: NPGAAvatar, gaussians: dict[str, Any], camera: Camera,
+                     background: torch.Tensor | None = None,
+                     rasterizer: Callable[..., RasterOutput] | None = None) -> tuple[torch.Tensor, RasterOutput]:
+    """The one render path of an avatar's world-space Gaussians: rasterize, then the screen CNN.
+
+    gaussians: the dict of :meth:`NPGAAvatar.gaussians_for_frame` (means, quats, scales,
+    opacities, colors, sh_degree), e.g. read back from an HDF5 export; camera: a
+    :class:`~npga_taichi.cameras.Camera` (moved to the Gaussians' device and dtype here).
+    Returns (RGB image (H, W, 3), the raw RasterOutput — features for CNN avatars).
     """
     rasterize = rasterizer or get_rasterizer()
-    means = avatar.gaussians.means
-    if not isinstance(camera, RenderCamera):
-        camera = RenderCamera.from_camera(camera, means.device, means.dtype)
-    posed = avatar.deform(frame.to(means.device, means.dtype))
-    colors, sh_degree = avatar.raster_colors(posed)
-    if avatar.cnn is not None:
-        raster_bg = torch.zeros(colors.shape[1], dtype=means.dtype, device=means.device)
-    else:
-        raster_bg = None if background is None else background.to(means)
-    out = rasterize(posed.means, posed.quats, posed.scales, posed.opacities, colors, camera.viewmat,
-                    camera.K, camera.width, camera.height, sh_degree=sh_degree, background=raster_bg)
+    means, colors = gaussians["means"], gaussians["colors"]
+    camera = camera.to(means.device, means.dtype)
+    out = rasterize(means, gaussians["quats"], gaussians["scales"], gaussians["opacities"], colors,
+                    camera.viewmat, camera.K, camera.width, camera.height, sh_degree=gaussians["sh_degree"],
+                    background=raster_background(avatar, background, colors.shape[-1], means))
     image = out.image
     if avatar.cnn is not None:
         image = avatar.cnn(image.permute(2, 0, 1)[None])[0].permute(1, 2, 0)
+    return image, out
+
+
+def render_posed(avatar: NPGAAvatar, posed: PosedGaussians, camera: Camera,
+                 background: torch.Tensor | None = None,
+                 rasterizer: Callable[..., RasterOutput] | None = None) -> RenderResult:
+    """Render already deformed Gaussians (``avatar.deform(frame)``) through :func:`render_gaussians`."""
+    colors, sh_degree = avatar.raster_colors(posed)
+    gaussians = {"means": posed.means, "quats": posed.quats, "scales": posed.scales,
+                 "opacities": posed.opacities, "colors": colors, "sh_degree": sh_degree}
+    image, out = render_gaussians(avatar, gaussians, camera, background, rasterizer)
     return RenderResult(image=image, raster=out, posed=posed)
+
+
+def render_frame(avatar: NPGAAvatar, camera: Camera, frame: FrameCode, background: torch.Tensor | None = None,
+                 rasterizer: Callable[..., RasterOutput] | None = None) -> RenderResult:
+    """Deform ``avatar`` to ``frame`` and render it from ``camera`` over ``background`` (3,):
+    what training, validation, ``npga render``, ``eval`` and the viewer all call."""
+    means = avatar.gaussians.means
+    posed = avatar.deform(frame.to(means.device, means.dtype))
+    return render_posed(avatar, posed, camera, background, rasterizer)
+
+
+# -------------------------------------------------------------------------- saving / loading
+AVATAR_FORMAT = "npga-avatar-v2"
+
+
+def avatar_state(avatar: NPGAAvatar) -> dict[str, Any]:
+    """Everything that rebuilds ``avatar`` as plain values and tensors (no pickled modules):
+    configs as dicts, the Gaussian count, and the state dict. See :func:`avatar_from_state`."""
+    field = avatar.field
+    field_config = field.config.to_dict() if isinstance(field, ForwardDeformationField) else None
+    return {
+        "format": AVATAR_FORMAT,
+        "config": avatar.config.to_dict(),
+        "exp_dim": int(avatar.exp_dim),
+        "extent": float(avatar.extent),
+        "background": [float(x) for x in avatar.background],
+        "field_config": field_config,
+        "num_gaussians": len(avatar.gaussians),
+        "state_dict": {k: v.detach() for k, v in avatar.state_dict().items()},
+    }
+
+
+def avatar_from_state(state: dict[str, Any], source: str | os.PathLike,
+                      device: torch.device | str = "cpu") -> NPGAAvatar:
+    """Rebuild an avatar from :func:`avatar_state`; ValueError naming ``source`` if it does not fit."""
+    if not isinstance(state, dict) or state.get("format") != AVATAR_FORMAT:
+        found = state.get("format") if isinstance(state, dict) else type(state).__name__
+        raise ValueError(f"{source}: not an npga avatar (format {found!r}, expected {AVATAR_FORMAT!r})")
+    try:
+        config = AvatarConfig.from_dict(state["config"], str(source))
+        field = None
+        if state["field_config"] is not None:
+            field_config = ForwardFieldConfig.from_dict(state["field_config"], str(source))
+            # NPGAAvatar grows F's input by the latent size itself: build F as distilled.
+            grown = config.feature_dim if not config.static else 0
+            field = ForwardDeformationField(dataclasses.replace(
+                field_config, feature_dim=field_config.feature_dim - grown))
+        avatar = NPGAAvatar(config, field, int(state["exp_dim"]), float(state["extent"]),
+                            tuple(float(x) for x in state["background"]))
+        avatar.gaussians.resize(int(state["num_gaussians"]))
+        avatar.neighbors = torch.zeros(tuple(state["state_dict"]["neighbors"].shape), dtype=torch.long)
+        load_weights(avatar, state["state_dict"], source)
+    except (KeyError, TypeError) as err:
+        raise ValueError(f"{source}: avatar state is incomplete or malformed ({type(err).__name__}: {err})") from None
+    return avatar.to(device)
 
 
 def load_avatar(run_dir: str | os.PathLike, device: torch.device | str = "cpu",
                 checkpoint: str | os.PathLike | None = None):
-    """Load a trained avatar from a run directory written by ``npga fit``.
+    """Load a trained avatar from a run directory written by ``npga fit`` (no code runs from it).
 
     Returns ``(avatar, paths, (avatar_config, train_config, extra))`` where ``paths`` holds
     ``run``, ``checkpoint``, ``data`` (capture root) and ``participant`` (from config.json).
@@ -195,10 +247,7 @@ def load_avatar(run_dir: str | os.PathLike, device: torch.device | str = "cpu",
     avatar_cfg, train_cfg, extra = load_configs(run_dir)
     ckpt_path = Path(checkpoint) if checkpoint else run_dir / "checkpoints" / "latest.pt"
     state = load_checkpoint(ckpt_path, map_location=device, required_keys=("avatar", "step"))
-    avatar = state["avatar"]
-    if not isinstance(avatar, NPGAAvatar):
-        raise ValueError(f"{ckpt_path}: 'avatar' is a {type(avatar).__name__}, not an NPGAAvatar")
-    avatar = avatar.to(device)
+    avatar = avatar_from_state(state["avatar"], ckpt_path, device)
     paths = {"run": str(run_dir), "checkpoint": str(ckpt_path), "data": extra.get("data"),
              "participant": extra.get("participant"), "step": int(state["step"])}
     return avatar, paths, (avatar_cfg, train_cfg, extra)

@@ -9,9 +9,11 @@ Run directory layout (everything a later ``npga render / eval / export`` needs):
     RUN/log.jsonl                   one JSON record per log interval / validation / ADC pass
     RUN/summary.json                final numbers (steps, wall time, steps/s, PSNRs, counts)
 
-A checkpoint holds the pickled avatar (any Gaussian count), the Adam state, the ADC gradient
-statistics, the step, the skipped-step count, and the torch / numpy / python RNG states plus the
-view sampler's state: ``resume`` continues exactly where the run stopped.
+A checkpoint holds the avatar as configs + state dict (:func:`~npga_taichi.avatar.model.avatar_state`,
+any Gaussian count), the Adam state, the ADC gradient statistics, the step, the skipped-step
+count, and the torch / numpy / python RNG states plus the view sampler's state, all as tensors and
+plain values (loaded with ``weights_only=True``): ``resume`` continues exactly where the run
+stopped, and cuts ``log.jsonl`` back to the checkpoint's step.
 
 A step whose loss or gradients are not finite changes nothing (no Adam update, no ADC
 statistics); it is counted in ``skipped_steps`` and reported in the log and summary.
@@ -21,6 +23,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import secrets
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -37,10 +40,12 @@ from npga_taichi.avatar.config import AvatarConfig, TrainConfig, configs_to_json
 from npga_taichi.avatar.deformation import FrameCode
 from npga_taichi.avatar.density_control import GradientStats, densify_and_prune, reset_opacity
 from npga_taichi.avatar.laplacian import laplacian_loss
-from npga_taichi.avatar.model import NPGAAvatar, RenderCamera, get_rasterizer, render_frame
+from npga_taichi.avatar.model import (NPGAAvatar, avatar_from_state, avatar_state, get_rasterizer,
+                                     render_frame, render_posed)
+from npga_taichi.cameras import Camera
 from npga_taichi.checkpoint import load_checkpoint, save_checkpoint, write_text_atomic
 
-CHECKPOINT_FORMAT = "npga-avatar-train-v1"
+CHECKPOINT_FORMAT = "npga-avatar-train-v2"
 IMAGE_CACHE_ENTRIES = 4096  # decoded training images kept in memory (uint8)
 
 
@@ -82,12 +87,13 @@ class AvatarData:
         self.background = torch.tensor(background, dtype=torch.float32, device=device)
         self.image_scale, self.device = image_scale, torch.device(device)
         self._cache: dict[View, tuple[torch.Tensor, torch.Tensor]] = {}
-        self._cameras: dict[str, RenderCamera] = {}
+        self._cameras: dict[str, Camera] = {}
 
-    def camera(self, serial: str) -> RenderCamera:
+    def camera(self, serial: str) -> Camera:
+        """The capture camera ``serial`` at the training resolution, on the training device."""
         if serial not in self._cameras:
-            self._cameras[serial] = RenderCamera.from_camera(self.capture.cameras[serial], self.device,
-                                                             torch.float32, self.image_scale)
+            self._cameras[serial] = self.capture.cameras[serial].scaled(self.image_scale).to(
+                self.device, torch.float32)
         return self._cameras[serial]
 
     def frame(self, view: View) -> FrameCode:
@@ -239,11 +245,16 @@ class Trainer:
         if train_cfg.num_threads > 0:
             torch.set_num_threads(train_cfg.num_threads)
         latest = self.ckpt_dir / "latest.pt"
-        # A process killed while writing leaves only its temporary file behind: drop those.
-        for stale in self.ckpt_dir.glob(".*.tmp") if self.ckpt_dir.is_dir() else ():
+        # A process killed while writing leaves only its temporaries behind (".step_*.pt.*.tmp.pt",
+        # ".latest.*.tmp"): every dot-file with ".tmp" in its name here is one of ours.
+        for stale in self.ckpt_dir.glob(".*.tmp*") if self.ckpt_dir.is_dir() else ():
             stale.unlink(missing_ok=True)
-        if resume and latest.is_file():
+        if resume:
+            if not latest.is_file():
+                raise ValueError(f"--resume: no checkpoint to resume from in {self.ckpt_dir} "
+                                 "(start the run without --resume)")
             self._load(latest)
+            self._truncate_log(self.step)
         else:
             if avatar is None:
                 raise ValueError("no avatar given and nothing to resume in " + str(self.run_dir))
@@ -268,15 +279,20 @@ class Trainer:
         self.sampler = np.random.Generator(np.random.PCG64(seed))
 
     def state(self) -> dict:
+        """The training state as tensors and plain values (see the module docstring)."""
+        np_state = np.random.get_state()
         return {
             "format": CHECKPOINT_FORMAT,
-            "avatar": self.avatar,
+            "avatar": avatar_state(self.avatar),
             "optimizer": self.optimizer.state_dict(),
             "stats": self.stats.state_dict(),
             "step": self.step,
             "skipped_steps": self.skipped_steps,
             "elapsed": self.elapsed,
-            "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(),
+            # numpy's legacy state as (name, key tensor, pos, has_gauss, cached_gaussian).
+            "rng": {"torch": torch.get_rng_state(),
+                    "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)),
+                              *[float(x) if isinstance(x, float) else int(x) for x in np_state[2:]]],
                     "python": random.getstate(), "sampler": self.sampler.bit_generator.state},
         }
 
@@ -285,7 +301,7 @@ class Trainer:
                                 required_keys=("format", "avatar", "optimizer", "stats", "step", "rng"))
         if state["format"] != CHECKPOINT_FORMAT:
             raise ValueError(f"{path} is not an avatar training checkpoint (format {state['format']!r})")
-        self.avatar = state["avatar"].to(self.device)
+        self.avatar = avatar_from_state(state["avatar"], path, self.device)
         self.optimizer = build_optimizer(self.avatar, self.cfg)
         self.optimizer.load_state_dict(state["optimizer"])
         self.stats = GradientStats(len(self.avatar.gaussians), self.device)
@@ -295,7 +311,8 @@ class Trainer:
         self.elapsed = float(state.get("elapsed", 0.0))
         rng = state["rng"]
         torch.set_rng_state(rng["torch"].cpu())
-        np.random.set_state(rng["numpy"])
+        name, key, *rest = rng["numpy"]
+        np.random.set_state((name, key.numpy().astype(np.uint32), *rest))
         random.setstate(rng["python"])
         self.sampler = np.random.Generator(np.random.PCG64())
         self.sampler.bit_generator.state = rng["sampler"]
@@ -304,7 +321,7 @@ class Trainer:
         """Write checkpoints/step_<k>.pt and checkpoints/latest.pt (both atomically)."""
         state = self.state()
         path = save_checkpoint(state, self.ckpt_dir / f"step_{self.step:07d}.pt")
-        tmp = self.ckpt_dir / f".latest.{os.getpid()}.tmp"
+        tmp = self.ckpt_dir / f".latest.{secrets.token_hex(8)}.tmp"
         try:
             os.link(path, tmp)             # same bytes, no second serialisation
             os.replace(tmp, self.ckpt_dir / "latest.pt")
@@ -316,6 +333,22 @@ class Trainer:
         for old in numbered[: max(len(numbered) - self.cfg.keep_checkpoints, 0)]:
             old.unlink()
         return path
+
+    def _truncate_log(self, step: int) -> None:
+        """Drop log records written after ``step`` (the steps a killed run did past its last
+        checkpoint are run again after resuming and would otherwise appear twice)."""
+        log = self.run_dir / "log.jsonl"
+        if not log.is_file():
+            return
+        kept = []
+        for line in log.read_text().splitlines():
+            try:
+                if int(json.loads(line).get("step", 0)) > step:
+                    continue
+            except (ValueError, AttributeError, TypeError):
+                continue  # a line torn by the kill
+            kept.append(line + "\n")
+        write_text_atomic("".join(kept), log)
 
     def log(self, record: dict) -> None:
         with open(self.run_dir / "log.jsonl", "a") as handle:
@@ -348,15 +381,8 @@ class Trainer:
             if not _posed_finite(posed):
                 finite = False
                 break
-            colors, sh_degree = avatar.raster_colors(posed)
-            bg = (torch.zeros(colors.shape[1], dtype=colors.dtype, device=colors.device)
-                  if avatar.cnn is not None else self.data.background)
-            raster = self.rasterize(posed.means, posed.quats, posed.scales, posed.opacities, colors,
-                                    camera.viewmat, camera.K, camera.width, camera.height,
-                                    sh_degree=sh_degree, background=bg)
-            image = raster.image
-            if avatar.cnn is not None:
-                image = avatar.cnn(image.permute(2, 0, 1)[None])[0].permute(1, 2, 0)
+            rendered = render_posed(avatar, posed, camera, self.data.background, self.rasterize)
+            image, raster = rendered.image, rendered.raster
             t0 = self._time("raster_forward", t0)
             photo, parts = photometric_loss(image, target, alpha, cfg)
             reg, reg_parts = regularizers(avatar, posed, raster.alpha, alpha, cfg)
