@@ -8,6 +8,8 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
+import stat
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
@@ -15,30 +17,113 @@ from typing import Any, Iterator
 import torch
 
 
+class AtomicFile:
+    """A private temporary file beside ``path`` that replaces ``path`` on :meth:`commit`.
+
+    The temporary is created by :func:`tempfile.mkstemp` (``O_CREAT | O_EXCL``, an unpredictable
+    name in ``path``'s folder), so a symlink planted at any name we could pick is never followed.
+    :meth:`commit` fsyncs it, gives it the mode a plain ``open(path, "w")`` would (``0o666`` minus
+    the umask; mkstemp makes ``0o600``), checks it is still a regular file and renames it over
+    ``path`` — ``path`` ends as a regular file even when it was a symlink (the link is replaced,
+    the file it pointed to is untouched). :meth:`discard` removes it. Writers with an open/close
+    life cycle (HDF5) hold one of these; everything else uses :func:`atomic_path`.
+    """
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        if self.path.is_dir():
+            raise ValueError(f"{self.path} is a folder; cannot write a file there")
+        ensure_output_dir(self.path.parent)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp" + self.path.suffix,
+                                        dir=self.path.parent)
+        os.close(fd)
+        self.tmp = Path(tmp_name)
+
+    def commit(self) -> Path:
+        try:
+            if not stat.S_ISREG(os.lstat(self.tmp).st_mode):
+                raise ValueError(f"{self.tmp} was replaced by something other than a regular file while "
+                                 f"writing {self.path}; nothing was written")
+            with open(self.tmp, "rb") as handle:
+                os.fsync(handle.fileno())
+            os.chmod(self.tmp, new_file_mode())
+            os.replace(self.tmp, self.path)
+        except BaseException:
+            self.discard()
+            raise
+        return self.path
+
+    def discard(self) -> None:
+        try:
+            if os.path.lexists(self.tmp):
+                os.unlink(self.tmp)
+        except OSError:
+            pass
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; when the block succeeds, fsync it and rename it
-    over ``path``, otherwise remove it.
+    over ``path``, otherwise remove it (see :class:`AtomicFile` for names, symlinks and modes).
 
-    Every file npga writes (checkpoints, PLY, PCD, PNG, mp4, npz, JSON) goes through here, so a
-    process killed mid-write leaves the previous file intact and no half-written file appears.
-    The temporary keeps ``path``'s suffix, so writers that pick a format by extension
+    Every file npga writes (checkpoints, PLY, PCD, PNG, mp4, npz, JSON, HDF5) goes through here,
+    so a process killed mid-write leaves the previous file intact and no half-written file
+    appears. The temporary keeps ``path``'s suffix, so writers that pick a format by extension
     (imageio, numpy's savez) behave as they would on ``path``.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + path.suffix, dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
+    target = AtomicFile(path)
     try:
-        yield tmp
-        with open(tmp, "rb") as handle:
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
+        yield target.tmp
     except BaseException:
         # Never leave half-written temporaries behind (KeyboardInterrupt included).
-        tmp.unlink(missing_ok=True)
+        target.discard()
         raise
+    target.commit()
+
+
+def new_file_mode() -> int:
+    """The permission bits ``open(path, "w")`` gives a new file: ``0o666`` minus the umask."""
+    try:  # Linux >= 4.7 reports the umask without changing it (no race with other threads)
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return 0o666 & ~int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+def ensure_output_dir(path: str | os.PathLike, what: str = "output folder") -> Path:
+    """Create folder ``path`` (and its parents) if needed and return it.
+
+    Raises ValueError naming ``path`` when it, or one of its parents, exists but is not a folder
+    (``npga fit --out FILE``, a tracking folder replaced by a file), or cannot be created.
+    """
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"{what} {path} exists and is not a folder")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError) as err:
+        raise ValueError(f"{what} {path} cannot be created: a part of the path is a file ({err.filename})") from None
+    except OSError as err:
+        raise ValueError(f"{what} {path} cannot be created: {err.strerror}") from None
+    return path
+
+
+@contextlib.contextmanager
+def staging_dir(parent: str | os.PathLike, name: str) -> Iterator[Path]:
+    """A private folder (``mkdtemp``: mode 0700, unpredictable name ``.<name>.*.tmp``) in
+    ``parent`` for writers that produce several files; it is removed with its contents on exit.
+    Move finished files out of it with ``os.replace`` (same file system, atomic per file)."""
+    parent = ensure_output_dir(parent)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".tmp", dir=parent))
+    try:
+        yield tmp
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def save_checkpoint(obj: Any, path: str | os.PathLike) -> Path:
