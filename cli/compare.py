@@ -109,7 +109,7 @@ def ply_scene(path: str, n: int, seed: int, sh_degree: int | None, dtype, device
     file holds more. Returns (scene, sh degree used)."""
     import torch
 
-    from npga_taichi.gaussians import read_ply
+    from npga_taichi.ply import read_ply
 
     try:
         cloud = read_ply(path)

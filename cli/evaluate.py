@@ -16,20 +16,12 @@ import click
 
 def select_cameras(run, spec: str) -> list[str]:
     """'holdout' | 'train' | 'all' | comma-separated serials -> serials (clear error if unknown)."""
-    cams = sorted(run.cameras)
-    held = run.heldout_cameras()
-    if spec == "holdout":
-        return held
-    if spec == "train":
-        return [c for c in cams if c not in held]
-    if spec == "all":
-        return cams
-    serials = [s.strip() for s in spec.split(",") if s.strip()]
-    unknown = [s for s in serials if s not in cams]
-    if unknown or not serials:
-        raise click.BadParameter(f"unknown camera(s) {unknown or spec!r}; use holdout, train, all or serials "
-                                 f"from {cams}", param_hint="--cameras")
-    return serials
+    from npga_taichi.data.nersemble import select_cameras as parse
+
+    try:
+        return parse(sorted(run.cameras), spec, run.heldout_cameras())
+    except ValueError as err:
+        raise click.BadParameter(str(err), param_hint="--cameras") from None
 
 
 def eval_items(run, sequences: list[str], serials: list[str], stride: int, max_frames: int | None):

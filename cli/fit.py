@@ -20,21 +20,12 @@ ABLATIONS = ("no_latents", "no_detail", "no_laplacian", "no_prior", "static", "c
 
 def resolve_participant(data: Path, participant: str | None) -> tuple[Path, str]:
     """(capture root, participant id) from DATA = root or participant folder."""
-    data = Path(data)
-    if not data.is_dir():
-        raise click.ClickException(f"DATA {data} is not a directory")
-    if (data / "calibration").is_dir():
-        if participant and participant != data.name:
-            raise click.ClickException(f"DATA {data} is participant {data.name}, not {participant}")
-        return data.parent, data.name
-    if participant:
-        if not (data / participant / "calibration").is_dir():
-            raise click.ClickException(f"no participant {participant!r} with calibration/ under {data}")
-        return data, participant
-    found = sorted(p.name for p in data.iterdir() if (p / "calibration").is_dir())
-    if len(found) != 1:
-        raise click.ClickException(f"{data} holds participants {found}; pick one with --participant")
-    return data, found[0]
+    from npga_taichi.data.nersemble import resolve_participant as resolve
+
+    try:
+        return resolve(data, participant)
+    except (ValueError, FileNotFoundError) as err:
+        raise click.ClickException(str(err)) from None
 
 
 def _find_prior(pdir: Path, prior: str | None, trackings: dict) -> Path | None:

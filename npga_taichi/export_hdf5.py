@@ -29,19 +29,23 @@ N may differ between frames. A frame renders exactly as ``npga render`` rendered
     cam = read_camera(path, serial)
     rasterize(**frame, viewmat=cam["viewmat"], K=cam["K"], width=cam["width"], height=cam["height"])
 
-Files are written to a temporary file beside the target and moved into place with
-:func:`os.replace` only when complete; an existing file is never replaced unless ``force``.
+Files are written to a private temporary file beside the target
+(:class:`npga_taichi.checkpoint.AtomicFile`: unpredictable name, never follows a planted link)
+and moved into place with :func:`os.replace` only when complete; an existing file is never
+replaced unless ``force``. :func:`export_sequence` is ``npga export``'s work (HDF5 and PLY).
 """
 from __future__ import annotations
 
 import json
 import os
 from pathlib import Path
-from typing import Mapping
+from typing import Callable, Mapping
 
 import h5py
 import numpy as np
 import torch
+
+from npga_taichi.checkpoint import AtomicFile
 
 FORMAT_NAME = "npga-sequence"
 FORMAT_VERSION = 1
@@ -94,11 +98,15 @@ class SequenceWriter:
             raise ValueError(f"export path must end in .h5 or .hdf5, got {self.path}")
         if self.path.exists() and not force:
             raise FileExistsError(f"{self.path} already exists; pass --force to overwrite it")
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.tmp = self.path.with_name(f".{self.path.name}.tmp")
+        self._target = AtomicFile(self.path)
+        self.tmp = self._target.tmp
         self.sh_degree = sh_degree
         self.count = 0
-        self.file = h5py.File(self.tmp, "w")
+        try:
+            self.file = h5py.File(self.tmp, "w")
+        except BaseException:
+            self._target.discard()
+            raise
         a = self.file.attrs
         a["format"] = FORMAT_NAME
         a["format_version"] = FORMAT_VERSION
@@ -170,17 +178,21 @@ class SequenceWriter:
     # ------------------------------------------------------------------ lifecycle
     def close(self) -> Path:
         """Finish the file and move it into place; returns the final path."""
-        self.file.attrs["num_frames"] = self.count
-        self.file.close()
-        os.replace(self.tmp, self.path)
-        return self.path
+        try:
+            self.file.attrs["num_frames"] = self.count
+            self.file.close()
+        except BaseException:
+            self._target.discard()
+            raise
+        return self._target.commit()
 
     def abort(self) -> None:
         """Discard the partial file (the target, if it existed, is untouched)."""
         try:
-            self.file.close()
+            if self.file.id.valid:
+                self.file.close()
         finally:
-            self.tmp.unlink(missing_ok=True)
+            self._target.discard()
 
     def __enter__(self) -> "SequenceWriter":
         return self
@@ -280,3 +292,81 @@ def read_camera(path: str | os.PathLike, serial: str, device="cpu", dtype=torch.
             "width": int(g.attrs["width"]),
             "height": int(g.attrs["height"]),
         }
+
+
+# ---------------------------------------------------------------------------------- export
+
+def export_sequence(run_dir: str | os.PathLike, sequence: str, out_path: str | os.PathLike | None = None,
+                    ply_dir: str | os.PathLike | None = None, expressions: str | os.PathLike | None = None,
+                    cameras: str = "all", images: bool = False, stride: int = 1, max_frames: int | None = None,
+                    device: str = "cpu", force: bool = False,
+                    progress: Callable[[int, int], None] | None = None) -> dict:
+    """``npga export``: the deformed Gaussians of run ``run_dir`` for every frame of ``sequence``.
+
+    Writes ``out_path`` (an ``npga-sequence`` HDF5 file, see the module docstring) and/or
+    ``ply_dir/frame_<i:05d>.ply`` (graphdeco layout, :class:`npga_taichi.ply.PlyFolderWriter`).
+    ``expressions``: another run / tracking file / participant folder whose codes drive the
+    avatar (cross-reenactment); ``cameras``: ``all``, ``holdout``, ``train`` or comma-separated
+    serials stored in the HDF5 file; ``images`` also stores every frame's render per camera;
+    every ``stride``-th frame, at most ``max_frames``. ``progress(done, total)`` is called per frame.
+    Nothing is replaced without ``force``; with ``force`` a PLY folder loses only the frames an
+    earlier export wrote. Returns a JSON-able description; raises ValueError /
+    FileNotFoundError / FileExistsError / KeyError naming the file or argument.
+    """
+    from npga_taichi.data.nersemble import select_cameras
+    from npga_taichi.ply import PlyFolderWriter
+    from npga_taichi.reenactment import LoadedRun, describe_run
+
+    run_dir = Path(run_dir)
+    if out_path is None and ply_dir is None:
+        raise ValueError("nothing to write: give an HDF5 file (--out) and/or a PLY folder (--ply)")
+    if stride < 1 or (max_frames is not None and max_frames < 1):
+        raise ValueError(f"stride and max_frames must be >= 1, got {stride} and {max_frames}")
+    if out_path is not None:
+        out_path = Path(out_path)
+        if out_path.suffix.lower() not in (".h5", ".hdf5"):
+            raise ValueError(f"export path must end in .h5 or .hdf5, got {out_path}")
+        if out_path.exists() and not force:
+            raise FileExistsError(f"{out_path} already exists; pass --force to overwrite it")
+    plys = PlyFolderWriter(ply_dir, force=force, protect=[run_dir]) if ply_dir is not None else None
+    writer = None
+    try:
+        run = LoadedRun(run_dir, device=device)
+        drive = run.drive(sequence, expressions)
+        serials = select_cameras(sorted(run.cameras), cameras, run.heldout_cameras())
+        chosen = {s: run.cameras[s] for s in serials}
+        drive = drive.select(list(range(0, len(drive), stride))[:max_frames])
+        for i in range(len(drive)):
+            g = run.gaussians(drive.frame(i))
+            if writer is None and out_path is not None:
+                meta = describe_run(run)
+                writer = SequenceWriter(out_path, sh_degree=g["sh_degree"], background=run.raster_background(g),
+                                        force=force, attrs={"run": meta["run"], "sequence": drive.sequence,
+                                                            "capture": meta["capture"],
+                                                            "participant": meta["participant"],
+                                                            "expressions": str(expressions or "self")})
+                writer.write_cameras(chosen)
+            if writer is not None:
+                rendered = {s: run.render(g, cam) for s, cam in chosen.items()} if images else None
+                arrays = dict(g)
+                if g["sh_degree"] is not None:
+                    arrays["sh"] = arrays.pop("colors")
+                writer.add_frame(int(drive.timesteps[i]), arrays, rendered)
+            if plys is not None:
+                plys.add(i, g)
+            if progress is not None:
+                progress(i + 1, len(drive))
+        if writer is not None:
+            writer.write_tracks(drive.timesteps, drive.z_exp, drive.rot, drive.trans, drive.scale)
+            writer.close()
+        if plys is not None:
+            plys.close()
+    except BaseException:
+        if writer is not None:
+            writer.abort()
+        if plys is not None:
+            plys.abort()
+        raise
+    return {"run": str(run_dir), "sequence": drive.sequence, "num_frames": len(drive),
+            "hdf5": str(out_path) if out_path else None, "ply_dir": str(ply_dir) if ply_dir else None,
+            "cameras": sorted(chosen), "images": images, "timesteps": [int(t) for t in drive.timesteps]}

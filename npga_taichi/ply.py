@@ -13,17 +13,29 @@ and ``f_rest_*`` are the higher SH coefficients stored channel-major:
 Normals are written as zeros and ignored on read.
 
 Reading supports ``binary_little_endian`` and ``binary_big_endian`` (any scalar property types)
-and ``ascii``; extra vertex properties are ignored; every error names the file.
+and ``ascii``; extra vertex properties are ignored; every error names the file. Counts declared in
+the header are checked against the file's size before anything is allocated or parsed, so a
+lying header costs no time or memory.
+
+Writing: :func:`write_ply` (one file, atomically) and :class:`PlyFolderWriter` (``frame_<i>.ply``
+files of an exported sequence); :func:`raw_ply_arrays` turns rasterize's activated arrays into
+the raw values stored here (the inverse of :meth:`GaussianPly.activated`).
 """
 from __future__ import annotations
 
+import json
 import os
+import re
+import shutil
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable
 
 import numpy as np
 import torch
 
-from npga_taichi.checkpoint import atomic_path
+from npga_taichi.checkpoint import atomic_path, ensure_output_dir, staging_dir
+from npga_taichi.conventions import SH_C0
 
 # PLY scalar type names -> numpy type codes (without byte order).
 _PLY_TYPES = {
@@ -35,6 +47,8 @@ _PLY_TYPES = {
 _FORMATS = {"binary_little_endian": "<", "binary_big_endian": ">", "ascii": "="}
 _BASE_PROPS = ["x", "y", "z", "nx", "ny", "nz", "f_dc_0", "f_dc_1", "f_dc_2"]
 _TAIL_PROPS = ["opacity", "scale_0", "scale_1", "scale_2", "rot_0", "rot_1", "rot_2", "rot_3"]
+_MAX_HEADER_LINE = 65536      # bytes; a PLY header line is a few dozen
+_MAX_HEADER_BYTES = 1 << 20   # a header larger than this is not a PLY header
 
 
 def property_names(sh_degree: int) -> list[str]:
@@ -150,14 +164,17 @@ class _Element:
 
 
 def _parse_header(path: str, f) -> tuple[str, list[_Element]]:
-    magic = f.readline()
+    magic = f.readline(_MAX_HEADER_LINE)
     if magic.strip() != b"ply":
         raise ValueError(f"{path}: not a PLY file (first line is {magic[:40]!r}, expected 'ply')")
     fmt, elements = None, []
     while True:
-        raw = f.readline()
+        raw = f.readline(_MAX_HEADER_LINE)
         if not raw:
             raise ValueError(f"{path}: PLY header has no 'end_header' line")
+        if f.tell() > _MAX_HEADER_BYTES or (len(raw) == _MAX_HEADER_LINE and not raw.endswith(b"\n")):
+            raise ValueError(f"{path}: PLY header is not a header (a line or the header is over "
+                             f"{_MAX_HEADER_LINE} / {_MAX_HEADER_BYTES} bytes) before 'end_header'")
         words = raw.decode("ascii", errors="replace").split()
         if not words or words[0] in ("comment", "obj_info"):
             continue
@@ -169,15 +186,18 @@ def _parse_header(path: str, f) -> tuple[str, list[_Element]]:
                                  f"supported: {', '.join(_FORMATS)}")
             fmt = words[1]
         elif words[0] == "element":
-            if len(words) != 3 or not words[2].isdigit():
+            if len(words) != 3 or not (words[2].isascii() and words[2].isdigit()):
                 raise ValueError(f"{path}: malformed PLY element line {raw.strip()!r}")
             elements.append(_Element(words[1], int(words[2]), []))
         elif words[0] == "property":
             if not elements:
                 raise ValueError(f"{path}: PLY property before any element")
-            if words[1] == "list":
+            if len(words) >= 2 and words[1] == "list":
                 elements[-1].properties.append((words[-1], "list"))
             elif len(words) == 3 and words[1] in _PLY_TYPES:
+                if any(name == words[2] for name, _ in elements[-1].properties):
+                    raise ValueError(f"{path}: PLY element '{elements[-1].name}' declares property "
+                                     f"{words[2]!r} twice")
                 elements[-1].properties.append((words[2], _PLY_TYPES[words[1]]))
             else:
                 raise ValueError(f"{path}: unsupported PLY property line {raw.strip()!r}")
@@ -186,6 +206,34 @@ def _parse_header(path: str, f) -> tuple[str, list[_Element]]:
     if fmt is None:
         raise ValueError(f"{path}: PLY header has no 'format' line")
     return fmt, elements
+
+
+def _read_ascii_vertices(path: str, f, body_bytes: int, before: list[_Element], vertex: _Element,
+                        dtype: np.dtype) -> dict[str, np.ndarray]:
+    """Vertex columns (float64) of an ascii PLY body; every count is checked against the body."""
+    names = dtype.names
+    # Each value takes at least two bytes (a digit and a separator), so a count the body cannot
+    # hold is refused before reading (and the body read below is bounded by the file size).
+    claimed = sum(e.count for e in before) + vertex.count
+    if vertex.count * len(names) * 2 > body_bytes + 1 or claimed > body_bytes + 1:
+        raise ValueError(f"{path}: truncated PLY: the header declares {vertex.count} vertices of "
+                         f"{len(names)} values, the ascii body holds only {body_bytes} bytes")
+    lines = f.read().splitlines()
+    first = sum(e.count for e in before)
+    rows = lines[first:first + vertex.count]
+    if len(rows) != vertex.count:
+        raise ValueError(f"{path}: truncated PLY: the header declares {vertex.count} vertices after "
+                         f"{first} other rows, the ascii body has {len(lines)} lines")
+    table = np.empty((vertex.count, len(names)), np.float64)
+    for i, row in enumerate(rows):
+        values = row.split()
+        if len(values) < len(names):
+            raise ValueError(f"{path}: malformed ascii vertex {i}: {len(values)} values, expected {len(names)}")
+        try:
+            table[i] = [float(v) for v in values[:len(names)]]
+        except ValueError as err:
+            raise ValueError(f"{path}: malformed ascii vertex {i} ({err})") from None
+    return {name: table[:, i] for i, name in enumerate(names)}
 
 
 def read_ply(path: str | os.PathLike) -> GaussianPly:
@@ -197,7 +245,11 @@ def read_ply(path: str | os.PathLike) -> GaussianPly:
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise ValueError(f"{path}: no such file")
-    with open(path, "rb") as f:
+    try:
+        handle = open(path, "rb")
+    except OSError as err:
+        raise ValueError(f"{path}: cannot read: {err.strerror}") from None
+    with handle as f:
         fmt, elements = _parse_header(path, f)
         vertex_pos = next((i for i, e in enumerate(elements) if e.name == "vertex"), None)
         if vertex_pos is None:
@@ -209,26 +261,20 @@ def read_ply(path: str | os.PathLike) -> GaussianPly:
                                  "vertices are not supported")
         vertex = elements[vertex_pos]
         dtype = np.dtype([(name, order + code) for name, code in vertex.properties])
+        body_bytes = os.fstat(f.fileno()).st_size - f.tell()
         if fmt == "ascii":
-            for element in elements[:vertex_pos]:
-                for _ in range(element.count):
-                    f.readline()
-            rows = [f.readline() for _ in range(vertex.count)]
-            try:
-                table = np.array([[float(v) for v in r.split()[:len(dtype.names)]] for r in rows],
-                                 dtype=np.float64).reshape(vertex.count, len(dtype.names))
-            except ValueError as err:
-                raise ValueError(f"{path}: malformed ascii vertex data ({err})") from None
-            data = {name: table[:, i] for i, name in enumerate(dtype.names)}
+            data = _read_ascii_vertices(path, f, body_bytes, elements[:vertex_pos], vertex, dtype)
         else:
             skip = sum(e.count * np.dtype([(n, order + c) for n, c in e.properties]).itemsize
                        for e in elements[:vertex_pos])
+            need = vertex.count * dtype.itemsize
+            # Checked before reading: a header may claim any count; the file size cannot lie.
+            if skip + need > body_bytes:
+                raise ValueError(f"{path}: truncated PLY: the header declares {vertex.count} vertices of "
+                                 f"{dtype.itemsize} bytes ({skip + need} bytes with the elements before "
+                                 f"them), the file holds {body_bytes} bytes after its header")
             f.seek(skip, os.SEEK_CUR)
-            buf = f.read(vertex.count * dtype.itemsize)
-            if len(buf) != vertex.count * dtype.itemsize:
-                raise ValueError(f"{path}: truncated PLY: expected {vertex.count} vertices of "
-                                 f"{dtype.itemsize} bytes, file holds {len(buf)} bytes of vertex data")
-            rec = np.frombuffer(buf, dtype=dtype)
+            rec = np.frombuffer(f.read(need), dtype=dtype)
             data = {name: rec[name] for name in dtype.names}
 
     n_rest = sum(1 for name in data if name.startswith("f_rest_"))
@@ -257,3 +303,137 @@ def read_ply(path: str | os.PathLike) -> GaussianPly:
         sh=sh.contiguous(),
         sh_degree=degree,
     )
+
+
+# ----------------------------------------------------------------------------- export helpers
+def raw_ply_arrays(gaussians: dict) -> dict:
+    """Activated rasterize arrays -> the raw parameters the 3DGS PLY layout stores (the inverse of
+    :meth:`GaussianPly.activated`), as :func:`write_ply` keyword arguments.
+
+    ``gaussians``: means (N, 3), quats (N, 4) wxyz, scales (N, 3), opacities (N,), colors (SH
+    (N, K, 3) with ``sh_degree`` set, or RGB features (N, 3) with ``sh_degree`` None).
+    log_scales = log(scales); opacity_logits = logit(opacities) computed in float64 with the
+    opacity clamped to [1e-7, 1 - 1e-7] so fully opaque Gaussians stay finite (sigmoid of the
+    stored logit is within 1e-7 of the original); RGB features become SH degree 0 with
+    f_dc = (rgb - 0.5) / SH_C0.
+    """
+    colors = gaussians["colors"]
+    if gaussians.get("sh_degree") is None:
+        if colors.shape[1] != 3:
+            raise ValueError(f"PLY export needs RGB colours or SH, the avatar renders {colors.shape[1]} "
+                             "feature channels (screen-space CNN); export HDF5 only")
+        sh = ((colors - 0.5) / SH_C0)[:, None, :]
+    else:
+        sh = colors
+    op = gaussians["opacities"].double().clamp(1e-7, 1 - 1e-7)
+    return {
+        "means": gaussians["means"],
+        "quats": gaussians["quats"],
+        "log_scales": gaussians["scales"].log(),
+        "opacity_logits": torch.log(op / (1 - op)).float(),
+        "sh": sh,
+    }
+
+
+FRAME_NAME = "frame_{:05d}.ply"
+_FRAME_RE = re.compile(r"frame_\d{5,}\.ply")
+MANIFEST_NAME = ".npga-ply-export.json"   # the files the last export into a folder wrote
+_STAGING = "npga-ply"                      # staging folders: .npga-ply.<random>.tmp
+
+
+def check_output_folder(folder: str | os.PathLike, protect: Iterable[str | os.PathLike] = ()) -> Path:
+    """Refuse folders an export must never write into: the current folder or one of its parents,
+    the file system root, the home folder, and each ``protect`` path (e.g. the run) or one of
+    its parents. Returns ``folder``; raises ValueError naming it."""
+    folder = Path(folder)
+    target = folder.resolve()
+    cwd = Path.cwd().resolve()
+    if target == cwd or target in cwd.parents:
+        raise ValueError(f"refusing to write PLY frames into {folder} ({target}): it is the current folder "
+                         "or one of its parents; name a new folder, e.g. --ply frames_ply")
+    if target == Path(target.anchor) or target == Path.home().resolve():
+        raise ValueError(f"refusing to write PLY frames into {folder} ({target}); name a new folder")
+    for p in protect:
+        p = Path(p).resolve()
+        if target == p or target in p.parents:
+            raise ValueError(f"refusing to write PLY frames into {folder}: it is {p} or one of its parents; "
+                             "name a new folder")
+    if folder.exists() and not folder.is_dir():
+        raise ValueError(f"{folder} exists and is not a folder")
+    return folder
+
+
+class PlyFolderWriter:
+    """Write ``frame_<i:05d>.ply`` files (graphdeco layout) into ``folder``, all or nothing.
+
+    Frames are written into a private staging folder inside ``folder`` (``mkdtemp``) and moved
+    into place by :meth:`close`; :meth:`abort` (or an exception in a ``with`` block) discards
+    them. ``folder`` must be empty unless ``force``; with ``force`` only what an earlier export
+    wrote is removed — the files listed in its manifest (``.npga-ply-export.json``), ``frame_*``
+    files this export rewrites, and staging folders a killed export left — never other files.
+    """
+
+    def __init__(self, folder: str | os.PathLike, force: bool = False,
+                 protect: Iterable[str | os.PathLike] = ()):
+        self.folder = check_output_folder(folder, protect)
+        self._created = not self.folder.exists()
+        if not self._created and any(self.folder.iterdir()) and not force:
+            raise FileExistsError(f"{self.folder} is not empty; pass --force to replace the frames an earlier "
+                                  "export wrote there (other files are kept)")
+        ensure_output_dir(self.folder, "PLY folder")
+        self.force = force
+        self.names: list[str] = []
+        self._staging = staging_dir(self.folder, _STAGING)
+        self.stage = self._staging.__enter__()
+
+    def add(self, index: int, gaussians: dict) -> Path:
+        """Write frame ``index`` (rasterize's activated arrays, see :func:`raw_ply_arrays`)."""
+        name = FRAME_NAME.format(int(index))
+        write_ply(self.stage / name, **raw_ply_arrays(gaussians))
+        self.names.append(name)
+        return self.folder / name
+
+    def _previous(self) -> set[str]:
+        """Names an earlier export wrote here (its manifest; only plain frame file names count)."""
+        try:
+            listed = json.loads((self.folder / MANIFEST_NAME).read_text()).get("files", [])
+        except (OSError, ValueError, AttributeError):
+            return set()
+        return {n for n in listed if isinstance(n, str) and _FRAME_RE.fullmatch(n)}
+
+    def close(self) -> list[Path]:
+        """Move the frames into ``folder`` (replacing earlier exports' frames); returns their paths."""
+        try:
+            if self.force:
+                for name in self._previous() - set(self.names):
+                    stale = self.folder / name
+                    if stale.is_symlink() or stale.is_file():
+                        stale.unlink()
+                for leftover in self.folder.glob(f".{_STAGING}.*.tmp"):
+                    if leftover.is_dir() and not leftover.is_symlink() and leftover != self.stage:
+                        shutil.rmtree(leftover, ignore_errors=True)
+            for name in self.names:
+                os.replace(self.stage / name, self.folder / name)  # replaces a link, never follows it
+            with atomic_path(self.folder / MANIFEST_NAME) as tmp:
+                tmp.write_text(json.dumps({"written_by": "npga export", "files": self.names}, indent=1))
+        finally:
+            self._staging.__exit__(None, None, None)
+        return [self.folder / n for n in self.names]
+
+    def abort(self) -> None:
+        """Discard the staged frames; a folder this writer created is removed again if empty."""
+        self._staging.__exit__(None, None, None)
+        if self._created:
+            try:
+                self.folder.rmdir()
+            except OSError:
+                pass
+
+    def __enter__(self) -> "PlyFolderWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()

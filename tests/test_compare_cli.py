@@ -11,7 +11,7 @@ pytest.importorskip("npga_taichi.render")
 
 from npga_taichi.cli.compare import command  # noqa: E402
 from npga_taichi.cli.main import cli  # noqa: E402
-from npga_taichi.gaussians import write_ply  # noqa: E402
+from npga_taichi.ply import write_ply  # noqa: E402
 
 TINY = ["--n", "150", "--width", "40", "--height", "32", "--json"]
 

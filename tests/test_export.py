@@ -10,8 +10,7 @@ import pytest
 import torch
 
 from npga_taichi import export_hdf5
-from npga_taichi.cli.export import raw_ply_arrays
-from npga_taichi.gaussians import read_ply, write_ply
+from npga_taichi.ply import raw_ply_arrays, read_ply, write_ply
 
 
 def _random_frame(n, seed, sh_degree=1):

@@ -1,4 +1,4 @@
-"""3DGS PLY io (npga_taichi.gaussians): graphdeco layout, round trips, bad files."""
+"""3DGS PLY io (npga_taichi.ply): graphdeco layout, round trips, bad files."""
 from __future__ import annotations
 
 import os
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from npga_taichi.gaussians import GaussianPly, property_names, read_ply, write_ply
+from npga_taichi.ply import GaussianPly, property_names, read_ply, write_ply
 from npga_taichi.reference import sh_to_color
 
 GRAPHDECO_DEGREE3 = (

@@ -24,7 +24,7 @@ import re
 import warnings
 from collections import OrderedDict
 from pathlib import Path
-from typing import Sequence
+from typing import Iterable, Sequence
 
 import imageio.v3 as iio
 import numpy as np
@@ -77,14 +77,92 @@ def split_sequences(names: Sequence[str], holdout=("FREE",)) -> tuple[list[str],
     return [n for n in names if n not in held], [n for n in names if n in held]
 
 
+def select_cameras(serials: Sequence[str], spec: str, heldout: Sequence[str]) -> list[str]:
+    """The ``--cameras`` option of every command: ``holdout`` | ``train`` | ``all`` | comma-separated
+    serials -> a list of ``serials`` (held-out ones from ``heldout``). Raises ValueError naming
+    unknown serials or an empty selection."""
+    serials = [str(s) for s in serials]
+    held = [str(s) for s in heldout]
+    if spec == "holdout":
+        chosen = [s for s in serials if s in held]
+    elif spec == "train":
+        chosen = [s for s in serials if s not in held]
+    elif spec == "all":
+        chosen = list(serials)
+    else:
+        chosen = [s.strip() for s in str(spec).split(",") if s.strip()]
+        unknown = [s for s in chosen if s not in serials]
+        if unknown or not chosen:
+            raise ValueError(f"--cameras: unknown camera(s) {unknown or spec!r}; use holdout, train, all or "
+                             f"serials from {serials}")
+    if not chosen:
+        raise ValueError(f"--cameras {spec} selects no camera of {serials}")
+    return chosen
+
+
+def resolve_participant(data, participant: str | None = None) -> tuple[Path, str]:
+    """(capture root, participant folder name) from DATA = a capture root or a participant folder.
+
+    DATA is a participant folder when it has ``calibration/``; otherwise ``participant`` names
+    one of its sub-folders, or DATA must hold exactly one participant. Raises ValueError /
+    FileNotFoundError naming DATA.
+    """
+    data = Path(data)
+    if not data.is_dir():
+        raise FileNotFoundError(f"DATA {data} is not a folder")
+    if (data / "calibration").is_dir():
+        if participant and str(participant) not in (data.name, data.name.lstrip("0") or "0"):
+            raise ValueError(f"DATA {data} is participant {data.name}, not {participant}")
+        return data.parent, data.name
+    if participant:
+        for name in (str(participant), f"{int(participant):03d}" if str(participant).isdigit() else None):
+            if name and (data / name / "calibration").is_dir():
+                return data, name
+        raise ValueError(f"no participant {participant!r} with calibration/ under {data}")
+    found = sorted(p.name for p in data.iterdir() if (p / "calibration").is_dir())
+    if len(found) != 1:
+        raise ValueError(f"{data} holds participants {found}; pick one with --participant" if found else
+                         f"{data} holds no participant folder (<pid>/calibration/camera_params.json)")
+    return data, found[0]
+
+
 # --------------------------------------------------------------------------- io helpers
 def _read_json(path: Path) -> dict:
     if not path.is_file():
         raise CaptureError(f"missing file {path}")
     try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as err:
+        data = json.loads(path.read_bytes())
+    except (OSError, ValueError, RecursionError) as err:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
         raise CaptureError(f"cannot parse {path}: {err}") from None
+    if not isinstance(data, dict):
+        raise CaptureError(f"{path}: expected a JSON object, got {type(data).__name__}")
+    return data
+
+
+def _check_calibration(path: Path, viewmats: dict[str, np.ndarray], K: np.ndarray) -> None:
+    """Every number finite, focal lengths positive, every world->camera rotation invertible;
+    errors name the camera and the file (a NaN would otherwise surface far away, in a render)."""
+    if not np.isfinite(K).all() or not (K[0, 0] > 0 and K[1, 1] > 0):
+        raise CaptureError(f"{path}: intrinsics must be finite with positive focal lengths, got {K.tolist()}")
+    for serial, m in viewmats.items():
+        if not np.isfinite(m).all():
+            raise CaptureError(f"{path}: world_2_cam of camera {serial} contains NaN or Inf")
+        if not abs(np.linalg.det(m[:3, :3])) > 1e-9:
+            raise CaptureError(f"{path}: world_2_cam of camera {serial} has a singular rotation block")
+
+
+def _image_size(path: Path) -> tuple[int, int]:
+    """(width, height) of an image from its header, after a structural check (PNG chunk CRCs)
+    that finds truncated or corrupt files without decoding them."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            size = im.size
+            im.verify()
+    except Exception as err:  # PIL raises many types for corrupt files
+        raise CaptureError(f"cannot read image {path}: {err}") from None
+    return size
 
 
 def _read_image(path: Path) -> np.ndarray:
@@ -171,8 +249,10 @@ class NersembleCapture:
     def __init__(self, root, participant=None, downscale: int | None = None, image_folder: str | None = None,
                  color_correction: bool | None = None, full_resolution: tuple[int, int] | None = None):
         root = Path(root)
-        self.pdir = root if participant is None else root / (f"{int(participant):03d}"
-                                                             if str(participant).isdigit() else str(participant))
+        if participant is None or (root / str(participant)).is_dir():  # an existing folder name as is
+            self.pdir = root if participant is None else root / str(participant)
+        else:
+            self.pdir = root / (f"{int(participant):03d}" if str(participant).isdigit() else str(participant))
         if not self.pdir.is_dir():
             raise CaptureError(f"participant folder {self.pdir} does not exist")
         self.calibration_path = self.pdir / "calibration" / "camera_params.json"
@@ -182,10 +262,14 @@ class NersembleCapture:
             K_full = np.asarray(calib["intrinsics"], np.float64)
             self.full_resolution = tuple(int(v) for v in (full_resolution or calib.get("resolution") or FULL_RESOLUTION))
             viewmats = {str(s): np.asarray(m, np.float64) for s, m in w2c.items()}
-        except (KeyError, TypeError, ValueError) as err:
-            raise CaptureError(f"{self.calibration_path}: malformed calibration ({err})") from None
+        except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as err:
+            raise CaptureError(f"{self.calibration_path}: malformed calibration ({type(err).__name__}: {err})") from None
+        if len(self.full_resolution) != 2 or min(self.full_resolution) < 1:
+            raise CaptureError(f"{self.calibration_path}: resolution must be [width, height] > 0, "
+                               f"got {list(self.full_resolution)}")
         if K_full.shape != (3, 3) or any(m.shape != (4, 4) for m in viewmats.values()) or not viewmats:
             raise CaptureError(f"{self.calibration_path}: intrinsics must be 3x3 and every world_2_cam 4x4")
+        _check_calibration(self.calibration_path, viewmats, K_full)
         self._viewmats = viewmats
         self._K_full = K_full
         self._video_cache = _VideoCache()
@@ -193,9 +277,16 @@ class NersembleCapture:
         seq_dir = self.pdir / "sequences"
         if not seq_dir.is_dir():
             raise CaptureError(f"missing folder {seq_dir}")
-        self._sequences = sorted(p.name for p in seq_dir.iterdir() if p.is_dir())
+        entries = sorted(seq_dir.iterdir())
+        self._sequences = [p.name for p in entries if p.is_dir()]
+        # Anything else there is said, not silently dropped (hidden files such as .DS_Store aside).
+        self.skipped = [f"{p}: not a sequence folder; skipped" for p in entries
+                        if not p.is_dir() and not p.name.startswith(".")]
+        for message in self.skipped:
+            warnings.warn(message, stacklevel=2)
         if not self._sequences:
-            raise CaptureError(f"{seq_dir} holds no sequences")
+            raise CaptureError(f"{seq_dir} holds no sequence folders" +
+                               (f" ({'; '.join(self.skipped)})" if self.skipped else ""))
         self._timesteps: dict[str, list[int]] = {}
         self.downscale = downscale
         self.image_folder = image_folder or self._pick_image_folder(downscale)
@@ -214,6 +305,9 @@ class NersembleCapture:
 
     def _seq(self, sequence: str) -> Path:
         if sequence not in self._sequences:
+            path = self.pdir / "sequences" / str(sequence)
+            if path.exists() or path.is_symlink():
+                raise CaptureError(f"sequence {sequence!r}: {path} is not a folder")
             raise CaptureError(f"sequence {sequence!r} not found in {self.pdir / 'sequences'}")
         return self.pdir / "sequences" / sequence
 
@@ -228,6 +322,9 @@ class NersembleCapture:
                 n = len(self._video_cache.frames(videos[0]))
                 self._timesteps[sequence] = list(range(n))
             else:
+                if not (sdir / "timesteps").is_dir():
+                    raise CaptureError(f"sequence {sequence!r}: {sdir} has neither timesteps/frame_* folders (v1) "
+                                       "nor images/cam_*.mp4 videos (v2)")
                 steps = []
                 for p in (sdir / "timesteps").iterdir():
                     m = re.fullmatch(r"frame_(\d+)", p.name)
@@ -340,16 +437,21 @@ class NersembleCapture:
             img = np.clip(img @ A[:, :3].T + A[:, 3], 0.0, 1.0).astype(np.float32)
         return img
 
+    def _alpha_path(self, sequence: str, timestep: int, serial: str) -> Path | None:
+        """The matte of a view; None when the frame has no alpha_map folder (v2-like captures)."""
+        folder = self.frame_dir(sequence, timestep) / "alpha_map"
+        path = next((folder / f"cam_{serial}{e}" for e in _IMAGE_EXTS if (folder / f"cam_{serial}{e}").is_file()), None)
+        if path is None and folder.is_dir():
+            raise CaptureError(f"missing alpha map {folder / ('cam_' + serial + '.png')}")
+        return path
+
     def load_alpha(self, sequence: str, timestep: int, serial: str) -> np.ndarray | None:
         """(H, W, 1) float32 alpha in [0, 1], or None when the capture has no alpha maps (v2)."""
         self._check_serial(serial)
         if self.is_video(sequence):
             return None
-        folder = self.frame_dir(sequence, timestep) / "alpha_map"
-        path = next((folder / f"cam_{serial}{e}" for e in _IMAGE_EXTS if (folder / f"cam_{serial}{e}").is_file()), None)
+        path = self._alpha_path(sequence, timestep, serial)
         if path is None:
-            if folder.is_dir():
-                raise CaptureError(f"missing alpha map {folder / ('cam_' + serial + '.png')}")
             return None
         img = _read_image(path)
         self._check_size(img, path)
@@ -357,12 +459,22 @@ class NersembleCapture:
             img = img[:, :, 0]
         return _to_float(img)[:, :, None]
 
+    def pointcloud_path(self, sequence: str, timestep: int) -> Path:
+        """``.../frame_<t>/colmap/pointclouds/pointcloud_16.pcd``."""
+        return self.frame_dir(sequence, timestep) / "colmap" / "pointclouds" / "pointcloud_16.pcd"
+
     def load_pointcloud(self, sequence: str, timestep: int) -> np.ndarray:
-        """(M, 3) float32 world points of colmap/pointclouds/pointcloud_16.pcd."""
-        path = self.frame_dir(sequence, timestep) / "colmap" / "pointclouds" / "pointcloud_16.pcd"
+        """(M, 3) float32 world points of colmap/pointclouds/pointcloud_16.pcd, as stored
+        (rows may be non-finite: :func:`npga_taichi.data.pcd.finite_points` gates them)."""
+        path = self.pointcloud_path(sequence, timestep)
         if not path.is_file():
             raise CaptureError(f"missing point cloud {path}")
-        return read_points(path)
+        try:
+            return read_points(path)
+        except CaptureError:
+            raise
+        except ValueError as err:
+            raise CaptureError(str(err)) from None
 
     def _load_color_calibration(self, mode: bool | None) -> dict[str, np.ndarray] | None:
         path = self.pdir / "calibration" / "color_calibration.json"
@@ -378,6 +490,58 @@ class NersembleCapture:
                 raise CaptureError(f"{path}: camera {serial} needs a 3x3 or 3x4 matrix, got {A.shape}")
             out[str(serial)] = A
         return out
+
+
+# --------------------------------------------------------------------------- validation
+def validate_capture(capture: NersembleCapture, views: Iterable, mattes: bool = True) -> dict:
+    """Check, before training starts, every file the given views will read.
+
+    ``views``: objects with ``.sequence``, ``.timestep``, ``.serial`` (the trainer's ``View``)
+    or ``(sequence, timestep, serial)`` tuples. Checks that each camera is calibrated (and
+    colour-calibrated when colour correction is on), that no frame folder holds images of a
+    camera absent from the calibration (it would be ignored silently otherwise), and that each
+    image — and alpha matte, when the frame has an ``alpha_map`` folder and ``mattes`` — exists,
+    is readable and has the capture's size (headers only: fast). v2 captures: each camera's video
+    exists. Raises :class:`CaptureError` naming the first bad file; returns counts
+    ``{"views", "frames", "images", "mattes"}``.
+    """
+    frames_seen: set[tuple[str, int]] = set()
+    images = mattes_checked = n_views = 0
+    videos_seen: set[Path] = set()
+    for view in views:
+        seq, t, serial = ((view.sequence, view.timestep, view.serial) if hasattr(view, "sequence")
+                          else tuple(view))
+        t, serial = int(t), str(serial)
+        n_views += 1
+        capture._check_serial(serial)
+        if capture._color is not None and serial not in capture._color:
+            raise CaptureError(f"camera {serial} is absent from the colour calibration "
+                               f"{capture.pdir / 'calibration' / 'color_calibration.json'}")
+        if capture.is_video(seq):
+            path = capture._video_path(seq, serial)
+            if path not in videos_seen:
+                if not path.is_file():
+                    raise CaptureError(f"missing video {path}")
+                videos_seen.add(path)
+            continue
+        if (seq, t) not in frames_seen:
+            if t not in set(capture.timesteps(seq)):
+                raise CaptureError(f"missing frame folder {capture.frame_dir(seq, t)}")
+            capture.available_serials(seq, t)  # raises for images of uncalibrated cameras
+            frames_seen.add((seq, t))
+        for path in ([capture._image_path(seq, t, serial)] +
+                     ([capture._alpha_path(seq, t, serial)] if mattes else [])):
+            if path is None:
+                continue
+            width, height = _image_size(path)
+            if (width, height) != (capture.width, capture.height):
+                raise CaptureError(f"{path}: size {width}x{height} disagrees with the capture's "
+                                   f"{capture.width}x{capture.height}")
+            if "alpha_map" in path.parts:
+                mattes_checked += 1
+            else:
+                images += 1
+    return {"views": n_views, "frames": len(frames_seen), "images": images, "mattes": mattes_checked}
 
 
 # --------------------------------------------------------------------------- dataset

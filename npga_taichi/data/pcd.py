@@ -60,19 +60,29 @@ def write_pcd(path, fields: dict[str, np.ndarray], binary: bool = True) -> None:
                              .encode("ascii"))
 
 
+_MAX_HEADER_BYTES = 1 << 16  # a PCD header is a few hundred bytes
+
+
 def read_pcd(path) -> dict[str, np.ndarray]:
-    """Read a .pcd file -> {field name: (N,) array}. Raises ValueError naming the file."""
+    """Read a .pcd file -> {field name: (N,) array}. Raises ValueError naming the file.
+
+    The declared point count is checked against the bytes after the header before any array is
+    built, so a lying header costs neither time nor memory. Values are returned as stored
+    (non-finite ones included: :func:`finite_points` is the gate for consumers).
+    """
     path = Path(path)
     try:
         raw = path.read_bytes()
     except OSError as err:
-        raise ValueError(f"cannot read point cloud {path}: {err}") from None
+        raise ValueError(f"cannot read point cloud {path}: {err.strerror or err}") from None
+    if not raw:
+        raise ValueError(f"{path}: empty file (0 bytes), not a PCD point cloud")
     header: dict[str, list[str]] = {}
     pos = 0
     while True:
-        end = raw.find(b"\n", pos)
-        if end < 0:
-            raise ValueError(f"{path}: truncated PCD header")
+        end = raw.find(b"\n", pos, pos + _MAX_HEADER_BYTES)
+        if end < 0 or end > _MAX_HEADER_BYTES:
+            raise ValueError(f"{path}: not a PCD point cloud (no complete header with a DATA line)")
         line = raw[pos:end].decode("ascii", errors="replace").strip()
         pos = end + 1
         if not line or line.startswith("#"):
@@ -89,7 +99,14 @@ def read_pcd(path) -> dict[str, np.ndarray]:
         n = int(header["POINTS"][0]) if "POINTS" in header else int(header["WIDTH"][0]) * int(header["HEIGHT"][0])
         data_kind = header["DATA"][0].lower()
     except (KeyError, IndexError, ValueError) as err:
-        raise ValueError(f"{path}: malformed PCD header ({err})") from None
+        raise ValueError(f"{path}: malformed PCD header ({type(err).__name__}: {err})") from None
+    if not (len(names) == len(sizes) == len(types) == len(counts)):
+        raise ValueError(f"{path}: PCD header lists {len(names)} FIELDS but {len(sizes)} SIZE, {len(types)} TYPE "
+                         f"and {len(counts)} COUNT entries")
+    if len(set(names)) != len(names):
+        raise ValueError(f"{path}: PCD header repeats a field name ({names})")
+    if n < 0:
+        raise ValueError(f"{path}: negative point count {n}")
     if any(c != 1 for c in counts):
         raise ValueError(f"{path}: fields with COUNT > 1 are not supported")
     try:
@@ -98,23 +115,53 @@ def read_pcd(path) -> dict[str, np.ndarray]:
         raise ValueError(f"{path}: unsupported PCD field type {err}") from None
     if not {"x", "y", "z"} <= set(names):
         raise ValueError(f"{path}: point cloud has no x, y, z fields ({names})")
+    body = len(raw) - pos
     if data_kind == "binary":
         rec_dtype = np.dtype([(k, d) for k, d in zip(names, dtypes)])
         need = n * rec_dtype.itemsize
-        if len(raw) - pos < need:
-            raise ValueError(f"{path}: binary data truncated ({len(raw) - pos} of {need} bytes)")
+        if body < need:
+            raise ValueError(f"{path}: binary data truncated: the header declares {n} points "
+                             f"({need} bytes), the file holds {body} bytes after its header")
         rec = np.frombuffer(raw, dtype=rec_dtype, count=n, offset=pos)
         return {k: np.array(rec[k]) for k in names}
     if data_kind == "ascii":
-        text = raw[pos:].decode("ascii", errors="replace").split()
+        # every value takes at least two bytes (a digit and a separator)
+        if n * len(names) * 2 > body + 1:
+            raise ValueError(f"{path}: ascii data truncated: the header declares {n} points of "
+                             f"{len(names)} values, the body holds {body} bytes")
+        text = raw[pos:].split()
         if len(text) < n * len(names):
-            raise ValueError(f"{path}: ascii data truncated")
-        table = np.array(text[: n * len(names)], dtype=np.float64).reshape(n, len(names))
-        return {k: table[:, i].astype(d) for i, (k, d) in enumerate(zip(names, dtypes))}
+            raise ValueError(f"{path}: ascii data truncated: {len(text)} values for {n} points of "
+                             f"{len(names)} fields")
+        try:
+            table = np.array([float(v) for v in text[: n * len(names)]], dtype=np.float64).reshape(n, len(names))
+        except ValueError as err:
+            raise ValueError(f"{path}: malformed ascii point data ({err})") from None
+        with np.errstate(invalid="ignore", over="ignore"):
+            return {k: table[:, i].astype(d) for i, (k, d) in enumerate(zip(names, dtypes))}
     raise ValueError(f"{path}: PCD data kind {data_kind!r} is not supported (use ascii or binary)")
 
 
 def read_points(path) -> np.ndarray:
-    """(N, 3) float32 xyz of a .pcd file."""
+    """(N, 3) float32 xyz of a .pcd file, as stored (see :func:`finite_points`)."""
     f = read_pcd(path)
-    return np.stack([f["x"], f["y"], f["z"]], 1).astype(np.float32)
+    with np.errstate(over="ignore"):
+        return np.stack([f["x"], f["y"], f["z"]], 1).astype(np.float32)
+
+
+def finite_points(points, source: str, min_points: int = 1) -> tuple[np.ndarray, int]:
+    """The finiteness gate for point clouds entering a fit: ``(rows of points (M, 3) that are all
+    finite, number of rows dropped)``. Raises ValueError naming ``source`` when fewer than
+    ``min_points`` rows remain (a zero-point or all-NaN cloud) or the array is not (M, 3)."""
+    pts = np.asarray(points)
+    if pts.ndim != 2 or pts.shape[1] != 3:
+        raise ValueError(f"{source}: a point cloud must be (M, 3), got {pts.shape}")
+    with np.errstate(over="ignore"):
+        pts = pts.astype(np.float32, copy=False)
+    keep = np.isfinite(pts).all(axis=1)
+    kept = pts[keep]
+    dropped = int(len(pts) - len(kept))
+    if len(kept) < min_points:
+        raise ValueError(f"{source}: {len(kept)} finite points of {len(pts)}"
+                         f"{f' ({dropped} with NaN/Inf)' if dropped else ''}; at least {min_points} are needed")
+    return kept, dropped

@@ -15,12 +15,20 @@ frame). Per sequence:
 Tracking files: ``<root>/<pid>/annotations/tracking/<SEQ>.npz`` (arrays below) plus
 ``<SEQ>.json`` (a small summary). ``residual`` is the final robust-free mean |SDF| over the
 frame's points in millimetres (world scale).
+
+Non-finite data never passes: point rows with NaN/Inf are dropped where clouds enter
+(:func:`npga_taichi.data.pcd.finite_points`, the count is reported), a fit that goes non-finite
+stops with an error, and codes/poses are checked again when a file is written or read.
+:func:`track_capture` is ``npga track``'s work.
 """
 from __future__ import annotations
 
 import json
 import math
 import os
+import time
+import warnings
+import zipfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable
@@ -29,10 +37,10 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from npga_taichi.checkpoint import atomic_path, write_text_atomic
+from npga_taichi.checkpoint import atomic_path, ensure_output_dir, write_text_atomic
+from npga_taichi.data.pcd import finite_points
 from npga_taichi.prior.model import MonoNPHM
 
-MM_PER_UNIT = 250.0
 
 
 @dataclass
@@ -77,17 +85,33 @@ class Tracking:
     meta: dict = field(default_factory=dict)
 
     def summary(self) -> dict:
+        """JSON-able summary; residuals are None when unknown (imported tracks store NaN)."""
+        res = np.asarray(self.residual, np.float64)
+        res = res[np.isfinite(res)]
         return {"sequence": self.sequence, "frames": int(len(self.timesteps)),
                 "scale": float(self.scale),
-                "residual_mm_mean": float(np.mean(self.residual)) if len(self.residual) else None,
-                "residual_mm_max": float(np.max(self.residual)) if len(self.residual) else None,
-                **{k: v for k, v in self.meta.items() if isinstance(v, (int, float, str))}}
+                "residual_mm_mean": float(np.mean(res)) if len(res) else None,
+                "residual_mm_max": float(np.max(res)) if len(res) else None,
+                **{k: v for k, v in self.meta.items()
+                   if isinstance(v, (int, str)) or (isinstance(v, float) and math.isfinite(v))}}
+
+    def check_finite(self, where: str) -> None:
+        """ValueError naming ``where`` if a code, pose or the scale is NaN/Inf (the residual may be
+        NaN: MonoNPHM imports do not have one)."""
+        bad = [name for name in ("z_exp", "z_geo", "z_app", "rot", "trans")
+               if not np.isfinite(np.asarray(getattr(self, name), np.float64)).all()]
+        if not (math.isfinite(float(self.scale)) and float(self.scale) > 0):
+            bad.append("scale")
+        if bad:
+            raise ValueError(f"{where}: non-finite or invalid {', '.join(bad)} in the track of "
+                             f"sequence {self.sequence!r}")
 
 
 def save_tracking(tracking: Tracking, path: str | os.PathLike) -> Path:
     """Write ``<path>.npz`` (arrays) and ``<path>.json`` (summary) atomically."""
     path = Path(path).with_suffix(".npz")
-    path.parent.mkdir(parents=True, exist_ok=True)
+    tracking.check_finite(str(path))  # never write NaN codes or poses
+    ensure_output_dir(path.parent, "tracking folder")
     with atomic_path(path) as tmp:
         np.savez(tmp, sequence=np.array(tracking.sequence), timesteps=tracking.timesteps.astype(np.int64),
                  z_exp=tracking.z_exp.astype(np.float32), z_geo=tracking.z_geo.astype(np.float32),
@@ -98,29 +122,87 @@ def save_tracking(tracking: Tracking, path: str | os.PathLike) -> Path:
     return path
 
 
+def _check_npy_header(fh, available: int, name: str) -> None:
+    """Refuse a .npy whose header declares more data than the ``available`` bytes hold (or object
+    arrays), before numpy allocates it."""
+    fmt = np.lib.format
+    try:
+        version = fmt.read_magic(fh)
+        reader = {(1, 0): fmt.read_array_header_1_0, (2, 0): fmt.read_array_header_2_0}.get(version)
+        if reader is None:
+            raise ValueError(f"unsupported .npy version {version}")
+        shape, _, dtype = reader(fh)
+    except (ValueError, OSError, EOFError, SyntaxError) as err:
+        raise ValueError(f"{name}: not a readable .npy array ({err})") from None
+    if dtype.hasobject:
+        raise ValueError(f"{name}: holds Python objects; only plain numeric arrays are read")
+    need = int(np.prod(shape, dtype=object)) * dtype.itemsize
+    if need > available - fh.tell():
+        raise ValueError(f"{name}: the header declares shape {shape} ({need} bytes), the file holds "
+                         f"{available - fh.tell()} bytes of data")
+
+
+def load_npy(path: str | os.PathLike) -> np.ndarray:
+    """``np.load`` of a plain .npy array (no pickles), with the header checked against the file
+    size first; ValueError naming the file."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as fh:
+            _check_npy_header(fh, os.fstat(fh.fileno()).st_size, str(path))
+        return np.load(path, allow_pickle=False)
+    except ValueError as err:
+        raise ValueError(str(err) if str(path) in str(err) else f"{path}: {err}") from None
+    except OSError as err:
+        raise ValueError(f"cannot read {path}: {err.strerror or err}") from None
+
+
 def load_tracking(path: str | os.PathLike) -> Tracking:
-    """Read a tracking ``.npz`` written by :func:`save_tracking`."""
+    """Read a tracking ``.npz`` written by :func:`save_tracking`.
+
+    Raises ValueError naming the file when it is missing, not an npz of plain arrays, lacks an
+    array, has inconsistent shapes or holds non-finite codes / poses.
+    """
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"tracking file not found: {path}")
     try:
+        with zipfile.ZipFile(path) as zf:  # headers vs. sizes before numpy allocates anything
+            for info in zf.infolist():
+                if info.filename.endswith(".npy"):
+                    with zf.open(info) as fh:
+                        _check_npy_header(fh, info.file_size, f"{path}:{info.filename}")
         with np.load(path, allow_pickle=False) as data:
             arrays = {k: data[k] for k in data.files}
-    except Exception as err:
-        raise ValueError(f"cannot read tracking file {path}: {err}") from err
+    except ValueError as err:
+        raise ValueError(str(err) if str(path) in str(err) else f"cannot read tracking file {path}: {err}") from None
+    except Exception as err:  # zipfile / numpy raise many types for corrupt files
+        raise ValueError(f"cannot read tracking file {path}: {type(err).__name__}: {err}") from None
     required = ("sequence", "timesteps", "z_exp", "z_geo", "z_app", "rot", "trans", "scale", "residual")
     missing = [k for k in required if k not in arrays]
     if missing:
         raise ValueError(f"tracking file {path} lacks arrays {missing}")
+    numeric = [k for k in required if k != "sequence" and arrays[k].dtype.kind not in "biuf"]
+    if numeric:
+        raise ValueError(f"tracking file {path}: arrays {numeric} are not numeric")
+    if arrays["timesteps"].ndim != 1:
+        raise ValueError(f"tracking file {path}: timesteps has shape {arrays['timesteps'].shape}, expected (T,)")
     t = len(arrays["timesteps"])
     for key, shape in (("z_exp", (t, None)), ("rot", (t, 3, 3)), ("trans", (t, 3)), ("residual", (t,))):
         arr = arrays[key]
-        if arr.shape[0] != t or any(s is not None and a != s for a, s in zip(arr.shape, shape)):
+        if arr.ndim != len(shape) or any(s is not None and a != s for a, s in zip(arr.shape, shape)):
             raise ValueError(f"tracking file {path}: {key} has shape {arr.shape}, expected {shape}")
-    meta = json.loads(str(arrays["meta"])) if "meta" in arrays else {}
-    return Tracking(str(arrays["sequence"]), arrays["timesteps"], arrays["z_exp"], arrays["z_geo"],
-                    arrays["z_app"], arrays["rot"], arrays["trans"], float(arrays["scale"]),
-                    arrays["residual"], meta)
+    if arrays["scale"].size != 1:
+        raise ValueError(f"tracking file {path}: scale must be one number, got shape {arrays['scale'].shape}")
+    try:
+        meta = json.loads(str(arrays["meta"])) if "meta" in arrays else {}
+    except (ValueError, RecursionError) as err:
+        raise ValueError(f"tracking file {path}: unreadable meta ({err})") from None
+    tracking = Tracking(str(arrays["sequence"]), arrays["timesteps"].astype(np.int64), arrays["z_exp"],
+                        arrays["z_geo"].reshape(-1), arrays["z_app"].reshape(-1), arrays["rot"], arrays["trans"],
+                        float(arrays["scale"].reshape(-1)[0]), arrays["residual"],
+                        meta if isinstance(meta, dict) else {})
+    tracking.check_finite(f"tracking file {path}")
+    return tracking
 
 
 # ------------------------------------------------------------------------------------ geometry
@@ -261,13 +343,20 @@ class FrameFitter:
         return float(self.log_scale.exp())
 
 
+MIN_POINTS = 10  # fewest finite points a frame may have
+
+
 def track_sequence(prior: MonoNPHM, sequence: str, timesteps: Iterable[int],
                    load_cloud: Callable[[int], torch.Tensor], cfg: TrackingConfig,
                    identity: tuple[torch.Tensor, torch.Tensor, float] | None = None,
-                   progress: bool = True) -> Tracking:
+                   progress: bool = True, cloud_source: Callable[[int], str] | None = None) -> Tracking:
     """Track one sequence. ``load_cloud(t)`` -> (M, 3) world points of frame t.
 
     ``identity``: (z_geo, z_app, scale) to reuse (frozen) — otherwise fitted on the first frame.
+    ``cloud_source(t)`` names frame t's data in messages (the file), default "<sequence> frame t".
+    Rows with NaN/Inf are dropped (a warning and ``meta["nonfinite_points_dropped"]`` count them);
+    a frame with fewer than ``MIN_POINTS`` finite points, or a fit that turns non-finite, raises
+    ValueError naming the frame.
     """
     timesteps = list(timesteps)
     if not timesteps:
@@ -277,17 +366,30 @@ def track_sequence(prior: MonoNPHM, sequence: str, timesteps: Iterable[int],
     else:
         fitter = FrameFitter(prior, cfg)
     z_exp, rots, transs, residuals = [], [], [], []
+    dropped_total = 0
     for i, t in enumerate(tqdm(timesteps, desc=f"track {sequence}", disable=not progress, leave=False)):
-        cloud = torch.as_tensor(np.asarray(load_cloud(t)), dtype=torch.float32)
-        if cloud.ndim != 2 or cloud.shape[1] != 3 or cloud.shape[0] < 10:
-            raise ValueError(f"{sequence} frame {t}: point cloud must be (M>=10, 3), got {tuple(cloud.shape)}")
-        residuals.append(fitter.fit_frame(cloud, first=(i == 0)))
-        z_exp.append(fitter.z_exp.numpy().copy())
-        rots.append(fitter.rot.numpy().copy())
-        transs.append(fitter.trans.numpy().copy())
+        source = cloud_source(t) if cloud_source is not None else f"sequence {sequence} frame {t}"
+        raw = load_cloud(t)
+        points, dropped = finite_points(raw.detach().cpu().numpy() if isinstance(raw, torch.Tensor) else raw,
+                                        source, MIN_POINTS)
+        if dropped:
+            dropped_total += dropped
+            warnings.warn(f"{source}: dropped {dropped} of {dropped + len(points)} points with NaN/Inf", stacklevel=2)
+        residual = fitter.fit_frame(torch.from_numpy(np.ascontiguousarray(points)), first=(i == 0))
+        row = (fitter.z_exp.numpy().copy(), fitter.rot.numpy().copy(), fitter.trans.numpy().copy())
+        if not (math.isfinite(residual) and all(np.isfinite(a).all() for a in row)
+                and np.isfinite(fitter.z_geo.numpy()).all() and math.isfinite(fitter.scale)):
+            raise ValueError(f"{source}: the fit diverged (non-finite codes or pose); nothing was written")
+        residuals.append(residual)
+        z_exp.append(row[0])
+        rots.append(row[1])
+        transs.append(row[2])
+    meta = {"source": "npga track"}
+    if dropped_total:
+        meta["nonfinite_points_dropped"] = dropped_total
     return Tracking(sequence, np.asarray(timesteps, np.int64), np.stack(z_exp), fitter.z_geo.numpy(),
                     fitter.z_app.numpy(), np.stack(rots), np.stack(transs), fitter.scale,
-                    np.asarray(residuals, np.float32), {"source": "npga track"})
+                    np.asarray(residuals, np.float32), meta)
 
 
 # ------------------------------------------------------------------------------------ import
@@ -299,6 +401,8 @@ def import_mononphm_tracking(directory: str | os.PathLike, sequence: str) -> Tra
     The pose is read as world = scale · rot · x + trans (our convention).
     """
     directory = Path(directory)
+    if not directory.is_dir():
+        raise FileNotFoundError(f"MonoNPHM tracking folder {directory} does not exist")
     frames = []
     for sub in sorted(p for p in directory.iterdir() if p.is_dir() and (p / "z_exp.npy").is_file()):
         digits = "".join(ch for ch in sub.name if ch.isdigit())
@@ -312,32 +416,42 @@ def import_mononphm_tracking(directory: str | os.PathLike, sequence: str) -> Tra
         file = path / name
         if not file.is_file():
             raise ValueError(f"missing {file}")
-        return np.asarray(np.load(file), dtype=np.float64)
+        arr = load_npy(file)
+        if arr.dtype.kind not in "biuf" or arr.size == 0:
+            raise ValueError(f"{file}: expected a non-empty numeric array, got {arr.dtype} {arr.shape}")
+        return np.asarray(arr, dtype=np.float64)
 
     z_exp, rots, transs, scales = [], [], [], []
     for _, sub in frames:
         z_exp.append(read(sub, "z_exp.npy").reshape(-1))
+        if len(z_exp[-1]) != len(z_exp[0]):
+            raise ValueError(f"{sub / 'z_exp.npy'}: {len(z_exp[-1])} values, the first frame has {len(z_exp[0])}")
         r = read(sub, "rot.npy")
         if r.size == 3:
             r = axis_angle_to_matrix(torch.as_tensor(r.reshape(3))).numpy()
         if r.size != 9:
             raise ValueError(f"{sub / 'rot.npy'}: expected (3, 3) or (3,), got {r.shape}")
         rots.append(r.reshape(3, 3))
-        transs.append(read(sub, "trans.npy").reshape(3))
+        tr = read(sub, "trans.npy")
+        if tr.size != 3:
+            raise ValueError(f"{sub / 'trans.npy'}: expected 3 values, got shape {tr.shape}")
+        transs.append(tr.reshape(3))
         scales.append(float(read(sub, "scale.npy").reshape(-1)[0]))
     first = frames[0][1]
 
     def identity_code(name: str) -> np.ndarray:
         for place in (first, directory):
             if (place / name).is_file():
-                return np.asarray(np.load(place / name), np.float32).reshape(-1)
+                return read(place, name).astype(np.float32).reshape(-1)
         raise ValueError(f"{directory}: no {name} (per frame or at the top level)")
 
-    return Tracking(sequence, np.array([f for f, _ in frames], np.int64), np.stack(z_exp).astype(np.float32),
-                    identity_code("z_geo.npy"), identity_code("z_app.npy"),
-                    np.stack(rots).astype(np.float32), np.stack(transs).astype(np.float32),
-                    float(np.median(scales)), np.full(len(frames), np.nan, np.float32),
-                    {"source": f"MonoNPHM tracking {directory}"})
+    tracking = Tracking(sequence, np.array([f for f, _ in frames], np.int64), np.stack(z_exp).astype(np.float32),
+                        identity_code("z_geo.npy"), identity_code("z_app.npy"),
+                        np.stack(rots).astype(np.float32), np.stack(transs).astype(np.float32),
+                        float(np.median(scales)), np.full(len(frames), np.nan, np.float32),
+                        {"source": f"MonoNPHM tracking {directory}"})
+    tracking.check_finite(f"MonoNPHM tracking {directory}")
+    return tracking
 
 
 # ------------------------------------------------------------------------------------ grading
@@ -404,3 +518,115 @@ def evaluate_against_groundtruth(prior: MonoNPHM, tracking: Tracking, groundtrut
             "translation_mm_mean": float(np.mean(trans_err)),
             "translation_mm_max": float(np.max(trans_err)),
             "scale": tracking.scale, "scale_gt": gt_scale}
+
+
+# ------------------------------------------------------------------------------------ capture
+def tracking_dir(capture_pdir: str | os.PathLike) -> Path:
+    """``<root>/<pid>/annotations/tracking``."""
+    return Path(capture_pdir) / "annotations" / "tracking"
+
+
+def track_capture(data: str | os.PathLike, prior_dir: str | os.PathLike | None = None,
+                  participant: str | None = None, sequences: Iterable[str] | None = None,
+                  per_sequence_identity: bool = False, steps_first: int | None = None,
+                  steps: int | None = None, points: int | None = None,
+                  import_dir: str | os.PathLike | None = None, evaluate: bool = False, force: bool = False,
+                  progress: bool = True, on_sequence: Callable[[str, dict], None] | None = None) -> dict:
+    """``npga track``: track every (or each named) sequence of capture ``data`` with a prior.
+
+    ``data``: capture root or participant folder (:func:`npga_taichi.data.nersemble.resolve_participant`).
+    Writes ``<pid>/annotations/tracking/<SEQ>.npz`` + ``.json`` per sequence; existing files are
+    kept (and their identity reused) unless ``force``. The identity is fitted on the first
+    training sequence (FREE is tracked last) and shared unless ``per_sequence_identity``.
+    ``import_dir``: instead import MonoNPHM's tracking folder as the one named sequence.
+    ``evaluate``: grade against the synthetic capture's ``groundtruth/groundtruth.json``.
+    ``on_sequence(name, summary)`` is called after each sequence.
+
+    Returns ``{"tracking_dir", "seconds", "sequences": {name: summary}, "warnings": [...]}``;
+    warnings say what was skipped or dropped (non-sequence entries, non-finite points). Raises
+    ValueError / FileNotFoundError naming the file or argument.
+    """
+    from npga_taichi.data.nersemble import NersembleCapture, resolve_participant
+
+    root, pid = resolve_participant(data, participant)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # what is skipped is returned in "warnings" instead
+        capture = NersembleCapture(root, pid)
+    notes = list(capture.skipped)
+    out_dir = ensure_output_dir(tracking_dir(capture.pdir), "tracking folder")
+    available = capture.sequences()
+    if isinstance(sequences, str):
+        sequences = sequences.split(",")
+    chosen = available if sequences is None else [s.strip() for s in sequences if s.strip()]
+    if not chosen:
+        raise ValueError("--sequences names no sequence")
+    if import_dir is not None:
+        if len(chosen) != 1 or sequences is None:
+            raise ValueError("--sequences: name exactly one sequence for --import-mononphm")
+        path = out_dir / f"{chosen[0]}.npz"
+        if path.exists() and not force:
+            raise FileExistsError(f"{path} exists; use --force to overwrite")
+        tracking = import_mononphm_tracking(import_dir, chosen[0])
+        save_tracking(tracking, path)
+        return {"tracking_dir": str(out_dir), "seconds": 0.0, "imported": str(import_dir),
+                "sequences": {chosen[0]: tracking.summary()}, "warnings": notes}
+    for s in chosen:
+        if s not in available:
+            capture.timesteps(s)  # raises, saying whether the name is missing or not a folder
+    if prior_dir is None:
+        raise ValueError("--prior: a prior folder is required unless --import-mononphm is given")
+    cfg = TrackingConfig()
+    for name, value in (("first_frame_steps", steps_first), ("steps_per_frame", steps),
+                        ("points_per_frame", points)):
+        if value is not None:
+            if int(value) < 1:
+                raise ValueError(f"{name} must be >= 1, got {value}")
+            setattr(cfg, name, int(value))
+    gt = None
+    if evaluate:
+        gt_path = capture.pdir / "groundtruth" / "groundtruth.json"
+        if not gt_path.is_file():
+            raise FileNotFoundError(f"--evaluate needs {gt_path} (synthetic captures only)")
+        try:
+            gt = json.loads(gt_path.read_text())
+        except (OSError, ValueError) as err:
+            raise ValueError(f"cannot parse {gt_path}: {err}") from None
+    from npga_taichi.prior.model import load_prior
+
+    prior = load_prior(prior_dir)
+    # Track FREE (the held-out sequence) last so the identity comes from a training sequence.
+    chosen = sorted(chosen, key=lambda s: (s == "FREE", available.index(s)))
+    identity = None
+    summary: dict[str, dict] = {}
+    t0 = time.time()
+    for seq in chosen:
+        path = out_dir / f"{seq}.npz"
+        if path.exists() and not force:
+            tracking = load_tracking(path)
+            if tracking.z_geo.shape[0] != prior.config.lat_dim_geo:
+                raise ValueError(f"{path} was tracked with another prior; use --force")
+            summary[seq] = {**tracking.summary(), "skipped": "exists"}
+        else:
+            t_seq = time.time()
+            timesteps = capture.timesteps(seq)
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                tracking = track_sequence(prior, seq, timesteps, lambda t, s=seq: capture.load_pointcloud(s, t), cfg,
+                                          identity=None if per_sequence_identity else identity, progress=progress,
+                                          cloud_source=lambda t, s=seq: str(capture.pointcloud_path(s, t)))
+            notes += [str(w.message) for w in caught]
+            tracking.meta["seconds"] = time.time() - t_seq
+            tracking.meta["prior"] = str(prior_dir)
+            save_tracking(tracking, path)
+            summary[seq] = tracking.summary()
+        if identity is None and not per_sequence_identity:
+            identity = (torch.as_tensor(tracking.z_geo), torch.as_tensor(tracking.z_app), tracking.scale)
+        if gt is not None:
+            try:
+                summary[seq]["evaluation"] = evaluate_against_groundtruth(prior, tracking, gt)
+            except (KeyError, TypeError, IndexError) as err:
+                raise ValueError(f"{capture.pdir / 'groundtruth' / 'groundtruth.json'}: malformed ground truth "
+                                 f"({type(err).__name__}: {err})") from None
+        if on_sequence is not None:
+            on_sequence(seq, summary[seq])
+    return {"tracking_dir": str(out_dir), "seconds": time.time() - t0, "sequences": summary, "warnings": notes}
