@@ -22,6 +22,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "export": ("export", "Export deformed Gaussians per frame to HDF5 and/or 3DGS PLY files."),
     "compare": ("compare", "Compare our Taichi rasterizer against a reference rasterizer."),
     "demo": ("demo", "Run the whole pipeline on the embedded synthetic capture."),
+    "upgrade": ("upgrade", "Convert old (pickled) avatar checkpoints you made to the safe format."),
+    "view": ("view", "Interactive browser viewer: orbit, scrub, drag the expression pad."),
 }
 
 
@@ -35,27 +37,13 @@ class LazyGroup(click.Group):
         if name not in COMMANDS:
             return None
         module_name, _ = COMMANDS[name]
-        try:
-            module = importlib.import_module(f"npga_taichi.cli.{module_name}")
-        except ModuleNotFoundError as err:
-            if err.name == f"npga_taichi.cli.{module_name}":
-                return _not_built(name)
-            raise
-        return module.command
+        return importlib.import_module(f"npga_taichi.cli.{module_name}").command
 
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         # Use the static one-liners so `npga --help` does not import every command.
         rows = [(name, help_) for name, (_, help_) in COMMANDS.items()]
         with formatter.section("Commands"):
             formatter.write_dl(rows)
-
-
-def _not_built(name: str) -> click.Command:
-    @click.command(name=name, help=COMMANDS[name][1] + " (not available in this build)")
-    def missing() -> None:
-        raise click.ClickException(f"`npga {name}` is not available in this version of npga-taichi")
-
-    return missing
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})

@@ -8,6 +8,8 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import pickle
+import re
 import shutil
 import stat
 import tempfile
@@ -140,20 +142,39 @@ def write_text_atomic(text: str, path: str | os.PathLike) -> Path:
     return Path(path)
 
 
-def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu",
-                    required_keys: tuple[str, ...] = ()) -> Any:
-    """Load a checkpoint written by :func:`save_checkpoint`.
+class UnsafeCheckpointError(ValueError):
+    """A checkpoint that holds pickled Python objects, refused because loading would run code."""
 
-    Raises ValueError naming the file when it is missing, unreadable, or lacks one of
-    ``required_keys`` (for dict checkpoints).
+
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu",
+                    required_keys: tuple[str, ...] = (), allow_globals: tuple = ()) -> Any:
+    """Load a checkpoint written by :func:`save_checkpoint` without executing code from it.
+
+    ``torch.load(..., weights_only=True)``: only tensors, numbers, strings and containers of
+    them are rebuilt, so a file from a stranger cannot run code on load. Raises
+    :class:`UnsafeCheckpointError` (a ValueError) naming the file when it holds other Python
+    objects, and ValueError naming the file when it is missing, unreadable, or lacks one of
+    ``required_keys`` (for dict checkpoints). ``allow_globals``: further plain classes or
+    functions the unpickler may call (data constructors only, e.g. numpy's scalar type for
+    checkpoints of other tools; never anything that can run arbitrary code).
     """
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"checkpoint not found: {path}")
     try:
-        obj = torch.load(path, map_location=map_location, weights_only=False)
+        with torch.serialization.safe_globals(list(allow_globals)):
+            obj = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:
+        # torch's message names the refused global, e.g. "Unsupported global: GLOBAL os.system".
+        refused = re.search(r"(?:Unsupported global|GLOBAL)[: ]+(?:GLOBAL )?([\w.]+)", str(err))
+        what = f" ({refused.group(1)})" if refused else ""
+        raise UnsafeCheckpointError(
+            f"refused to load {path}: it stores pickled Python objects{what}, and unpickling them "
+            "could run arbitrary code. npga checkpoints hold only tensors and plain values; an "
+            "avatar checkpoint of npga-taichi 0.1 (pickled avatar) that you made yourself can be "
+            f"converted with `npga upgrade {path} --trust`.") from None
     except Exception as err:  # torch raises many types for corrupt/truncated files
-        raise ValueError(f"cannot read checkpoint {path}: {type(err).__name__}: {err}") from err
+        raise ValueError(f"cannot read checkpoint {path}: {type(err).__name__}: {err}") from None
     if required_keys:
         if not isinstance(obj, dict):
             raise ValueError(f"checkpoint {path} is not a dict (got {type(obj).__name__})")

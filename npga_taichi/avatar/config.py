@@ -1,4 +1,4 @@
-"""Configuration of an NPGA avatar (model) and of its training run, with presets.
+"""Configuration of an NPGA avatar (model) and of its training run (presets: npga_taichi.presets).
 
 Both dataclasses are saved as JSON into every run directory (``RUN/config.json``) and read back
 by :func:`npga_taichi.avatar.model.load_avatar`, so a run is fully described by its folder.
@@ -128,27 +128,12 @@ class TrainConfig(DictConfig):
         return int(self.densify_until_frac * self.steps)
 
 
-PRESETS: dict[str, dict[str, dict[str, Any]]] = {
-    # Seconds on the 2-core CPU: for tests and smoke runs on the tiny synthetic capture.
-    "tiny": {
-        "avatar": dict(num_init_gaussians=1500, max_gaussians=3000, latent_dim=8, sh_degree=1,
-                       detail_hidden=32, detail_layers=2, detail_pos_freqs=2,
-                       scratch_field_hidden=32, scratch_field_layers=2, knn_k=6,
-                       cnn_feature_dim=8, cnn_hidden=16, cnn_layers=2),
-        "train": dict(steps=300, densify_from=100, densify_interval=50, opacity_reset_interval=0,
-                      val_interval=100, val_views=2, checkpoint_interval=100, log_interval=10),
-    },
-    # The schedule the README's numbers refer to (default synthetic capture, 2-core CPU).
-    "default": {"avatar": {}, "train": {}},
-}
-
-
 def preset(name: str) -> tuple[AvatarConfig, TrainConfig]:
-    """Configs of a named preset ("tiny" or "default")."""
-    if name not in PRESETS:
-        raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
-    p = PRESETS[name]
-    return AvatarConfig(**p["avatar"]).validate(), TrainConfig(**p["train"]).validate()
+    """Configs of a named preset (:mod:`npga_taichi.presets`: "tiny" or "default")."""
+    from npga_taichi.presets import preset_overrides
+
+    return (AvatarConfig(**preset_overrides(name, "avatar")).validate(),
+            TrainConfig(**preset_overrides(name, "train")).validate())
 
 
 def configs_to_json(avatar: AvatarConfig, train: TrainConfig, extra: dict[str, Any] | None = None) -> str:

@@ -1,6 +1,7 @@
 """Assemble a training run from files on disk: capture, splits, prior, F, avatar, trainer.
 
-Shared by ``npga fit`` and the tests / benchmark so all of them train the same way.
+:func:`fit_avatar` is ``npga fit``; :func:`prepare_training` is shared with the tests and the
+benchmark so all of them train the same way.
 """
 from __future__ import annotations
 
@@ -55,11 +56,16 @@ def prepare_training(run_dir: str | os.PathLike, root: str | os.PathLike, partic
 
     ``prior`` / ``field`` objects may be passed directly instead of ``prior_dir`` / ``field_dir``.
     """
-    from npga_taichi.data.nersemble import NersembleCapture
+    from npga_taichi.data.nersemble import NersembleCapture, validate_capture
 
     run_dir = Path(run_dir)
     capture = NersembleCapture(root, participant)
     train_views, val_views = split_views(capture, trackings, train_cfg)
+    if not train_views:
+        raise ValueError(f"no training views in {Path(root) / participant}: check the sequences, cameras and "
+                         "tracking files")
+    # Fail now, naming the file, rather than at the step that first reads a broken image.
+    validate_capture(capture, train_views + val_views)
     data = AvatarData(capture, trackings, train_views, val_views, tuple(train_cfg.background),
                       train_cfg.image_scale, device)
     avatar: NPGAAvatar | None = None
@@ -89,3 +95,140 @@ def prepare_training(run_dir: str | os.PathLike, root: str | os.PathLike, partic
         # A resumed run may extend the schedule (--steps): keep config.json truthful.
         write_text_atomic(configs_to_json(avatar_cfg, train_cfg, extra), run_dir / "config.json")
     return trainer
+
+
+# Files `npga fit` writes into RUN; `--force` removes these and nothing else.
+RUN_OUTPUTS = ("checkpoints", "val", "config.json", "log.jsonl", "summary.json", "curve.png")
+
+
+def _load_trackings(tracking_dir: Path) -> dict[str, Any]:
+    from npga_taichi.prior.tracking import load_tracking
+
+    if not tracking_dir.is_dir():
+        return {}
+    return {f.stem: load_tracking(f) for f in sorted(tracking_dir.glob("*.npz"))}
+
+
+def _find_prior(pdir: Path, prior: str | os.PathLike | None, trackings: dict[str, Any]) -> Path | None:
+    """The prior to initialise from: given, recorded by the tracking, or ``<pid>/annotations/prior``."""
+    if prior:
+        return Path(prior)
+    for tr in trackings.values():  # a tracking file records the prior it was fitted with
+        path = (tr.meta or {}).get("prior")
+        if path and Path(path).exists():
+            return Path(path)
+    cand = pdir / "annotations" / "prior"
+    return cand if cand.exists() else None
+
+
+def _clear_run(run_dir: Path) -> None:
+    """Remove what an earlier ``npga fit`` wrote into ``run_dir`` (``--force``), nothing else."""
+    import shutil
+
+    for name in RUN_OUTPUTS:
+        target = run_dir / name
+        if target.is_symlink() or target.is_file():
+            target.unlink()
+        elif target.is_dir():
+            shutil.rmtree(target)
+
+
+def run_missing_stages(root: Path, pid: str, run_dir: Path, prior_dir: Path | None, tracking_dir: Path,
+                       field_dir: Path, avatar_cfg: AvatarConfig, preset: str, progress: bool = True,
+                       log=print) -> Path:
+    """``npga fit --all-stages``: fit the prior, track and distill F where they are missing, with
+    ``preset``'s settings (:mod:`npga_taichi.presets`); returns the prior folder."""
+    from npga_taichi.presets import preset_overrides
+
+    if prior_dir is None or not prior_dir.exists():
+        from npga_taichi.prior.config import PriorTrainConfig
+        from npga_taichi.prior.training import fit_prior
+
+        prior_dir = run_dir / "stages" / "prior"
+        log(f"[fit --all-stages] prior -> {prior_dir}")
+        fit_prior(prior_dir, PriorTrainConfig(**preset_overrides(preset, "prior")), progress=progress, log=log)
+    if not _load_trackings(tracking_dir):
+        from npga_taichi.prior.tracking import track_capture
+
+        log(f"[fit --all-stages] track -> {tracking_dir}")
+        track_capture(root / pid, prior_dir, progress=progress, **preset_overrides(preset, "track"))
+    if avatar_cfg.use_prior_field and not avatar_cfg.static and not field_dir.exists():
+        from npga_taichi.prior.distill import DistillConfig, distill
+        from npga_taichi.prior.model import load_prior
+
+        log(f"[fit --all-stages] distill -> {field_dir}")
+        distill(load_prior(prior_dir), list(_load_trackings(tracking_dir).values()), field_dir,
+                DistillConfig(**preset_overrides(preset, "distill")), progress=progress, log=log)
+    return prior_dir
+
+
+def fit_avatar(data: str | os.PathLike, run_dir: str | os.PathLike, participant: str | None = None,
+               prior: str | os.PathLike | None = None, tracking: str | os.PathLike | None = None,
+               field: str | os.PathLike | None = None, preset: str = "default",
+               avatar_overrides: dict[str, Any] | None = None, train_overrides: dict[str, Any] | None = None,
+               all_stages: bool = False, resume: bool = False, force: bool = False, device: str = "cpu",
+               rasterizer: str = "taichi", progress: bool = True, log=print) -> dict[str, Any]:
+    """``npga fit``: train an avatar on capture ``data`` into ``run_dir``; returns the summary.
+
+    data: capture root or participant folder; prior / tracking / field default to the
+    participant's ``annotations/`` (prior, tracking, forward_field). ``preset`` names a
+    :mod:`npga_taichi.presets` entry; ``*_overrides`` replace single config fields on top of it
+    (a resumed run keeps its saved configs; only ``steps`` may be extended). A run folder that
+    holds an earlier run needs ``resume`` or ``force`` (which removes only what ``fit`` wrote).
+    The capture is validated (every image and matte a view uses) before step 0. Raises
+    ValueError / FileNotFoundError naming the file or argument.
+    """
+    import dataclasses
+
+    from npga_taichi.avatar.config import load_configs, preset as preset_configs
+    from npga_taichi.checkpoint import ensure_output_dir
+    from npga_taichi.data.nersemble import resolve_participant
+
+    run_dir = Path(run_dir)
+    root, pid = resolve_participant(data, participant)
+    pdir = root / pid
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ValueError(f"--out {run_dir} exists and is not a folder")
+    if resume and force:
+        raise ValueError("--resume and --force contradict each other: pick one")
+    if run_dir.is_dir() and any(run_dir.iterdir()) and not resume:
+        if not force:
+            raise ValueError(f"{run_dir} already holds files; use --resume to continue or --force to start over")
+        _clear_run(run_dir)
+    ensure_output_dir(run_dir, "--out")
+    if resume:
+        avatar_cfg, train_cfg, extra = load_configs(run_dir)
+        steps = (train_overrides or {}).get("steps")
+        if steps is not None:
+            train_cfg = dataclasses.replace(train_cfg, steps=int(steps)).validate()
+    else:
+        avatar_cfg, train_cfg = preset_configs(preset)
+        a_over = dict(avatar_overrides or {})
+        if "max_gaussians" in a_over and a_over["max_gaussians"] < avatar_cfg.num_init_gaussians:
+            a_over.setdefault("num_init_gaussians", a_over["max_gaussians"])
+        avatar_cfg = dataclasses.replace(avatar_cfg, **a_over).validate()
+        train_cfg = dataclasses.replace(train_cfg, **(train_overrides or {})).validate()
+        extra = {}
+    tracking_dir = Path(tracking) if tracking else pdir / "annotations" / "tracking"
+    field_dir = Path(field) if field else pdir / "annotations" / "forward_field"
+    prior_dir = _find_prior(pdir, prior or extra.get("prior"), _load_trackings(tracking_dir))
+    if all_stages and not resume:
+        prior_dir = run_missing_stages(root, pid, run_dir, prior_dir, tracking_dir, field_dir, avatar_cfg,
+                                       preset, progress, log)
+    trackings = _load_trackings(tracking_dir)
+    if not trackings:
+        raise FileNotFoundError(f"no tracking files (*.npz) in {tracking_dir}; run `npga track` first, "
+                                "pass --tracking, or use --all-stages")
+    if not resume and prior_dir is None:
+        raise FileNotFoundError(f"no prior found for {pdir}; pass --prior or use --all-stages")
+    if not resume and avatar_cfg.use_prior_field and not avatar_cfg.static and not field_dir.exists():
+        raise FileNotFoundError(f"no forward field at {field_dir}; pass --field, run `npga distill`, "
+                                "use --all-stages, or train F from scratch with --no-prior")
+    extra = {**extra, "data": str(root.resolve()), "participant": pid,
+             "prior": str(Path(prior_dir).resolve()) if prior_dir else extra.get("prior"),
+             "tracking": str(tracking_dir.resolve()), "field": str(field_dir.resolve()),
+             "preset": extra.get("preset", preset), "rasterizer": rasterizer}
+    trainer = prepare_training(run_dir, root, pid, trackings, avatar_cfg, train_cfg, extra, prior_dir=prior_dir,
+                               field_dir=field_dir, device=device, resume=resume, rasterizer=rasterizer,
+                               progress=progress)
+    return trainer.train()

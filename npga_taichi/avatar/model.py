@@ -37,12 +37,12 @@ from npga_taichi.checkpoint import load_checkpoint, load_weights
 from npga_taichi.contract import RasterOutput
 from npga_taichi.prior.forward_field import ForwardDeformationField, ForwardFieldConfig
 
-RASTERIZERS = ("taichi", "reference", "tiled")
+RASTERIZERS = ("taichi", "reference")
 
 
 def get_rasterizer(name: str | None = None) -> Callable[..., RasterOutput]:
-    """The rasterize function: ``taichi`` (ours, default), ``reference`` (slow oracle) or
-    ``tiled`` (PyTorch tile rasterizer); env ``NPGA_RASTERIZER`` picks when ``name`` is None."""
+    """The rasterize function: ``taichi`` (ours, default) or ``reference`` (the slow PyTorch
+    oracle); env ``NPGA_RASTERIZER`` picks when ``name`` is None."""
     name = name or os.environ.get("NPGA_RASTERIZER", "taichi")
     if name not in RASTERIZERS:
         raise ValueError(f"rasterizer must be one of {RASTERIZERS}, got {name!r}")
@@ -50,7 +50,7 @@ def get_rasterizer(name: str | None = None) -> Callable[..., RasterOutput]:
         from npga_taichi.render import rasterize
         return rasterize
     from npga_taichi import reference
-    return reference.rasterize if name == "reference" else reference.rasterize_tiled
+    return reference.rasterize
 
 
 @dataclass

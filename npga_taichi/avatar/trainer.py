@@ -511,3 +511,33 @@ class Trainer:
         }
         write_text_atomic(json.dumps(summary, indent=2), self.run_dir / "summary.json")
         return summary
+
+
+def upgrade_legacy_checkpoint(path: str | os.PathLike, trust: bool = False) -> Path:
+    """Rewrite an avatar checkpoint of npga-taichi 0.1 (pickled ``NPGAAvatar`` module, numpy RNG
+    state) in the current form (configs + state dict, plain values), in place and atomically.
+
+    Reading the old file *unpickles* it, which can run code: ``trust`` must say that the file
+    is the user's own. Returns the path; ValueError naming the file if it is not such a checkpoint.
+    """
+    path = Path(path)
+    if not trust:
+        raise ValueError(f"upgrading {path} unpickles it, which runs any code it contains; pass --trust "
+                         "only for checkpoints you made yourself")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as err:  # corrupt, truncated, or not a torch file
+        raise ValueError(f"cannot read {path}: {type(err).__name__}: {err}") from None
+    if not isinstance(state, dict) or not isinstance(state.get("avatar"), NPGAAvatar):
+        raise ValueError(f"{path} is not an npga-taichi 0.1 avatar checkpoint (no pickled 'avatar')")
+    state["avatar"] = avatar_state(state["avatar"])
+    if state.get("format") == "npga-avatar-train-v1":
+        state["format"] = CHECKPOINT_FORMAT
+    rng = state.get("rng", {})
+    if isinstance(rng.get("numpy"), tuple):
+        name, key, *rest = rng["numpy"]
+        rng["numpy"] = [name, torch.from_numpy(np.asarray(key).astype(np.int64)),
+                        *[float(x) if isinstance(x, float) else int(x) for x in rest]]
+    save_checkpoint(state, path)
+    load_checkpoint(path)  # proves the new file loads without unpickling code
+    return path

@@ -31,8 +31,16 @@ from typing import Any
 import numpy as np
 import torch
 
+from npga_taichi.checkpoint import load_checkpoint
 from npga_taichi.prior.config import PriorConfig
 from npga_taichi.prior.model import MonoNPHM
+
+# Plain data constructors an official checkpoint may contain besides tensors and dicts: numpy
+# scalars and their dtypes (loss values or epochs some scripts store). They build values only.
+# numpy 2 moved numpy.core to numpy._core; files written under numpy 1 name the old path.
+_NP_SCALAR = getattr(np, "_core", None).multiarray.scalar if hasattr(np, "_core") else np.core.multiarray.scalar
+OFFICIAL_SAFE_GLOBALS = (_NP_SCALAR, (_NP_SCALAR, "numpy.core.multiarray.scalar"), np.dtype,
+                         type(np.dtype(np.float64)), type(np.dtype(np.float32)), type(np.dtype(np.int64)))
 
 
 def config_from_official(cfg: dict[str, Any]) -> PriorConfig:
@@ -207,20 +215,17 @@ def import_official(exp_dir: str | os.PathLike, anchors_path: str | os.PathLike 
         raise ValueError(f"{exp_dir} has no configs.yaml; is it a MonoNPHM experiment directory?")
     config = config_from_official(_read_yaml(cfg_path))
     ckpt_path = find_checkpoint(exp_dir, epoch)
-    try:
-        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-    except Exception as err:
-        raise ValueError(f"cannot read {ckpt_path}: {type(err).__name__}: {err}") from err
-    for key in ("id_decoder", "ex_decoder"):
-        if not isinstance(ckpt, dict) or key not in ckpt:
-            raise ValueError(f"{ckpt_path} lacks the {key!r} state dict")
+    # weights_only: an official checkpoint is state dicts of tensors (+ epoch numbers); numpy
+    # scalars some training scripts store are allowed as plain data. Anything else is refused.
+    ckpt = load_checkpoint(ckpt_path, required_keys=("id_decoder", "ex_decoder"),
+                           allow_globals=OFFICIAL_SAFE_GLOBALS)
     if anchors_path is None:
         anchors_path = exp_dir / f"anchors_{config.n_anchors}.npy"
     anchors_path = Path(anchors_path)
     if not anchors_path.is_file():
         raise ValueError(f"anchor means not found: {anchors_path} (MonoNPHM's "
                          f"assets/anchors_{config.n_anchors}.npy; pass --anchors)")
-    anchors = torch.from_numpy(np.asarray(np.load(anchors_path), dtype=np.float32)).reshape(-1, 3)
+    anchors = torch.from_numpy(np.asarray(np.load(anchors_path, allow_pickle=False), dtype=np.float32)).reshape(-1, 3)
     if anchors.shape[0] != config.n_anchors:
         raise ValueError(f"{anchors_path} has {anchors.shape[0]} anchors, config says {config.n_anchors}")
     state = official_to_ours(config, ckpt["id_decoder"], ckpt["ex_decoder"], source=str(ckpt_path))

@@ -1,0 +1,65 @@
+"""The one preset registry: what ``tiny`` and ``default`` mean for every stage of the pipeline.
+
+A preset is a set of overrides of each stage's configuration dataclass (the dataclasses keep
+every field's default and meaning; ``default`` overrides nothing but the prior's size):
+
+    capture  -> npga_taichi.data.capture.CaptureConfig.preset(name, **overrides)
+    prior    -> npga_taichi.prior.config.PriorTrainConfig
+    track    -> npga_taichi.prior.tracking.track_capture keyword arguments
+    distill  -> npga_taichi.prior.distill.DistillConfig
+    avatar   -> npga_taichi.avatar.config.AvatarConfig
+    train    -> npga_taichi.avatar.config.TrainConfig
+    demo     -> what ``npga demo`` changes on top, per stage (e.g. fewer frames and steps)
+
+``npga demo --preset``, ``npga fit --preset`` and ``npga fit --all-stages`` all read it here.
+"""
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+PRESETS: dict[str, dict[str, dict[str, Any]]] = {
+    # Minutes on a busy 2-core machine: CI, the tests and smoke runs. A blurry avatar.
+    "tiny": {
+        "capture": dict(preset="tiny"),
+        # The tiny prior and F also shrink the sample pools and the final evaluations (with the
+        # full-size evaluations those take most of the time: ~10x).
+        "prior": dict(preset="tiny", n_identities=2, n_expressions=4, n_heldout_expressions=1,
+                      points_surface=400, points_near=400, points_space=150, batch_shapes=2,
+                      batch_points=400, steps=100, eval_points=400, eval_fit_steps=10,
+                      checkpoint_every=50, lr=3e-3),
+        "track": dict(steps_first=40, steps=5, points=400),
+        "distill": dict(steps=60, hidden_dim=32, n_layers=2, batch_points=1024, surface_points=3000,
+                        eval_points=300, eval_codes=4, root_points=50, root_codes=2, root_iters=15,
+                        checkpoint_every=30),
+        "avatar": dict(num_init_gaussians=1500, max_gaussians=3000, latent_dim=8, sh_degree=1,
+                       detail_hidden=32, detail_layers=2, detail_pos_freqs=2,
+                       scratch_field_hidden=32, scratch_field_layers=2, knn_k=6,
+                       cnn_feature_dim=8, cnn_hidden=16, cnn_layers=2),
+        "train": dict(steps=300, densify_from=100, densify_interval=50, opacity_reset_interval=0,
+                      val_interval=100, val_views=2, checkpoint_interval=100, log_interval=10),
+        # What `npga demo --preset tiny` shrinks further: 1 sample per pixel, 3 frames, 100 steps.
+        "demo": dict(capture=dict(samples_per_side=1, frames_per_sequence=3), train=dict(steps=100)),
+    },
+    # The schedule the README's numbers come from (default synthetic capture, 2-core CPU).
+    "default": {
+        "capture": dict(preset="default"),
+        "prior": dict(preset="small"),
+        "track": {},
+        "distill": {},
+        "avatar": {},
+        "train": {},
+        "demo": {},
+    },
+}
+
+STAGES = ("capture", "prior", "track", "distill", "avatar", "train", "demo")
+
+
+def preset_overrides(name: str, stage: str) -> dict[str, Any]:
+    """A copy of preset ``name``'s overrides for ``stage``; ValueError naming what is unknown."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
+    if stage not in STAGES:
+        raise ValueError(f"unknown stage {stage!r}; choose one of {STAGES}")
+    return copy.deepcopy(PRESETS[name][stage])
