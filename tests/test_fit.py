@@ -232,6 +232,30 @@ def test_killed_run_resumes_from_its_last_checkpoint(tmp_path, capture):
     assert all(torch.isfinite(v).all() for v in resumed.avatar.state_dict().values() if v.is_floating_point())
 
 
+def test_resume_cleans_leftovers_and_cuts_the_log_back(tmp_path, capture):
+    """Issue 13 rows 6 and 7: temporaries a SIGKILL leaves mid-write (".step_*.pt.<rand>.tmp.pt",
+    ".latest.<rand>.tmp") are removed on resume; log records past the checkpoint's step are
+    dropped so the resumed steps appear once; --resume with no checkpoint is an error."""
+    run = tmp_path / "run"
+    first = _trainer(run, capture, steps=40, checkpoint_interval=20, log_interval=5)
+    first.train(stop_at=20)
+    # What a kill after step 30 (checkpoint at 20) leaves behind: log lines 25, 30, a torn line,
+    # and half-written temporaries of both writers.
+    with open(run / "log.jsonl", "a") as log:
+        log.write(json.dumps({"step": 25}) + "\n" + json.dumps({"step": 30}) + "\n" + '{"step": 3')
+    leftovers = [run / "checkpoints" / ".step_0000030.pt.k3j9x.tmp.pt", run / "checkpoints" / ".latest.9f8e.tmp"]
+    for path in leftovers:
+        path.write_bytes(b"torn")
+    resumed = _trainer(run, capture, steps=40, resume=True, checkpoint_interval=20, log_interval=5)
+    assert not any(path.exists() for path in leftovers)
+    resumed.train()
+    steps = [json.loads(line)["step"] for line in (run / "log.jsonl").read_text().splitlines()]
+    assert steps == sorted(steps) and len(steps) == len(set(steps)), steps
+    assert steps[-1] == 40
+    with pytest.raises(ValueError, match="no checkpoint"):
+        _trainer(tmp_path / "empty", capture, steps=10, resume=True)
+
+
 # ------------------------------------------------------------------------------ npga fit (CLI)
 @pytest.fixture(scope="module")
 def demo_out(tiny_demo):
