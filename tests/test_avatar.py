@@ -10,7 +10,8 @@ from scipy.spatial.transform import Rotation
 from npga_taichi.avatar.config import AvatarConfig, configs_from_json, configs_to_json, preset
 from npga_taichi.avatar.deformation import FrameCode, ScratchForwardField
 from npga_taichi.avatar.density_control import GradientStats, densify_and_prune, reset_opacity
-from npga_taichi.avatar.gaussians import SH_C0, CanonicalGaussians
+from npga_taichi.avatar.gaussians import CanonicalGaussians
+from npga_taichi.conventions import SH_C0
 from npga_taichi.avatar.laplacian import knn_graph, laplacian, laplacian_loss
 from npga_taichi.avatar.model import NPGAAvatar
 from npga_taichi.avatar.rotations import quat_multiply, quat_to_rotmat, rotmat_to_quat

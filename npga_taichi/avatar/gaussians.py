@@ -17,16 +17,13 @@ import torch
 from scipy.spatial import cKDTree
 from torch import nn
 
-SH_C0 = 0.28209479177387814  # Y_0^0: colour = 0.5 + SH_C0 * dc
+from npga_taichi.conventions import SH_C0
+
 
 
 def rgb_to_sh_dc(rgb: torch.Tensor) -> torch.Tensor:
     """Colour in [0, 1] -> SH DC coefficient such that degree-0 SH reproduces it."""
     return (rgb - 0.5) / SH_C0
-
-
-def inverse_sigmoid(x: torch.Tensor) -> torch.Tensor:
-    return torch.log(x / (1 - x))
 
 
 def neighbour_spacing(points: np.ndarray, k: int = 3) -> np.ndarray:
@@ -89,9 +86,6 @@ class CanonicalGaussians(nn.Module):
 
     def opacities(self) -> torch.Tensor:
         return torch.sigmoid(self.opacity_logits)
-
-    def normalized_quats(self) -> torch.Tensor:
-        return self.quats / self.quats.norm(dim=-1, keepdim=True).clamp_min(1e-12)
 
     @torch.no_grad()
     def initialize(self, points: torch.Tensor, colors: torch.Tensor, init_opacity: float,

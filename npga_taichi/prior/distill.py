@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from npga_taichi.conventions import MM_PER_UNIT
 from npga_taichi.checkpoint import write_text_atomic
 from npga_taichi.prior.forward_field import (ForwardDeformationField, ForwardFieldConfig,
                                              load_forward_field, save_forward_field)
@@ -27,7 +28,6 @@ from npga_taichi.prior.root_finding import invert_pointwise
 from npga_taichi.prior.surface import sample_level_set
 from npga_taichi.prior.tracking import Tracking
 
-MM_PER_UNIT = 250.0
 
 
 @dataclass

@@ -28,12 +28,12 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from npga_taichi.conventions import MM_PER_UNIT
 from npga_taichi.checkpoint import write_text_atomic
 from npga_taichi.prior.anchors import symmetric_anchor_layout
 from npga_taichi.prior.config import PriorTrainConfig, dumps, preset
 from npga_taichi.prior.model import MonoNPHM, load_prior, save_prior
 
-MM_PER_UNIT = 250.0  # canonical unit = FLAME metres × 4 -> 250 mm
 
 
 @dataclass
