@@ -1,4 +1,4 @@
-"""Benchmark: our Taichi rasterizer vs the tile-batched pure-PyTorch peer (reference.rasterize_tiled).
+"""Benchmark: our Taichi rasterizer vs the tile-batched pure-PyTorch peer (tiled_peer.rasterize_tiled).
 
 A third rasterizer calibrates the bar: ``per_pixel.rasterize_per_pixel``, the straightforward
 per-pixel Taichi loop (our projection and binning, one pixel per parallel iteration, atomics in
@@ -43,12 +43,14 @@ from dataclasses import asdict, dataclass
 import click
 import torch
 
-from npga_taichi import reference, render
+from npga_taichi import render
 
 try:  # run as a script (benchmarks/ on sys.path) or imported as benchmarks.rasterizer
     from per_pixel import rasterize_per_pixel
+    from tiled_peer import rasterize_tiled
 except ImportError:  # pragma: no cover
     from benchmarks.per_pixel import rasterize_per_pixel
+    from benchmarks.tiled_peer import rasterize_tiled
 
 
 @dataclass
@@ -154,7 +156,7 @@ def run_benchmark(cfg: BenchConfig, progress=print) -> list[dict]:
             if estimate is not None and estimate > cfg.peer_budget_s:
                 row["peer"] = {"skipped": f"estimated {estimate:.0f} s > budget {cfg.peer_budget_s:.0f} s"}
             else:
-                pf, pt, pc = _measure(reference.rasterize_tiled, scene, size, size, upstream, cfg.peer_repeats)
+                pf, pt, pc = _measure(rasterize_tiled, scene, size, size, upstream, cfg.peer_repeats)
                 peer_rate = fragments / pt if fragments else peer_rate
                 row["peer"] = {"forward_ms": 1e3 * pf, "backward_ms": 1e3 * (pt - pf), "fwd_bwd_ms": 1e3 * pt,
                                "fwd_bwd_cpu_ms": 1e3 * pc, "fragments_per_s": fragments / pt}

@@ -1,5 +1,9 @@
 """Tile-parallel alpha compositing: forward and hand-written backward, 16-lane pixel rows.
 
+PyTorch twin: :func:`npga_taichi.reference.composite` (the oracle's compositing; the whole chain
+``render.rasterize`` against ``reference.rasterize``); tests: ``tests/test_render.py``. Kernels:
+:func:`composite_kernels` -> ``(composite_forward, composite_backward)``.
+
 Layout: intersections are sorted by (tile, float32 depth, Gaussian index) and each tile owns the
 contiguous range ``ranges[tile] = [start, end)``. ``packed[i]`` is the footprint row of
 intersection i's Gaussian (built by tile binning, kernels/footprint.py: mean, conic, opacity,
@@ -29,20 +33,6 @@ it the SLP vectoriser left most of the gradient arithmetic scalar (and turned se
 loads into one branch per lane). No atomics: intersection i's gradient row is written by its
 tile only, at its slot (``render.TileBins``: each Gaussian's intersections in consecutive rows);
 the caller sums the rows per Gaussian.
-
-Times for 256^2 with 20k random Gaussians (benchmarks/rasterizer.py --quick) on the 2-core dev
-machine, wall / process CPU: backward 28 / 55 ms with the per-row state in registers and
-Gaussians inner (the previous design), 18 / 33 with the field scratch, 14.5 / 27.5 after
-clamping with compare-and-select (``select_max``), 13.5 / 26 with exact tile culling (100k
-instead of 138k intersections) and 4 instead of 7 lane accumulators; forward 9.5 / 19 -> 9 / 17
--> 7.6 / 14.5. Measured and rejected: per-row lane sums (serial add chains after LLVM's
-reassociation: 25 ms); half-row (8-lane) code paths for Gaussians whose bounding box reaches one
-half of the tile (-10 % in the backward, but twice the cold compile time); a forward over 8-lane
-half rows (no register spills, but twice the loop iterations: 1.7x slower); 0/1 float flags
-instead of boolean lane masks (slower in both directions); testing the rows' y-extents 32
-intersections at a time into a branch-free bit mask, then visiting its set bits (the per-pair
-test is a branch a third of the pairs fail unpredictably; the bare loop over every pair with
-each evaluation skipped takes 8 ms CPU): 14.3 vs 14.7 ms CPU, within noise.
 
 Per pixel, front to back (``contract``):
     sigma = 0.5 (a dx^2 + c dy^2) + b dx dy,   alpha = min(0.999, o exp(-sigma))

@@ -1,5 +1,9 @@
 """Screen footprint of a projected Gaussian: the ellipse outside which it cannot reach 1/255.
 
+PyTorch twin: the contribution rule (``hit``) of :func:`npga_taichi.reference.fragments`, which
+this ellipse bounds; tests: ``tests/test_render.py`` (binning against a brute-force scan of
+``reference.fragments`` over every pixel).
+
 A fragment at offset (dx, dy) from ``mean2d`` has sigma = 0.5 (a dx^2 + c dy^2) + b dx dy for the
 conic (a, b, c) and contributes only if o exp(-sigma) >= 1/255, i.e. sigma <= ln(255 o). The
 footprint is the ellipse sigma <= ``cut`` = ln(255 o) + SIGMA_CUT_SLACK: tile binning keeps a tile

@@ -1,8 +1,12 @@
 """EWA projection of 3D Gaussians to the image plane: forward and hand-written backward.
 
+PyTorch twin: :func:`npga_taichi.reference.project_gaussians`; tests: ``tests/test_projection.py``.
+Kernels: :func:`project_gaussians_kernels` -> ``(project_gaussians_forward,
+project_gaussians_backward)``.
+
 Per Gaussian (all arrays are torch tensors handed to Taichi as ndarrays, one row per Gaussian):
 
-    q = quat / |quat| (wxyz)        R = R(q)        M = R diag(scale)        Sigma = M M^T
+    q = quat / |quat| (wxyz)        R = R(q)        (|quat| taken scale-safely, see below)        M = R diag(scale)        Sigma = M M^T
     t = W x + tvec                  (camera space, OpenCV axes: x right, y down, z forward)
     Sigma_c = W Sigma W^T
     J = [[fx/tz, 0, -fx tx'/tz^2], [0, fy/tz, -fy ty'/tz^2]]   with tx' = tz clamp(tx/tz, ...)
@@ -19,7 +23,11 @@ det(Sigma_2d) <= 0, the opacity-aware radius is 0, or the rectangle mean2d +- ra
 touch the image. Tile binning (kernels/tiles.py) culls further by the exact ellipse inside
 that radius (kernels/footprint.py).
 
-Kernels are built by :func:`projection_kernels` once per float dtype (``ti.f32`` / ``ti.f64``);
+Quaternions are normalised as q' = quat / max_k |quat_k|, then q' / |q'|: the same unit
+quaternion, but |q'| lies in [1, 2] and so neither overflows nor underflows where |quat|^2 would
+(float32: components <= 1e-19 or >= 1e20). The oracle does the same (``reference.quat_to_rotmat``).
+
+Kernels are built by :func:`project_gaussians_kernels` once per float dtype (``ti.f32`` / ``ti.f64``);
 every literal constant is cast to that dtype because Taichi would otherwise round it to f32.
 """
 
@@ -27,15 +35,14 @@ import functools
 
 import taichi as ti
 
-from npga_taichi.kernels import runtime
-
 from npga_taichi.contract import ALPHA_MIN, FRUSTUM_CLAMP
-
+from npga_taichi.kernels import runtime
 
 
 @functools.lru_cache(maxsize=None)
-def projection_kernels(real):
-    """Return ``(project_forward, project_backward)`` Taichi kernels for float dtype ``real``."""
+def project_gaussians_kernels(real):
+    """Return ``(project_gaussians_forward, project_gaussians_backward)`` Taichi kernels for float
+    dtype ``real``."""
     runtime.ensure_initialized()  # kernels are compiled for the arch chosen once per process
     vec3 = ti.types.vector(3, real)
     mat2 = ti.types.matrix(2, 2, real)
@@ -76,10 +83,19 @@ def projection_kernels(real):
         )
 
     @ti.func
-    def covariance(means: arr2, quats: arr2, scales: arr2, i):
+    def unit_quat(quats: arr2, i):
+        """(w, x, y, z) of quaternion i normalised scale-safely, its max-abs component m and the
+        norm of quat / m (in [1, 2]); |quat| = m * that norm."""
         qw, qx, qy, qz = quats[i, 0], quats[i, 1], quats[i, 2], quats[i, 3]
-        qnorm = ti.sqrt(qw * qw + qx * qx + qy * qy + qz * qz)
-        R = quat_to_rotmat(qw / qnorm, qx / qnorm, qy / qnorm, qz / qnorm)
+        m = ti.max(ti.max(ti.abs(qw), ti.abs(qx)), ti.max(ti.abs(qy), ti.abs(qz)))
+        sw, sx, sy, sz = qw / m, qx / m, qy / m, qz / m
+        snorm = ti.sqrt(sw * sw + sx * sx + sy * sy + sz * sz)
+        return sw / snorm, sx / snorm, sy / snorm, sz / snorm, m, snorm
+
+    @ti.func
+    def covariance(means: arr2, quats: arr2, scales: arr2, i):
+        w, qxn, qyn, qzn, _m, _snorm = unit_quat(quats, i)
+        R = quat_to_rotmat(w, qxn, qyn, qzn)
         M = mat3(0)
         for r in ti.static(range(3)):
             for c in ti.static(range(3)):
@@ -110,7 +126,7 @@ def projection_kernels(real):
         return a, b, c, a * c - b * b
 
     @ti.kernel
-    def project_forward(
+    def project_gaussians_forward(
         means: arr2, quats: arr2, scales: arr2, opacities: arr1,
         viewmat: arr2, Kmat: arr2, width: real, height: real, near: real, far: real, eps2d: real,
         means2d: arr2, conics: arr2, depths: arr1, radii: ti.types.ndarray(dtype=ti.i32, ndim=1),
@@ -155,14 +171,14 @@ def projection_kernels(real):
             radii[i] = radius
 
     @ti.kernel
-    def project_backward(
+    def project_gaussians_backward(
         means: arr2, quats: arr2, scales: arr2,
         viewmat: arr2, Kmat: arr2, width: real, height: real, eps2d: real,
         radii: ti.types.ndarray(dtype=ti.i32, ndim=1),
         v_means2d: arr2, v_conics: arr2, v_depths: arr1,
         v_means: arr2, v_quats: arr2, v_scales: arr2,
     ):
-        """Vector-Jacobian product of project_forward (means2d, conics, depths) -> inputs."""
+        """Vector-Jacobian product of project_gaussians_forward (means2d, conics, depths) -> inputs."""
         for i in range(means.shape[0]):
             gx = vec3(0)
             gq = ti.Vector([real(0.0), real(0.0), real(0.0), real(0.0)])
@@ -174,9 +190,7 @@ def projection_kernels(real):
                 t = W @ x + tvec
                 tz = t[2]
                 # ---- recompute the forward intermediates
-                qw, qx, qy, qz = quats[i, 0], quats[i, 1], quats[i, 2], quats[i, 3]
-                qnorm = ti.sqrt(qw * qw + qx * qx + qy * qy + qz * qz)
-                w, qxn, qyn, qzn = qw / qnorm, qx / qnorm, qy / qnorm, qz / qnorm
+                w, qxn, qyn, qzn, qmax, snorm = unit_quat(quats, i)
                 R = quat_to_rotmat(w, qxn, qyn, qzn)
                 s = vec3(scales[i, 0], scales[i, 1], scales[i, 2])
                 M = mat3(0)
@@ -236,7 +250,9 @@ def projection_kernels(real):
                            - two * qzn * (v_R[0, 0] + v_R[1, 1]) + w * (v_R[1, 0] - v_R[0, 1])),
                 ])
                 qn = ti.Vector([w, qxn, qyn, qzn])
-                gq = (gn - qn * qn.dot(gn)) / qnorm
+                # d(q/|q|)/dq = (I - qn qn^T) / |q| with |q| = qmax * snorm, divided in two steps
+                # so neither a huge nor a tiny quaternion overflows on the way
+                gq = (gn - qn * qn.dot(gn)) / snorm / qmax
             v_means[i, 0] = gx[0]
             v_means[i, 1] = gx[1]
             v_means[i, 2] = gx[2]
@@ -245,4 +261,4 @@ def projection_kernels(real):
             for k in ti.static(range(3)):
                 v_scales[i, k] = gs[k]
 
-    return project_forward, project_backward
+    return project_gaussians_forward, project_gaussians_backward

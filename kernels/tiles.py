@@ -1,5 +1,9 @@
 """Tile binning and sorting: which Gaussians touch which 16x16 tile, front to back.
 
+PyTorch twin: the compositing order :func:`npga_taichi.reference.front_to_back` (float32 depth,
+ties by index), restricted per tile to the Gaussians whose ``reference.fragments`` hit one of its
+pixels; tests: ``tests/test_render.py`` (binning, radix sort, > 1e6 intersections).
+
 Pipeline (all Taichi kernels except the prefix sum, which is ``torch.cumsum`` because Taichi
 1.7's prefix sum is GPU-only):
 
@@ -30,10 +34,10 @@ import functools
 
 import taichi as ti
 
-from npga_taichi.kernels import runtime
 import torch
 
 from npga_taichi.contract import TILE_SIZE
+from npga_taichi.kernels import runtime
 from npga_taichi.kernels.footprint import (
     F_CONIC_A, F_CONIC_B, F_CONIC_C, F_CUT, F_DEPTH, F_MEAN_X, F_MEAN_Y, F_OPACITY, F_Y_EXTENT,
     band_constants, band_x_range, half_extents, sigma_cut,

@@ -7,6 +7,7 @@ reject exactly the same things. The numeric constants below *are* the contract
 """
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass
 
 import torch
@@ -17,6 +18,10 @@ ALPHA_MAX = 0.999         # alpha = min(ALPHA_MAX, opacity * exp(-sigma))
 T_EPS = 1e-4              # stop before the first Gaussian whose T * (1 - alpha) <= T_EPS
 FRUSTUM_CLAMP = 1.3       # J's x/z and y/z are clamped to 1.3x the frustum (3DGS / gsplat)
 MAX_SH_DEGREE = 3
+# viewmat's upper-left 3x3 must be a rotation: every entry of R R^T - I within this, det R > 0.
+# Loose enough for float32 matrices and calibration files written with ~5 significant digits
+# (errors ~1e-6 .. 1e-5), tight enough to reject scaled, sheared, singular or all-zero matrices.
+ROTATION_TOL = 1e-3
 
 
 @dataclass
@@ -43,6 +48,22 @@ def _require(cond: bool, message: str) -> None:
         raise ValueError(message)
 
 
+def is_int(value) -> bool:
+    """True for Python and numpy integers; False for bool (True is not a width of 1)."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _rotation_error(m: list[float]) -> tuple[float, float]:
+    """(max |R R^T - I| entry, det R) of the row-major 3x3 ``m`` (plain floats: 9 numbers are
+    cheaper in Python than in torch ops, and the check runs on every render)."""
+    rows = [m[0:3], m[3:6], m[6:9]]
+    err = max(abs(sum(a * b for a, b in zip(rows[i], rows[j])) - (1.0 if i == j else 0.0))
+              for i in range(3) for j in range(i, 3))
+    (a, b, c), (d, e, f), (g, h, k) = rows
+    det = a * (e * k - f * h) - b * (d * k - f * g) + c * (d * h - e * g)
+    return err, det
+
+
 def validate_inputs(
     means: torch.Tensor,
     quats: torch.Tensor,
@@ -59,9 +80,11 @@ def validate_inputs(
     far: float = 1e10,
     eps2d: float = 0.3,
 ) -> int:
-    """Check shapes, dtypes, devices and finiteness; return the channel count C.
+    """Check shapes, dtypes, devices, finiteness and ranges; return the channel count C.
 
-    Every failure is a ValueError that names the offending argument.
+    ``width``, ``height`` and ``sh_degree`` must be integers (Python or numpy, not bool): callers
+    convert them with ``int()`` afterwards. ``viewmat``'s rotation part must be a rotation
+    (see :data:`ROTATION_TOL`). Every failure is a ValueError that names the offending argument.
     """
     tensors = {
         "means": means, "quats": quats, "scales": scales, "opacities": opacities,
@@ -87,7 +110,7 @@ def validate_inputs(
                  f"colors must be (N, C) with C >= 1 and N = {n}, got {tuple(colors.shape)}")
         channels = colors.shape[1]
     else:
-        _require(isinstance(sh_degree, int) and 0 <= sh_degree <= MAX_SH_DEGREE,
+        _require(is_int(sh_degree) and 0 <= sh_degree <= MAX_SH_DEGREE,
                  f"sh_degree must be an int in 0..{MAX_SH_DEGREE} or None, got {sh_degree!r}")
         k = (sh_degree + 1) ** 2
         _require(colors.dim() == 3 and colors.shape[0] == n and colors.shape[1] >= k and colors.shape[2] == 3,
@@ -99,14 +122,15 @@ def validate_inputs(
     if background is not None:
         _require(tuple(background.shape) == (channels,),
                  f"background must be ({channels},) to match the colour channels, got {tuple(background.shape)}")
-    _require(isinstance(width, int) and width > 0, f"width must be a positive int, got {width!r}")
-    _require(isinstance(height, int) and height > 0, f"height must be a positive int, got {height!r}")
+    _require(is_int(width) and width > 0, f"width must be a positive int, got {width!r}")
+    _require(is_int(height) and height > 0, f"height must be a positive int, got {height!r}")
     _require(0 < near < far, f"near and far must satisfy 0 < near < far, got near={near}, far={far}")
     _require(eps2d >= 0, f"eps2d must be >= 0, got {eps2d}")
 
     # Value checks in a handful of torch ops (each op costs tens of microseconds even on small
     # tensors, and this runs on every render): one finiteness test over all inputs, then the
-    # ranges from four reductions read back at once; the offender is named on the slow path.
+    # ranges from four reductions and the camera matrices read back at once (one device sync on
+    # a GPU); the offender is named on the slow path.
     with torch.no_grad():
         flat = torch.cat([t.detach().reshape(-1) for t in tensors.values()])
         # NaN and Inf propagate into a sum, so a finite sum proves every input finite (20x
@@ -114,13 +138,21 @@ def validate_inputs(
         if not bool(torch.isfinite(flat.sum())):
             for name, t in tensors.items():
                 _require(bool(torch.isfinite(t).all()), f"{name} contains NaN or Inf")
+        values = [viewmat.detach()[:3, :3].reshape(-1), K.detach().reshape(-1)]
         if n:
             o_min, o_max = torch.aminmax(opacities.detach())
-            scale_min, o_min, o_max, quat_max_min = torch.stack(
-                [scales.detach().min(), o_min, o_max, quats.detach().abs().amax(dim=-1).min()]).tolist()
-            _require(scale_min > 0, "scales must be positive (activated, e.g. exp(log_scales))")
-            _require(o_min >= 0 and o_max <= 1, "opacities must lie in [0, 1] (activated, e.g. sigmoid(logits))")
-            _require(quat_max_min > 0, "quats contains a zero quaternion")
-        fx, fy = K[0, 0].item(), K[1, 1].item()
+            values.append(torch.stack([scales.detach().min(), o_min, o_max,
+                                       quats.detach().abs().amax(dim=-1).min()]))
+        values = torch.cat(values).tolist()
+    if n:
+        scale_min, o_min, o_max, quat_max_min = values[18:22]
+        _require(scale_min > 0, "scales must be positive (activated, e.g. exp(log_scales))")
+        _require(o_min >= 0 and o_max <= 1, "opacities must lie in [0, 1] (activated, e.g. sigmoid(logits))")
+        _require(quat_max_min > 0, "quats contains a zero quaternion")
+    rot_err, det = _rotation_error(values[:9])
+    _require(rot_err <= ROTATION_TOL and det > 0,
+             f"viewmat's upper-left 3x3 must be a rotation (R R^T = I within {ROTATION_TOL:g}, det > 0), "
+             f"got max |R R^T - I| = {rot_err:.3g}, det = {det:.3g}")
+    fx, fy = values[9], values[13]
     _require(fx > 0 and fy > 0, f"K must have positive focal lengths, got fx={fx}, fy={fy}")
     return channels

@@ -10,7 +10,9 @@ after ``backward()``:
     _Composite          means2d, conics, depths, opacities, colours, background -> image, alpha, depth
 
 Each Function's backward is hand-written (kernels/projection.py, sh.py, composite.py); tile
-binning and our radix sort run inside ``_Composite.forward`` (kernels/tiles.py).
+binning and our radix sort run inside ``_Composite.forward`` (kernels/tiles.py). Each stage has a
+PyTorch twin of the same name in :mod:`npga_taichi.reference` (``project_gaussians``,
+``sh_to_color``, ``composite``) and a test file named after its kernel module.
 
 Device follows the inputs (CPU or CUDA tensors, matching the Taichi arch); float32 and float64
 both work, with one set of kernels per dtype compiled on first use (cached offline).
@@ -23,6 +25,7 @@ import torch
 import taichi as ti
 
 from npga_taichi import contract
+from npga_taichi.cameras import camera_center
 from npga_taichi.contract import TILE_SIZE, RasterOutput
 from npga_taichi.kernels import runtime
 from npga_taichi.kernels.composite import (
@@ -32,8 +35,8 @@ from npga_taichi.kernels.composite import (
     scratch_rows,
 )
 from npga_taichi.kernels.footprint import FOOTPRINT_WIDTH
-from npga_taichi.kernels.projection import projection_kernels
-from npga_taichi.kernels.sh import sh_kernels
+from npga_taichi.kernels.projection import project_gaussians_kernels
+from npga_taichi.kernels.sh import sh_to_color_kernels
 from npga_taichi.kernels.tiles import (
     RADIX_BITS,
     RADIX_BLOCKS,
@@ -71,16 +74,8 @@ class _ScratchCache:
             self._buffers[key] = buf
         return buf[:numel].view(shape)
 
-    def clear(self) -> None:
-        self._buffers.clear()
-
 
 _scratch = _ScratchCache()
-
-
-def clear_scratch() -> None:
-    """Free the cached scratch buffers (e.g. after rendering a very large image)."""
-    _scratch.clear()
 
 
 def _real(t: torch.Tensor):
@@ -105,7 +100,7 @@ class _ProjectGaussians(torch.autograd.Function):
         depths = torch.empty((n,), dtype=dt, device=dev)
         radii = torch.empty((n,), dtype=torch.int32, device=dev)
         if n > 0:
-            forward_kernel, _ = projection_kernels(_real(means))
+            forward_kernel, _ = project_gaussians_kernels(_real(means))
             forward_kernel(means, quats, scales, opacities, viewmat, K, float(width), float(height),
                            float(near), float(far), float(eps2d), means2d, conics, depths, radii)
         ctx.save_for_backward(means, quats, scales, viewmat, K, radii)
@@ -125,7 +120,7 @@ class _ProjectGaussians(torch.autograd.Function):
             v_means2d = _grad_or_zeros(v_means2d, (n, 2), means)
             v_conics = _grad_or_zeros(v_conics, (n, 3), means)
             v_depths = _grad_or_zeros(v_depths, (n,), means)
-            _, backward_kernel = projection_kernels(_real(means))
+            _, backward_kernel = project_gaussians_kernels(_real(means))
             backward_kernel(means, quats, scales, viewmat, K, float(width), float(height), float(eps2d), radii,
                             v_means2d, v_conics, v_depths, v_means, v_quats, v_scales)
         return v_means, v_quats, v_scales, None, None, None, None, None, None, None, None
@@ -140,7 +135,7 @@ class _ShadeSH(torch.autograd.Function):
         n = means.shape[0]
         colors = torch.empty((n, 3), dtype=means.dtype, device=means.device)
         if n > 0:
-            forward_kernel, _ = sh_kernels(_real(means))
+            forward_kernel, _ = sh_to_color_kernels(_real(means))
             forward_kernel(means, coeffs, campos, degree, colors)
         ctx.save_for_backward(means, coeffs, campos)
         ctx.degree = degree
@@ -152,7 +147,7 @@ class _ShadeSH(torch.autograd.Function):
         v_coeffs = torch.zeros_like(coeffs)
         v_means = torch.zeros_like(means)
         if means.shape[0] > 0 and v_colors is not None:
-            _, backward_kernel = sh_kernels(_real(means))
+            _, backward_kernel = sh_to_color_kernels(_real(means))
             backward_kernel(means, coeffs, campos, ctx.degree, v_colors.contiguous(), v_coeffs, v_means)
         return v_means, v_coeffs, None, None
 
@@ -325,12 +320,6 @@ def _lane_rows(name, grad, height, width, channels, like):
     return buf.view(channels * height * tiles_x, TILE_SIZE)
 
 
-def camera_center(viewmat: torch.Tensor) -> torch.Tensor:
-    """World position of the camera of a world->camera ``viewmat`` (4, 4): -R^T t."""
-    rot, t = viewmat[:3, :3], viewmat[:3, 3]
-    return -(rot.transpose(0, 1) @ t)
-
-
 def rasterize(
     means: torch.Tensor,
     quats: torch.Tensor,
@@ -363,6 +352,8 @@ def rasterize(
     """
     channels = contract.validate_inputs(means, quats, scales, opacities, colors, viewmat, K, width, height,
                                         sh_degree, background, near, far, eps2d)
+    width, height = int(width), int(height)  # numpy integers are accepted; the kernels take int
+    sh_degree = None if sh_degree is None else int(sh_degree)
     runtime.check_device("means", means)
     dt, dev = means.dtype, means.device
     if background is None:

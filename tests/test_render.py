@@ -4,62 +4,20 @@ Forward outputs and every gradient are compared with the oracle after pushing th
 upstream gradient (image, alpha, depth) through both; float64 to 1e-6 relative, float32 image to
 1e-5 absolute. ``torch.autograd.gradcheck`` checks the hand-written backwards on tiny scenes.
 """
-import math
-
+import numpy as np
 import pytest
 import torch
 
 from npga_taichi import reference, render
 from npga_taichi.kernels import tiles as tile_kernels
-
-GRAD_NAMES = ("means", "quats", "scales", "opacities", "colors", "background")
-
-
-def random_rotation(generator, dtype):
-    q = torch.randn(4, generator=generator, dtype=torch.float64)
-    q = q / q.norm()
-    w, x, y, z = q.tolist()
-    return torch.tensor([
-        [1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y)],
-        [2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x)],
-        [2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)],
-    ], dtype=dtype)
-
-
-def make_scene(n, width, height, *, dtype=torch.float64, seed=0, channels=3, sh_degree=None,
-               log_scale=-2.5, depth_range=(1.5, 4.0)):
-    """A random scene seen by a rotated, translated camera.
-
-    Gaussians are placed in the camera frustum (camera space) and mapped to world space with the
-    inverse of a random rigid viewmat, so the world->camera transform is exercised.
-    Returns a dict of rasterize() keyword arguments (without width/height).
-    """
-    g = torch.Generator().manual_seed(seed)
-    f = 0.9 * width
-    z = depth_range[0] + (depth_range[1] - depth_range[0]) * torch.rand(n, generator=g, dtype=torch.float64)
-    x = (torch.rand(n, generator=g, dtype=torch.float64) - 0.5) * 1.2 * z * width / f
-    y = (torch.rand(n, generator=g, dtype=torch.float64) - 0.5) * 1.2 * z * height / f
-    cam = torch.stack([x, y, z], 1)
-    rot = random_rotation(g, torch.float64)
-    trans = torch.randn(3, generator=g, dtype=torch.float64)
-    viewmat = torch.eye(4, dtype=torch.float64)
-    viewmat[:3, :3] = rot
-    viewmat[:3, 3] = trans
-    means = (cam - trans) @ rot  # world = R^T (cam - t)
-    quats = torch.randn(n, 4, generator=g, dtype=torch.float64)
-    scales = torch.exp(log_scale + 0.4 * torch.randn(n, 3, generator=g, dtype=torch.float64))
-    opacities = 0.05 + 0.9 * torch.rand(n, generator=g, dtype=torch.float64)
-    if sh_degree is None:
-        colors = torch.rand(n, channels, generator=g, dtype=torch.float64)
-    else:
-        colors = 0.4 * torch.randn(n, (sh_degree + 1) ** 2, 3, generator=g, dtype=torch.float64)
-    K = torch.tensor([[f, 0.0, 0.47 * width], [0.0, f * 1.05, 0.52 * height], [0.0, 0.0, 1.0]], dtype=torch.float64)
-    c = 3 if sh_degree is not None else channels
-    background = torch.rand(c, generator=g, dtype=torch.float64)
-    scene = dict(means=means, quats=quats, scales=scales, opacities=opacities, colors=colors,
-                 viewmat=viewmat, K=K, background=background)
-    return {k: v.to(dtype) for k, v in scene.items()}
-
+from scenes import (  # noqa: F401  (make_scene is also imported from here by test_render_properties)
+    GRAD_NAMES,
+    camera_points,
+    frustum_limit_x,
+    make_scene,
+    positional,
+    set_camera_points,
+)
 
 def run_with_grads(rasterize_fn, scene, width, height, upstream, sh_degree=None, **kwargs):
     """Render, backprop sum(out * upstream) and return (output, {name: grad}, means2d.grad)."""
@@ -175,12 +133,10 @@ def test_frustum_clamp_gradients():
     scene = make_scene(30, width, height, seed=5, log_scale=-0.5)
     # move half the Gaussians just past the clamp limit on the right: their J is clamped, but their
     # footprint still reaches the image
-    rot, trans = scene["viewmat"][:3, :3], scene["viewmat"][:3, 3]
-    cam = scene["means"] @ rot.T + trans
-    fx, cx = float(scene["K"][0, 0]), float(scene["K"][0, 2])
-    lim_x_pos = (width - cx) / fx + 0.3 * 0.5 * width / fx
+    cam = camera_points(scene)
+    lim_x_pos = frustum_limit_x(scene, width)
     cam[::2, 0] = 1.15 * lim_x_pos * cam[::2, 2]
-    scene["means"] = (cam - trans) @ rot
+    set_camera_points(scene, cam)
     ours, _ = assert_matches_oracle(scene, width, height)
     clamped = (cam[:, 0] / cam[:, 2]) > lim_x_pos
     assert bool(((ours.radii > 0) & clamped).any())  # a clamped Gaussian is visible
@@ -217,10 +173,9 @@ def test_empty_and_all_culled_scenes_give_background():
     for n, behind in ((0, False), (5, True)):
         scene = make_scene(n, width, height, seed=8)
         if behind:  # move every Gaussian behind the camera
-            rot, trans = scene["viewmat"][:3, :3], scene["viewmat"][:3, 3]
-            cam = scene["means"] @ rot.T + trans
+            cam = camera_points(scene)
             cam[:, 2] = -cam[:, 2]
-            scene["means"] = (cam - trans) @ rot
+            set_camera_points(scene, cam)
         scene["background"] = background
         leaves = {k: v.clone().requires_grad_(k in GRAD_NAMES) for k, v in scene.items()}
         out = render.rasterize(leaves["means"], leaves["quats"], leaves["scales"], leaves["opacities"],
@@ -286,11 +241,16 @@ def test_radix_sort_is_stable_and_exact(n):
     assert torch.equal(si.long(), ref_order)
 
 
+RASTERIZERS = pytest.mark.parametrize("rasterize", [render.rasterize, reference.rasterize], ids=["kernel", "twin"])
+
+
+@RASTERIZERS
 @pytest.mark.parametrize(
     "change,match",
     [
         (dict(means=torch.full((3, 3), float("nan"))), "means"),
         (dict(quats=torch.zeros(3, 3)), "quats"),
+        (dict(quats=torch.zeros(3, 4)), "quats"),
         (dict(scales=-torch.ones(3, 3)), "scales"),
         (dict(opacities=torch.full((3,), 2.0)), "opacities"),
         (dict(colors=torch.ones(2, 3)), "colors"),
@@ -299,26 +259,80 @@ def test_radix_sort_is_stable_and_exact(n):
         (dict(background=torch.zeros(4)), "background"),
     ],
 )
-def test_invalid_inputs_raise_value_error_naming_argument(change, match):
+def test_invalid_inputs_raise_value_error_naming_argument(rasterize, change, match):
+    """Both rasterizers validate through contract.validate_inputs and name the argument."""
     scene = make_scene(3, 16, 16, dtype=torch.float32, seed=12)
     scene.update({k: v.float() for k, v in change.items()})
     with pytest.raises(ValueError, match=match):
-        render.rasterize(scene["means"], scene["quats"], scene["scales"], scene["opacities"], scene["colors"],
-                         scene["viewmat"], scene["K"], 16, 16, background=scene["background"])
+        rasterize(*positional(scene), 16, 16, background=scene["background"])
 
 
-def test_wrong_size_arguments_raise():
+def _singular(viewmat):
+    v = viewmat.clone()
+    v[2, :3] = v[0, :3]  # two equal rows: rank 2
+    return v
+
+
+def _reflected(viewmat):
+    v = viewmat.clone()
+    v[0, :3] = -v[0, :3]  # orthonormal but det = -1: a mirror, not a camera
+    return v
+
+
+@RASTERIZERS
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize(
+    "bad,match",
+    [
+        (lambda v: torch.zeros_like(v), "viewmat"),
+        (_singular, "viewmat"),
+        (_reflected, "viewmat"),
+        (lambda v: torch.cat([v[:3] * 1.01, v[3:]]), "viewmat"),  # scaled by 1 %: not a rotation
+    ],
+    ids=["zero", "singular", "reflection", "scaled"],
+)
+def test_viewmat_must_hold_a_rotation(rasterize, dtype, bad, match):
+    """viewmat's 3x3 must be a rotation within contract.ROTATION_TOL (issue 13, row 12)."""
+    scene = make_scene(5, 16, 16, dtype=dtype, seed=12)
+    with pytest.raises(ValueError, match=match):
+        rasterize(*positional(dict(scene, viewmat=bad(scene["viewmat"]))), 16, 16)
+
+
+@RASTERIZERS
+def test_viewmat_rounding_is_tolerated(rasterize):
+    """A rotation rounded to float32 or to 5 decimals (a calibration file) still renders."""
+    scene = make_scene(5, 16, 16, seed=12)
+    rounded = scene["viewmat"].clone()
+    rounded[:3, :3] = torch.round(rounded[:3, :3] * 1e5) / 1e5
+    out = rasterize(*positional(dict(scene, viewmat=rounded)), 16, 16)
+    assert out.image.shape == (16, 16, 3)
+    f32 = {k: v.float() for k, v in scene.items()}
+    assert rasterize(*positional(f32), 16, 16).image.dtype == torch.float32
+
+
+@RASTERIZERS
+def test_integer_arguments(rasterize):
+    """width, height and sh_degree: bool is rejected (True is not 1), numpy integers accepted
+    and render exactly like Python ints (issue 13, row 12)."""
+    scene = make_scene(30, 24, 20, seed=13, sh_degree=1)
+    args = positional(scene)
+    for kwargs, match in ((dict(width=True), "width"), (dict(height=True), "height"),
+                          (dict(sh_degree=True), "sh_degree"), (dict(sh_degree=False), "sh_degree"),
+                          (dict(width=0), "width"), (dict(width=24.0), "width"), (dict(sh_degree=4), "sh_degree")):
+        call = dict(width=24, height=20, sh_degree=1)
+        call.update(kwargs)
+        with pytest.raises(ValueError, match=match):
+            rasterize(*args, call.pop("width"), call.pop("height"), **call)
+    expected = rasterize(*args, 24, 20, sh_degree=1)
+    assert float(expected.alpha.max()) > 0.5  # the scene is visible: the comparison means something
+    out = rasterize(*args, np.int64(24), np.int32(20), sh_degree=np.int64(1))
+    assert torch.equal(out.image, expected.image) and torch.equal(out.radii, expected.radii)
+
+
+def test_wrong_dtype_raises():
     scene = make_scene(3, 16, 16, seed=13)
-    with pytest.raises(ValueError, match="width"):
-        render.rasterize(scene["means"], scene["quats"], scene["scales"], scene["opacities"], scene["colors"],
-                         scene["viewmat"], scene["K"], 0, 16)
-    with pytest.raises(ValueError, match="sh_degree"):
-        render.rasterize(scene["means"], scene["quats"], scene["scales"], scene["opacities"], scene["colors"],
-                         scene["viewmat"], scene["K"], 16, 16, sh_degree=4)
     with pytest.raises(ValueError, match="dtype"):
-        render.rasterize(scene["means"].float(), scene["quats"], scene["scales"], scene["opacities"],
-                         scene["colors"], scene["viewmat"], scene["K"], 16, 16)
-    assert math.isfinite(float(scene["means"].sum()))
+        render.rasterize(scene["means"].float(), *positional(scene)[1:], 16, 16)
 
 
 def test_sh_extra_coefficients_are_ignored_and_get_zero_gradient():
@@ -379,10 +393,10 @@ def test_binning_keeps_every_contributing_tile_and_little_else(dtype):
     assert bool(((slots >= bins.first[gauss]) & (slots < bins.first[gauss] + bins.counts[gauss])).all())
     assert int(bins.counts.sum()) == total
 
-    pix = reference._pixel_centers(width, height, torch.float64, "cpu")
+    pix = reference.pixel_centers(width, height, torch.float64, "cpu")
     pixel_tile = ((pix[:, 1] // 16) * tiles_x + pix[:, 0] // 16).long()
     visible = torch.nonzero(radii > 0).squeeze(1)
-    _, _, _, _, _, hit = reference._fragments(pix, m2.double()[visible], conics.double()[visible],
+    _, _, _, _, _, hit = reference.fragments(pix, m2.double()[visible], conics.double()[visible],
                                               scene["opacities"].double()[visible])
     needed = set()
     for j, gauss in enumerate(visible.tolist()):
