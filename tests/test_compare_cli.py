@@ -1,4 +1,5 @@
-"""`npga compare` end to end on tiny scenes (our Taichi kernels vs both references)."""
+"""`npga compare` end to end on tiny scenes (our Taichi kernels vs both references), and the
+library behind it (``npga_taichi.compare``) rejecting bad configurations by name."""
 from __future__ import annotations
 
 import json
@@ -7,11 +8,11 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-pytest.importorskip("npga_taichi.render")
-
-from npga_taichi.cli.compare import command  # noqa: E402
-from npga_taichi.cli.main import cli  # noqa: E402
-from npga_taichi.ply import write_ply  # noqa: E402
+from npga_taichi.cli.compare import command
+from npga_taichi.cli.main import cli
+from npga_taichi.compare import CompareConfig, run_comparison
+from npga_taichi.ply import write_ply
+from scenes import make_scene
 
 TINY = ["--n", "150", "--width", "40", "--height", "32", "--json"]
 
@@ -51,12 +52,10 @@ def test_compare_gsplat_reference_with_sh():
 
 
 def test_compare_ply_subset_and_table(tmp_path):
-    g = torch.Generator().manual_seed(0)
-    n = 300
+    scene = make_scene(300, 64, 64, seed=0, sh_degree=1, dtype=torch.float32)
     path = tmp_path / "cloud.ply"
-    write_ply(path, means=torch.randn(n, 3, generator=g) * 0.5 + torch.tensor([2.0, -1.0, 5.0]),
-              quats=torch.randn(n, 4, generator=g), log_scales=torch.randn(n, 3, generator=g) * 0.3 - 3.0,
-              opacity_logits=torch.randn(n, generator=g), sh=torch.randn(n, 4, 3, generator=g) * 0.5)
+    write_ply(path, means=scene["means"], quats=scene["quats"], log_scales=scene["scales"].log(),
+              opacity_logits=torch.logit(scene["opacities"]), sh=scene["colors"])
     result, report = invoke(["--ply", str(path), "--n", "120", "--width", "36", "--height", "28", "--json"])
     assert result.exit_code == 0, result.output
     check_report(report, 120)
@@ -75,3 +74,26 @@ def test_strict_fails_beyond_tolerance_and_bad_ply(tmp_path):
     bad.write_text("not a ply\n")
     result = CliRunner().invoke(command, ["--ply", str(bad)])
     assert result.exit_code != 0 and "bad.ply" in result.output
+
+
+@pytest.mark.parametrize("change,field", [
+    (dict(n=0), "n"), (dict(dtype="float16"), "dtype"), (dict(reference="cuda"), "reference"),
+    (dict(width=0), "width"), (dict(height=True), "height"), (dict(sh_degree=4), "sh_degree"),
+    (dict(camera_distance=-1.0), "camera_distance"),
+])
+def test_library_rejects_bad_configs_by_name(change, field):
+    with pytest.raises(ValueError, match=field):
+        run_comparison(CompareConfig(**{**dict(n=10, width=8, height=8), **change}))
+
+
+def test_library_names_the_ply(tmp_path):
+    scene = make_scene(20, 32, 32, seed=1, sh_degree=0, dtype=torch.float32)
+    path = tmp_path / "dc_only.ply"
+    write_ply(path, means=scene["means"], quats=scene["quats"], log_scales=scene["scales"].log(),
+              opacity_logits=torch.logit(scene["opacities"]), sh=scene["colors"])
+    with pytest.raises(ValueError, match="sh_degree.*dc_only.ply"):
+        run_comparison(CompareConfig(ply=str(path), sh_degree=2, width=8, height=8))
+    with pytest.raises((ValueError, FileNotFoundError), match="missing.ply"):
+        run_comparison(CompareConfig(ply=str(tmp_path / "missing.ply"), width=8, height=8))
+    result = CliRunner().invoke(command, ["--n", "0"])
+    assert result.exit_code != 0 and "random scene needs at least one Gaussian" in result.output
