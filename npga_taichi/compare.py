@@ -19,6 +19,7 @@ the field (``CompareConfig``) or the file.
 """
 from __future__ import annotations
 
+import importlib.util
 import math
 import time
 from dataclasses import asdict, dataclass
@@ -290,10 +291,8 @@ def run_comparison(cfg: CompareConfig) -> dict:
     if cfg.reference == "torch":
         reference, ref_name, tol_key = _torch_oracle, "torch oracle", "exact"
     else:
-        try:
-            import gsplat  # noqa: F401
-        except ImportError:
-            raise ValueError("reference: gsplat needs the gsplat package (pip install gsplat)") from None
+        if importlib.util.find_spec("gsplat") is None:
+            raise ValueError("reference: gsplat needs the gsplat package (pip install gsplat)")
         if device.type == "cuda":
             if dtype != torch.float32:
                 raise ValueError("dtype: gsplat's CUDA rasterizer is float32 only; use float32 or the CPU")

@@ -12,7 +12,6 @@ benchmark's PyTorch peer against the oracle in tests/test_tiled_peer.py, and inp
 from __future__ import annotations
 
 import numpy as np
-import pytest
 import torch
 
 from npga_taichi import reference as R
