@@ -338,12 +338,14 @@ def rasterize(
 ) -> RasterOutput:
     """Render N Gaussians into one pinhole camera, differentiably.
 
-    means (N, 3) world; quats (N, 4) wxyz (normalised inside); scales (N, 3) > 0 (activated);
+    means (N, 3) world; quats (N, 4) wxyz, any non-zero magnitude (normalised inside, scale-safely);
+    scales (N, 3) > 0 (activated);
     opacities (N,) in [0, 1]; colors (N, C) features (any C >= 1) or, with ``sh_degree`` = d,
     SH coefficients (N, K >= (d+1)^2, 3) shaded as max(SH(dir) + 0.5, 0) with
-    dir = normalise(mean - camera centre); viewmat (4, 4) world->camera, OpenCV axes; K (3, 3)
-    pixels; background (C,) or None (zeros). All tensors share one dtype (float32 or float64)
-    and one device. Pixel centres are at (j + 0.5, i + 0.5).
+    dir = normalise(mean - camera centre); viewmat (4, 4) world->camera, OpenCV axes, its 3x3 a
+    rotation (``contract.ROTATION_TOL``); K (3, 3) pixels; width, height (and sh_degree) Python
+    or numpy integers, not bool; background (C,) or None (zeros). All tensors share one dtype
+    (float32 or float64) and one device. Pixel centres are at (j + 0.5, i + 0.5).
 
     Returns a :class:`RasterOutput` with image (H, W, C), alpha (H, W, 1), depth (H, W, 1),
     radii (N,) int32 (0 = culled) and means2d (N, 2), whose ``.grad`` holds the screen-space
