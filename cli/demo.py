@@ -1,8 +1,8 @@
 """``npga demo OUT``: the whole pipeline on the embedded synthetic capture, one command.
 
 synth -> prior fit -> track -> distill -> fit -> eval -> render, each stage skipped when its
-output already exists (see :mod:`npga_taichi.pipeline`). Ends with a metrics table and the
-path of the video.
+output already exists. The work is :func:`npga_taichi.pipeline.run_pipeline`; this module parses
+and prints: a metrics table and the path of the video.
 """
 from __future__ import annotations
 
@@ -13,10 +13,12 @@ from pathlib import Path
 
 import click
 
+from npga_taichi.presets import PRESETS
+
 
 @click.command(name="demo", context_settings={"show_default": True})
 @click.argument("out", type=click.Path(file_okay=False, path_type=Path))
-@click.option("--preset", type=click.Choice(["tiny", "default"]), default="default",
+@click.option("--preset", type=click.Choice(list(PRESETS)), default="default",
               help="tiny: a few minutes, for CI; default: the schedule the README's numbers come from.")
 @click.option("--identity", type=click.IntRange(min=0), default=0, metavar="SEED",
               help="Seed of the synthetic person to capture.")
@@ -39,13 +41,6 @@ def command(out, preset, identity, render_frames, device, force, as_json):
     from npga_taichi.evaluation import format_table, json_safe
     from npga_taichi.pipeline import DemoConfig, run_pipeline
 
-    previous = out / "pipeline.json"
-    if previous.is_file() and not force:
-        old = json.loads(previous.read_text()).get("config", {})
-        if old and (old.get("preset"), old.get("identity")) != (preset, identity):
-            raise click.ClickException(
-                f"{out} holds a demo with preset={old.get('preset')} identity={old.get('identity')}; "
-                f"use another OUT or --force to rebuild it with preset={preset} identity={identity}")
     cfg = DemoConfig(out=str(out), preset=preset, identity=identity, render_frames=render_frames,
                      force=force, device=device)
     echo = (lambda msg: click.echo(msg, err=True)) if as_json else click.echo
@@ -54,7 +49,7 @@ def command(out, preset, identity, render_frames, device, force, as_json):
     try:
         with quiet_stdout:
             record = run_pipeline(cfg, echo=echo)
-    except (RuntimeError, ValueError) as err:
+    except (RuntimeError, ValueError, FileNotFoundError) as err:
         raise click.ClickException(str(err)) from None
     if as_json:
         click.echo(json.dumps(json_safe({**record["metrics"], "video": record["video"],

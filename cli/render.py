@@ -14,91 +14,17 @@ Modes (one per call):
 
 Outputs go to ``--out`` (default ``RUN/renders/<mode>_<sequence>_<camera>``): ``video.mp4``
 (imageio-ffmpeg), ``frames/frame_<i>.png`` with ``--png``, ``grid.png`` and ``render.json``.
-Nothing is overwritten without ``--force``.
+Nothing is overwritten without ``--force``. The work is :func:`npga_taichi.render_run.render_run`;
+this module parses and prints.
 """
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 
 import click
-import numpy as np
-import torch
 
-DEFAULT_CAMERA = "222200037"  # upper-row, frontal NeRSemble camera
-
-
-def _parse_grid(text: str) -> tuple[int, int]:
-    m = re.fullmatch(r"\s*(\d+)\s*[xX,]\s*(\d+)\s*", text)
-    if not m:
-        raise click.BadParameter(f"expected ROWSxCOLS like 4x4, got {text!r}", param_hint="--grid")
-    rows, cols = int(m.group(1)), int(m.group(2))
-    if rows < 2 or cols < 2:
-        raise click.BadParameter(f"a grid needs at least 2x2 cells, got {text!r}", param_hint="--grid")
-    return rows, cols
-
-
-def _parse_corner_codes(text: str, drive_for, default_sequence: str,
-                        other_sequences: list[str]) -> tuple[torch.Tensor, list[str]]:
-    """'auto' or 'SEQ:T;SEQ:T;SEQ:T;SEQ:T' -> (4, E) codes and their labels."""
-    from npga_taichi.reenactment import farthest_codes
-
-    if text.strip().lower() == "auto":
-        # Four mutually distant codes of --sequence, topped up with the other tracked sequences
-        # when it has fewer than four frames.
-        codes, labels = [], []
-        for seq in [default_sequence] + [s for s in other_sequences if s != default_sequence]:
-            drive = drive_for(seq)
-            codes.append(drive.z_exp)
-            labels += [f"{drive.sequence}:{int(t)}" for t in drive.timesteps]
-            if len(labels) >= 4:
-                break
-        pool = torch.cat(codes)
-        idx = farthest_codes(pool, 4)
-        return pool[idx], [labels[i] for i in idx]
-    parts = [p.strip() for p in text.split(";") if p.strip()]
-    if len(parts) != 4:
-        raise click.BadParameter(f"expected 'auto' or four SEQ:TIMESTEP separated by ';', got {text!r}",
-                                 param_hint="--interpolate")
-    codes, labels = [], []
-    for part in parts:
-        if ":" not in part:
-            raise click.BadParameter(f"{part!r} is not SEQ:TIMESTEP", param_hint="--interpolate")
-        seq, t = part.rsplit(":", 1)
-        try:
-            t = int(t)
-        except ValueError:
-            raise click.BadParameter(f"timestep of {part!r} is not an integer", param_hint="--interpolate") from None
-        drive = drive_for(seq)
-        hits = np.nonzero(drive.timesteps == t)[0]
-        if len(hits) == 0:
-            raise click.BadParameter(f"sequence {seq} has no tracked timestep {t} "
-                                     f"(tracked: {drive.timesteps[0]}..{drive.timesteps[-1]})",
-                                     param_hint="--interpolate")
-        codes.append(drive.z_exp[int(hits[0])])
-        labels.append(part)
-    return torch.stack(codes), labels
-
-
-def _frame_indices(n: int, stride: int, max_frames: int | None) -> list[int]:
-    idx = list(range(0, n, stride))
-    return idx[:max_frames] if max_frames else idx
-
-
-def _check_out(out: Path, names: list[str], force: bool) -> None:
-    existing = [n for n in names if (out / n).exists()]
-    if existing and not force:
-        raise click.ClickException(f"{out} already holds {', '.join(existing)}; pass --force to overwrite")
-
-
-def _tile_grid(images: list[np.ndarray], rows: int, cols: int) -> np.ndarray:
-    h, w, c = images[0].shape
-    grid = np.zeros((rows * h, cols * w, c), dtype=images[0].dtype)
-    for k, img in enumerate(images):
-        i, j = divmod(k, cols)
-        grid[i * h:(i + 1) * h, j * w:(j + 1) * w] = img
-    return grid
+from npga_taichi.render_run import DEFAULT_CAMERA
 
 
 @click.command(name="render", context_settings={"show_default": True})
@@ -153,120 +79,22 @@ def command(run_dir, sequence, camera, orbit, orbit_yaw, orbit_pitch, full_circl
       npga render runs/me --interpolate auto --grid 4x4    # expression square as one image
       npga render runs/me --interpolate auto --frames 120  # ... as a video along the border
     """
-    from npga_taichi.camera_paths import (DEFAULT_SQUARE_WAYPOINTS, bilinear_code, orbit_cameras, parse_waypoints,
-                                          square_grid, square_path)
-    from npga_taichi.reenactment import LoadedRun, dumps, ground_truth
-    from npga_taichi.video import to_uint8, write_png, write_png_frames, write_video
-
-    if side_by_side and (orbit or expressions or interpolate):
-        raise click.UsageError("--side-by-side needs self-reenactment from a dataset camera "
-                               "(no --orbit, --expressions or --interpolate)")
-    if (grid_text or path_text) and not interpolate:
-        raise click.UsageError("--grid and --path belong to --interpolate")
-    if grid_text and path_text:
-        raise click.UsageError("choose --grid (one image) or --path (a video), not both")
-    if source_pose and not expressions:
-        raise click.UsageError("--source-pose needs --expressions")
-    grid = _parse_grid(grid_text) if grid_text else None
-    try:
-        waypoints = parse_waypoints(path_text) if path_text else DEFAULT_SQUARE_WAYPOINTS
-    except ValueError as err:
-        raise click.BadParameter(str(err), param_hint="--path") from None
+    from npga_taichi.render_run import OptionError, render_run
 
     try:
-        run = LoadedRun(run_dir, device=device)
-        cams = run.cameras
-        if camera is None:
-            camera = DEFAULT_CAMERA if DEFAULT_CAMERA in cams else (run.heldout_cameras() or sorted(cams))[0]
-        ref_cam = run.camera(camera)
-        if sequence is None:
-            held = [s for s in run.heldout_sequences() if _tracked(run, s)]
-            sequence = held[0] if held else run.reference_drive().sequence
-        mode = "interp" if interpolate else "cross" if expressions else "orbit" if orbit else "self"
-
-        # ---------------------------------------------------------------- the drive
-        if interpolate:
-            def drive_for(seq):
-                return run.drive(seq, expressions, source_pose=False)
-            tracked = [] if expressions else [s for s in run.capture.sequences() if _tracked(run, s)]
-            corners, corner_labels = _parse_corner_codes(interpolate, drive_for, sequence, tracked)
-            uv = square_grid(*grid) if grid else square_path(n_frames, waypoints)
-            codes = torch.stack([bilinear_code(corners, u, v) for u, v in uv])
-            drive = run.reference_drive().with_codes(codes, sequence=f"interp:{sequence}")
-            indices = list(range(len(drive)))
-        else:
-            drive = run.drive(sequence, expressions, source_pose=source_pose)
-            indices = _frame_indices(len(drive), stride, max_frames)
-        if not indices:
-            raise click.ClickException("no frames selected")
-        if orbit:
-            path_cams = orbit_cameras(ref_cam, orbit, center=_head_center(run, drive), yaw_degrees=orbit_yaw,
-                                      pitch_degrees=orbit_pitch, full_circle=full_circle)
-            # the orbit sets the number of frames; the drive loops if it is shorter
-            frame_plan = [(indices[k % len(indices)], path_cams[k]) for k in range(orbit)]
-        else:
-            frame_plan = [(i, ref_cam) for i in indices]
-    except (ValueError, KeyError, FileNotFoundError) as err:
+        info = render_run(run_dir, out, sequence=sequence, camera=camera, orbit=orbit, orbit_yaw=orbit_yaw,
+                          orbit_pitch=orbit_pitch, full_circle=full_circle, expressions=expressions,
+                          source_pose=source_pose, interpolate=interpolate, grid=grid_text, path=path_text,
+                          frames=n_frames, stride=stride, max_frames=max_frames, side_by_side=side_by_side,
+                          png=png, video=not no_video, fps=fps, device=device, force=force)
+    except OptionError as err:
+        if err.option:
+            raise click.BadParameter(err.message, param_hint=err.option) from None
+        raise click.UsageError(err.message) from None
+    except (ValueError, FileNotFoundError, FileExistsError) as err:
         raise click.ClickException(str(err)) from None
-
-    out = out or run_dir / "renders" / f"{mode}_{drive.sequence.replace(':', '-')}_{camera}"
-    names = ["grid.png"] if grid else (["video.mp4"] if not no_video else []) + (["frames"] if png or no_video else [])
-    _check_out(out, names + ["render.json"], force)
-    out.mkdir(parents=True, exist_ok=True)
-
-    def frames():
-        from tqdm import tqdm
-
-        for i, cam in tqdm(frame_plan, desc=f"render {mode}", unit="frame"):
-            image = run.render(run.gaussians(drive.frame(i)), cam)
-            if side_by_side:
-                gt, alpha = ground_truth(run, drive.sequence, int(drive.timesteps[i]), cam.serial)
-                gt = alpha * gt + (1 - alpha) * run.background.view(1, 1, -1)
-                image = torch.cat([gt.to(image), image], dim=1)
-            yield to_uint8(image)
-
-    written: dict[str, str] = {}
-    try:
-        if grid:
-            written["grid"] = str(write_png(out / "grid.png", _tile_grid(list(frames()), *grid)))
-        else:
-            if png or no_video:
-                images = list(frames())
-                written["frames"] = str(out / "frames")
-                write_png_frames(out / "frames", images)
-                if not no_video:
-                    written["video"] = str(write_video(out / "video.mp4", images, fps))
-            else:
-                written["video"] = str(write_video(out / "video.mp4", frames(), fps))
-    except (ValueError, KeyError, FileNotFoundError) as err:
-        raise click.ClickException(str(err)) from None
-
-    info = {
-        "mode": mode, "run": str(run_dir), "sequence": drive.sequence, "camera": camera,
-        "num_frames": len(frame_plan), "fps": fps, "outputs": written,
-        "timesteps": [int(drive.timesteps[i]) for i, _ in frame_plan],
-        "expressions": str(expressions) if expressions else None,
-        "orbit": orbit, "side_by_side": side_by_side,
-    }
-    if interpolate:
-        info["corners"] = corner_labels
-        info["uv"] = [list(p) for p in uv]
-    (out / "render.json").write_text(dumps(info) + "\n")
     if as_json:
         click.echo(json.dumps(info))
     else:
-        for kind, path in written.items():
+        for kind, path in info["outputs"].items():
             click.echo(f"{kind}: {path}")
-
-
-def _tracked(run, sequence: str) -> bool:
-    from npga_taichi.reenactment import tracking_file
-
-    return tracking_file(run.capture_root, run.participant, sequence).is_file()
-
-
-def _head_center(run, drive) -> np.ndarray:
-    """Orbit centre: the mean of the first frame's deformed Gaussians (the head, not the origin)."""
-    g = run.gaussians(drive.frame(0))
-    weights = g["opacities"].double()
-    return ((g["means"].double() * weights[:, None]).sum(0) / weights.sum().clamp_min(1e-12)).cpu().numpy()

@@ -1,7 +1,8 @@
 """The demo's stage runner: synth -> prior -> track -> distill -> fit -> eval -> render.
 
-Every stage is the corresponding ``npga`` command run in-process (so the demo exercises exactly
-what users run by hand) and owns one folder under the demo directory::
+Every stage calls the library function behind the corresponding ``npga`` command (the one that
+command calls, so the demo exercises what users run by hand), prints and records the equivalent
+command line, and owns one folder under the demo directory::
 
     OUT/capture   npga synth          (the synthetic multi-view capture, NeRSemble layout)
     OUT/prior     npga prior fit      (the MonoNPHM prior)
@@ -13,8 +14,13 @@ what users run by hand) and owns one folder under the demo directory::
 
 A stage is *done* when its final output file exists (the capture's synthetic_capture.json must
 say ``complete``, the run's summary.json ``finished``); done stages are skipped, so an
-interrupted demo resumes where it stopped (each command resumes from its own checkpoints).
-``force`` reruns every stage. Wall times per stage are recorded in ``OUT/pipeline.json``.
+interrupted demo resumes where it stopped (each stage resumes from its own checkpoints; the fit
+with ``resume`` when ``OUT/run/checkpoints/latest.pt`` exists). ``force`` reruns every stage.
+Wall times and command lines per stage are recorded in ``OUT/pipeline.json``.
+
+Stage settings come from the one preset registry :mod:`npga_taichi.presets`: the preset's entry
+for the stage, with the preset's ``demo`` entry on top (tiny: 1 sample per pixel, 3 frames per
+sequence, 100 fit steps). The library never imports click or :mod:`npga_taichi.cli`.
 """
 from __future__ import annotations
 
@@ -25,8 +31,9 @@ from pathlib import Path
 from typing import Callable
 
 from npga_taichi.checkpoint import write_text_atomic
+from npga_taichi.presets import PRESETS as PRESET_REGISTRY, preset_overrides
 
-PRESETS = ("tiny", "default")
+PRESETS = tuple(PRESET_REGISTRY)  # "tiny", "default"
 
 
 @dataclass
@@ -46,20 +53,6 @@ class DemoConfig:
         if self.identity < 0:
             raise ValueError(f"identity must be a non-negative seed, got {self.identity}")
         return self
-
-
-@dataclass
-class Stage:
-    """One pipeline step: an ``npga`` command line (or an in-process API call) and its output."""
-
-    name: str
-    argv: Callable[["DemoPaths"], list[str]]   # npga arguments (after "npga"), shown and recorded
-    output: Callable[["DemoPaths"], Path]      # final output file
-    done: Callable[["DemoPaths"], bool] | None = None  # finished? [default: output exists]
-    call: Callable[["DemoPaths", bool], None] | None = None  # run via the Python API instead (force)
-
-    def is_done(self, paths: "DemoPaths") -> bool:
-        return self.done(paths) if self.done is not None else self.output(paths).exists()
 
 
 @dataclass
@@ -112,127 +105,174 @@ def _tracking_done(p: DemoPaths) -> bool:
     return bool(seqs) and all((p.tracking_dir / f"{s}.npz").is_file() for s in seqs)
 
 
-def _fit_args(p: DemoPaths) -> list[str]:
-    # An interrupted fit continues from its last checkpoint instead of refusing to start.
-    return ["--resume"] if (p.run / "checkpoints" / "latest.pt").is_file() else []
-
-
-# Per-preset arguments of every stage. "default" is the schedule the README's numbers come from;
-# "tiny" is sized for CI and the test suite (a few minutes on a busy 2-core machine).
-STAGE_OPTIONS: dict[str, dict[str, list[str]]] = {
-    "tiny": {
-        "synth": ["--preset", "tiny", "--samples", "1", "--frames", "3"],
-        "prior": ["--preset", "tiny", "--steps", "100", "--identities", "2", "--expressions", "4"],
-        "track": ["--steps-first", "40", "--steps", "5", "--points", "400"],
-        "distill": ["--steps", "60", "--hidden", "32", "--layers", "2"],
-        "fit": ["--preset", "tiny", "--steps", "100"],
-    },
-    "default": {
-        "synth": ["--preset", "default"],
-        "prior": ["--preset", "small"],
-        "track": [],
-        "distill": [],
-        "fit": ["--preset", "default"],
-    },
+# How a stage's settings read as `npga` options, for the equivalent command line that the demo
+# prints and records (config field -> option). Settings without an option are listed beside it.
+CLI_FLAGS: dict[str, dict[str, str]] = {
+    "capture": {"preset": "--preset", "samples_per_side": "--samples", "frames_per_sequence": "--frames",
+                "downscale": "--downscale"},
+    "prior": {"preset": "--preset", "steps": "--steps", "n_identities": "--identities",
+              "n_expressions": "--expressions", "seed": "--seed"},
+    "track": {"steps_first": "--steps-first", "steps": "--steps", "points": "--points"},
+    "distill": {"steps": "--steps", "hidden_dim": "--hidden", "n_layers": "--layers", "seed": "--seed"},
 }
 
-# The tiny preset's prior and F also shrink the sample pools and the final evaluations, which
-# the CLIs do not expose (with the CLI defaults those evaluations take most of the time: ~10x).
-TINY_PRIOR = dict(preset="tiny", n_identities=2, n_expressions=4, n_heldout_expressions=1, points_surface=400,
-                  points_near=400, points_space=150, batch_shapes=2, batch_points=400, steps=100,
-                  eval_points=400, eval_fit_steps=10, checkpoint_every=50, lr=3e-3)
-TINY_DISTILL = dict(steps=60, hidden_dim=32, n_layers=2, batch_points=1024, surface_points=3000, eval_points=300,
-                    eval_codes=4, root_points=50, root_codes=2, root_iters=15, checkpoint_every=30)
+
+def stage_settings(preset: str, stage: str) -> dict:
+    """Preset ``preset``'s overrides for ``stage`` (:mod:`npga_taichi.presets`) with what the demo
+    changes on top (the preset's ``demo`` entry)."""
+    return {**preset_overrides(preset, stage), **preset_overrides(preset, "demo").get(stage, {})}
 
 
-def _tiny_prior(p: "DemoPaths", force: bool) -> None:
-    from npga_taichi.prior.config import PriorTrainConfig
-    from npga_taichi.prior.training import fit_prior
+def _as_flags(settings: dict, flags: dict[str, str] | None) -> tuple[list[str], list[str]]:
+    """(npga options, names of settings that have none); ``flags=None``: fields are options."""
+    argv, missing = [], []
+    for name, value in settings.items():
+        if flags is not None:
+            flag = flags.get(name)
+            if flag is None:
+                missing.append(name)
+            else:
+                argv += [flag, str(value)]
+        elif isinstance(value, bool):  # `npga fit`'s switches: --x / --no-x (use_x -> x)
+            base = (name[4:] if name.startswith("use_") else name).replace("_", "-")
+            argv.append(("--" if value else "--no-") + base)
+        else:
+            argv += ["--" + name.replace("_", "-"), ",".join(map(str, value)) if isinstance(value, (tuple, list))
+                     else str(value)]
+    return argv, missing
 
-    fit_prior(p.prior, PriorTrainConfig(**TINY_PRIOR), force=force, progress=True, log=print)
+
+@dataclass
+class Stage:
+    """One pipeline step: a library call, the ``npga`` command line it is equivalent to, its output."""
+
+    name: str
+    argv: list[str]                            # the equivalent npga arguments (after "npga")
+    output: Callable[["DemoPaths"], Path]      # final output file
+    run: Callable[["DemoPaths"], object]       # the library call that does the work
+    done: Callable[["DemoPaths"], bool] | None = None  # finished? [default: output exists]
+    not_in_cli: list[str] = field(default_factory=list)  # settings the command line cannot express
+
+    def is_done(self, paths: "DemoPaths") -> bool:
+        return self.done(paths) if self.done is not None else self.output(paths).exists()
 
 
-def _tiny_distill(p: "DemoPaths", force: bool) -> None:
-    from npga_taichi.prior.distill import DistillConfig, distill
-    from npga_taichi.prior.model import load_prior
-    from npga_taichi.prior.tracking import load_tracking
-
-    trackings = [load_tracking(f) for f in sorted(p.tracking_dir.glob("*.npz"))]
-    distill(load_prior(p.prior), trackings, p.distill, DistillConfig(**TINY_DISTILL), force=force, progress=True,
-            log=print)
-
-
-def stages(cfg: DemoConfig) -> list[Stage]:
-    """The demo's stages for ``cfg``: the command lines every stage runs."""
-    opt = STAGE_OPTIONS[cfg.preset]
+def stages(cfg: DemoConfig, paths: DemoPaths, log: Callable[[str], None] = print) -> list[Stage]:
+    """The demo's stages for ``cfg``: each a library call with ``cfg.preset``'s settings
+    (:func:`stage_settings`), recorded as its equivalent ``npga`` command line."""
+    p, force, device = paths, cfg.force, cfg.device
+    settings = {s: stage_settings(cfg.preset, s) for s in ("capture", "prior", "track", "distill")}
+    flags = {s: _as_flags(settings[s], CLI_FLAGS[s]) for s in settings}
+    # `npga fit` applies the preset itself; the demo's own changes (e.g. fewer steps) go on top.
+    demo = preset_overrides(cfg.preset, "demo")
+    fit_overrides = {part: demo.get(part, {}) for part in ("avatar", "train")}
+    fit_flags = _as_flags({**fit_overrides["avatar"], **fit_overrides["train"]}, None)[0]
+    # An interrupted fit continues from its last checkpoint instead of refusing to start.
+    resume = not force and (p.run / "checkpoints" / "latest.pt").is_file()
     render_limit = ["--max-frames", str(cfg.render_frames)] if cfg.render_frames else []
+
+    def capture(p: DemoPaths):
+        from npga_taichi.data.capture import CaptureConfig, write_capture
+
+        capture_cfg = dict(settings["capture"])
+        config = CaptureConfig.preset(capture_cfg.pop("preset"), identity_seed=cfg.identity,
+                                      participant=cfg.identity % 1000, **capture_cfg)
+        return write_capture(p.capture, config, force=force, progress=True)
+
+    def prior(p: DemoPaths):
+        from npga_taichi.prior.config import PriorTrainConfig
+        from npga_taichi.prior.training import fit_prior
+
+        return fit_prior(p.prior, PriorTrainConfig(**settings["prior"]), force=force, progress=True, log=log)
+
+    def track(p: DemoPaths):
+        from npga_taichi.prior.tracking import track_capture
+
+        return track_capture(p.participant_dir, p.prior, force=force, progress=True, **settings["track"])
+
+    def distill(p: DemoPaths):
+        from npga_taichi.prior.distill import DistillConfig, distill
+        from npga_taichi.prior.model import load_prior
+        from npga_taichi.prior.tracking import load_tracking
+
+        trackings = [load_tracking(f) for f in sorted(p.tracking_dir.glob("*.npz"))]
+        return distill(load_prior(p.prior), trackings, p.distill, DistillConfig(**settings["distill"]),
+                       force=force, progress=True, log=log)
+
+    def fit(p: DemoPaths):
+        from npga_taichi.avatar.fitting import fit_avatar
+
+        return fit_avatar(p.capture, p.run, prior=p.prior, field=p.distill, preset=cfg.preset,
+                          avatar_overrides=fit_overrides["avatar"], train_overrides=fit_overrides["train"],
+                          resume=resume, force=force, device=device, progress=True, log=log)
+
+    def evaluate(p: DemoPaths):
+        from npga_taichi.evaluation import evaluate_run
+
+        return evaluate_run(p.run, p.eval, device=device, force=True)
+
+    def render(p: DemoPaths):
+        from npga_taichi.render_run import render_run
+
+        return render_run(p.run, p.render, side_by_side=True, device=device, force=True,
+                          max_frames=cfg.render_frames)
+
     return [
-        Stage("capture", lambda p: ["synth", str(p.capture), "--identity", str(cfg.identity), *opt["synth"]],
-              lambda p: p.participant_dir / "synthetic_capture.json", _capture_done),
-        Stage("prior", lambda p: ["prior", "fit", "--out", str(p.prior), *opt["prior"]],
-              lambda p: p.prior / "metrics.json", call=_tiny_prior if cfg.preset == "tiny" else None),
-        Stage("track", lambda p: ["track", str(p.participant_dir), "--prior", str(p.prior), *opt["track"]],
-              lambda p: p.tracking_dir, _tracking_done),
-        Stage("distill", lambda p: ["distill", "--prior", str(p.prior), "--tracking", str(p.tracking_dir),
-                                    "--out", str(p.distill), *opt["distill"]],
-              lambda p: p.distill / "metrics.json", call=_tiny_distill if cfg.preset == "tiny" else None),
-        Stage("fit", lambda p: ["fit", str(p.capture), "--out", str(p.run), "--prior", str(p.prior),
-                                "--field", str(p.distill), *opt["fit"], "--device", cfg.device,
-                                *([] if cfg.force else _fit_args(p))],
-              lambda p: p.run / "summary.json", lambda p: _json_flag(p.run / "summary.json", "finished")),
-        Stage("eval", lambda p: ["eval", str(p.run), "--out", str(p.eval), "--force", "--device", cfg.device],
-              lambda p: p.eval / "summary.json"),
-        Stage("render", lambda p: ["render", str(p.run), "--side-by-side", "--out", str(p.render), "--force",
-                                   "--device", cfg.device, *render_limit],
-              lambda p: p.render / "video.mp4"),
+        Stage("capture", ["synth", str(p.capture), "--identity", str(cfg.identity), *flags["capture"][0]],
+              lambda p: p.participant_dir / "synthetic_capture.json", capture, _capture_done, flags["capture"][1]),
+        Stage("prior", ["prior", "fit", "--out", str(p.prior), *flags["prior"][0]],
+              lambda p: p.prior / "metrics.json", prior, not_in_cli=flags["prior"][1]),
+        Stage("track", ["track", str(p.participant_dir), "--prior", str(p.prior), *flags["track"][0]],
+              lambda p: p.tracking_dir, track, _tracking_done, flags["track"][1]),
+        Stage("distill", ["distill", "--prior", str(p.prior), "--tracking", str(p.tracking_dir),
+                          "--out", str(p.distill), *flags["distill"][0]],
+              lambda p: p.distill / "metrics.json", distill, not_in_cli=flags["distill"][1]),
+        Stage("fit", ["fit", str(p.capture), "--out", str(p.run), "--prior", str(p.prior), "--field", str(p.distill),
+                      "--preset", cfg.preset, *fit_flags, "--device", device, *(["--resume"] if resume else [])],
+              lambda p: p.run / "summary.json", fit, lambda p: _json_flag(p.run / "summary.json", "finished")),
+        Stage("eval", ["eval", str(p.run), "--out", str(p.eval), "--force", "--device", device],
+              lambda p: p.eval / "summary.json", evaluate),
+        Stage("render", ["render", str(p.run), "--side-by-side", "--out", str(p.render), "--force",
+                         "--device", device, *render_limit],
+              lambda p: p.render / "video.mp4", render),
     ]
 
 
-def run_cli(argv: list[str]) -> None:
-    """Run one ``npga`` command in this process; a failing command raises RuntimeError."""
-    import click
+def run_pipeline(cfg: DemoConfig, echo: Callable[[str], None] = print) -> dict:
+    """Run (or skip) every stage; returns the record written to ``OUT/pipeline.json``.
 
-    from npga_taichi.cli.main import cli
-
-    try:
-        cli.main(args=argv, prog_name="npga", standalone_mode=False)
-    except click.ClickException as err:
-        raise RuntimeError(f"`npga {' '.join(argv)}` failed: {err.format_message()}") from err
-    except SystemExit as err:  # click exits on --help or usage errors even outside standalone mode
-        if err.code not in (0, None):
-            raise RuntimeError(f"`npga {' '.join(argv)}` exited with status {err.code}") from err
-
-
-def run_pipeline(cfg: DemoConfig, echo: Callable[[str], None] = print,
-                 runner: Callable[[list[str]], None] = run_cli) -> dict:
-    """Run (or skip) every stage; returns the record written to ``OUT/pipeline.json``."""
+    ``echo`` receives one line per stage (its equivalent command, its wall time) and the stages'
+    own log lines. A stage that fails raises RuntimeError naming the stage and the reason.
+    """
     cfg.validate()
     paths = DemoPaths(cfg)
     paths.root.mkdir(parents=True, exist_ok=True)
     record_path = paths.root / "pipeline.json"
     record = json.loads(record_path.read_text()) if record_path.is_file() else {}
+    old = record.get("config", {})
+    if old and not cfg.force and (old.get("preset"), old.get("identity")) != (cfg.preset, cfg.identity):
+        raise ValueError(f"{paths.root} holds a demo with preset={old.get('preset')} identity={old.get('identity')}; "
+                         f"use another OUT or --force to rebuild it with preset={cfg.preset} identity={cfg.identity}")
     record["config"] = asdict(cfg)
     record.setdefault("stages", {})
     total_start = time.perf_counter()
-    for stage in stages(cfg):
+    for stage in stages(cfg, paths, log=echo):
         output = stage.output(paths)
         if stage.is_done(paths) and not cfg.force:
             echo(f"[{stage.name}] done already ({output}), skipping")
             record["stages"].setdefault(stage.name, {})["skipped"] = True
             continue
-        argv = stage.argv(paths)
+        argv = list(stage.argv)
         if cfg.force and "--force" not in argv and "--resume" not in argv:
             argv.append("--force")
+        beyond = f" (+ {cfg.preset} settings without an option: {', '.join(stage.not_in_cli)})" \
+            if stage.not_in_cli else ""
+        echo(f"[{stage.name}] npga {' '.join(argv)}{beyond}")
         start = time.perf_counter()
-        if stage.call is not None:
-            echo(f"[{stage.name}] (Python API, {cfg.preset} settings) like: npga {' '.join(argv)}")
-            try:
-                stage.call(paths, cfg.force)
-            except ValueError as err:
-                raise RuntimeError(f"stage {stage.name} failed: {err}") from err
-        else:
-            echo(f"[{stage.name}] npga {' '.join(argv)}")
-            runner(argv)
+        try:
+            stage.run(paths)
+        except (ValueError, FileNotFoundError, FileExistsError) as err:
+            raise RuntimeError(f"stage {stage.name} (`npga {' '.join(argv)}`) failed: {err}") from err
         seconds = time.perf_counter() - start
         if not stage.is_done(paths):
             raise RuntimeError(f"stage {stage.name} finished but its output {output} is missing or incomplete")

@@ -220,11 +220,16 @@ class LoadedRun:
         own = self.reference_drive()
         return own.with_codes(other.z_exp, other.timesteps, other.sequence)
 
+    def tracked_sequences(self) -> list[str]:
+        """The capture's sequences (in capture order) that have a tracking file."""
+        return [seq for seq in self.capture.sequences()
+                if tracking_file(self.capture_root, self.participant, seq).is_file()]
+
     def reference_drive(self) -> Drive:
         """The first tracked sequence: its first pose anchors cross-reenactment and interpolation."""
-        for seq in self.capture.sequences():
-            if tracking_file(self.capture_root, self.participant, seq).is_file():
-                return load_drive(self.run_dir, seq, self.device)
+        tracked = self.tracked_sequences()
+        if tracked:
+            return load_drive(self.run_dir, tracked[0], self.device)
         raise ValueError(f"no tracked sequence under {self.capture_root}/{self.participant}/annotations/tracking")
 
     # ------------------------------------------------------------------ rendering

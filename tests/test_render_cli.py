@@ -216,3 +216,49 @@ def test_render_bad_arguments(tiny_demo, tmp_path):
         result = _invoke(run_dir, *args, "--out", tmp_path / "bad")
         assert result.exit_code == code and message in result.output, (args, result.output)
     assert not (tmp_path / "bad" / "video.mp4").exists()
+
+
+def test_render_library_errors_name_the_option(tiny_demo, tmp_path):
+    """`render_run` (the work under `npga render`) raises ValueError subclasses naming the option,
+    FileNotFoundError for a missing run and FileExistsError instead of overwriting."""
+    from npga_taichi.render_run import OptionError, render_run
+
+    run_dir = tiny_demo["out"] / "run"
+    cases = [
+        (dict(interpolate="auto", grid="1x5"), "--grid", "2x2"),
+        (dict(interpolate="auto", grid=(3, 1)), "--grid", "2x2"),
+        (dict(interpolate="FREE:0;FREE:1"), "--interpolate", "four"),
+        (dict(interpolate="FREE:0;FREE:1;FREE:2;FREE:99"), "--interpolate", "no tracked timestep 99"),
+        (dict(interpolate="auto", path="0,0;x,1"), "--path", "bad waypoint"),
+        (dict(orbit=1), "--orbit", "minimum 2"),
+        (dict(stride=0), "--stride", "minimum 1"),
+        (dict(fps=0.0), "--fps", "minimum 0.1"),
+        (dict(orbit=3, side_by_side=True), None, "--side-by-side"),
+        (dict(source_pose=True), None, "--expressions"),
+    ]
+    for kwargs, option, message in cases:
+        with pytest.raises(OptionError, match=message) as info:
+            render_run(run_dir, tmp_path / "bad", **kwargs)
+        assert info.value.option == option, kwargs
+        assert str(info.value).startswith(f"{option}: " if option else "--"), str(info.value)
+    with pytest.raises(ValueError, match="unknown camera '999'"):
+        render_run(run_dir, tmp_path / "bad", camera="999")
+    with pytest.raises(FileNotFoundError, match="RUN"):
+        render_run(tmp_path / "no_run", tmp_path / "bad")
+    assert not (tmp_path / "bad").exists()  # nothing written before the inputs are checked
+
+    info = render_run(run_dir, tmp_path / "ok", max_frames=1, video=False, progress=False)
+    assert info["outputs"] == {"frames": str(tmp_path / "ok" / "frames")} and info["timesteps"] == [0]
+    assert json.loads((tmp_path / "ok" / "render.json").read_text()) == json.loads(json.dumps(info))
+    with pytest.raises(FileExistsError, match="--force"):
+        render_run(run_dir, tmp_path / "ok", max_frames=1, video=False, progress=False)
+
+
+def test_head_center_is_the_opacity_weighted_mean():
+    from npga_taichi.render_run import head_center
+
+    means = torch.tensor([[0.0, 0, 0], [1.0, 0, 0], [0.0, 2, 0]])
+    opacities = torch.tensor([1.0, 3.0, 0.0])
+    run = SimpleNamespace(gaussians=lambda frame: {"means": means, "opacities": opacities})
+    drive = SimpleNamespace(frame=lambda i: {})
+    assert np.allclose(head_center(run, drive), [0.75, 0.0, 0.0])
