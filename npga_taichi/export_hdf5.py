@@ -36,10 +36,11 @@ replaced unless ``force``. :func:`export_sequence` is ``npga export``'s work (HD
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from pathlib import Path
-from typing import Callable, Mapping
+from typing import Callable, Iterator, Mapping
 
 import h5py
 import numpy as np
@@ -206,6 +207,11 @@ class SequenceWriter:
 
 # ---------------------------------------------------------------------------------- reading
 
+# gzip cannot shrink data more than ~1032:1, so a dataset declaring more bytes than this many
+# times the file's size is a lying header: refused before h5py allocates it.
+_MAX_EXPANSION = 1100
+
+
 def _open(path: str | os.PathLike) -> h5py.File:
     path = Path(path)
     if not path.is_file():
@@ -214,29 +220,74 @@ def _open(path: str | os.PathLike) -> h5py.File:
         f = h5py.File(path, "r")
     except OSError as err:
         raise ValueError(f"{path} is not an HDF5 file: {err}") from None
-    fmt = f.attrs.get("format")
-    if fmt != FORMAT_NAME:
+    try:
+        fmt = f.attrs.get("format")
+        if isinstance(fmt, bytes):
+            fmt = fmt.decode("utf-8", errors="replace")
+        if not isinstance(fmt, str) or fmt != FORMAT_NAME:
+            raise ValueError(f"{path} is not an {FORMAT_NAME} file (format attribute: {fmt!r})")
+        version = f.attrs.get("format_version", -1)
+        if not isinstance(version, (int, np.integer)) or not 1 <= int(version) <= FORMAT_VERSION:
+            raise ValueError(f"{path} has format_version {version!r}; this reader supports 1..{FORMAT_VERSION}")
+    except BaseException as err:
         f.close()
-        raise ValueError(f"{path} is not an {FORMAT_NAME} file (format attribute: {fmt!r})")
-    version = int(f.attrs.get("format_version", -1))
-    if version > FORMAT_VERSION or version < 1:
-        f.close()
-        raise ValueError(f"{path} has format_version {version}; this reader supports 1..{FORMAT_VERSION}")
+        if isinstance(err, ValueError) and str(path) in str(err):
+            raise
+        if isinstance(err, Exception):
+            raise ValueError(f"{path}: malformed {FORMAT_NAME} file ({type(err).__name__}: {err})") from None
+        raise
     return f
+
+
+@contextlib.contextmanager
+def _reading(path: str | os.PathLike) -> Iterator[h5py.File]:
+    """Open a sequence file; any h5py / shape problem inside the block becomes a ValueError
+    naming the file (our own KeyError / IndexError lookups, which name it, pass through)."""
+    f = _open(path)
+    try:
+        yield f
+    except (KeyError, IndexError, ValueError) as err:
+        if str(path) in str(err):
+            raise
+        raise ValueError(f"{path}: malformed {FORMAT_NAME} file ({type(err).__name__}: {err})") from None
+    except (OSError, TypeError, AttributeError, RuntimeError, MemoryError, OverflowError) as err:
+        raise ValueError(f"{path}: malformed {FORMAT_NAME} file ({type(err).__name__}: {err})") from None
+    finally:
+        f.close()
+
+
+def _read(f: h5py.File, key: str, path, ndim: int | None = None, numeric: bool = True) -> np.ndarray:
+    """Dataset ``key`` as an array, its declared size checked against the file size first."""
+    ds = f[key]
+    if not isinstance(ds, h5py.Dataset):
+        raise ValueError(f"{path}: {key} is not a dataset")
+    nbytes = int(np.prod(ds.shape, dtype=object) or 0) * ds.dtype.itemsize if ds.shape is not None else 0
+    if nbytes > _MAX_EXPANSION * os.path.getsize(f.file.filename) + (1 << 20):
+        raise ValueError(f"{path}: {key} declares shape {ds.shape} ({nbytes} bytes), more than the file can hold")
+    arr = ds[()]
+    arr = np.asarray(arr)
+    if numeric and arr.dtype.kind not in "biuf":
+        raise ValueError(f"{path}: {key} holds {arr.dtype}, expected numbers")
+    if ndim is not None and arr.ndim != ndim:
+        raise ValueError(f"{path}: {key} has shape {arr.shape}, expected {ndim} dimensions")
+    return arr
 
 
 def read_metadata(path: str | os.PathLike) -> dict:
     """Root attributes, timesteps, codes, poses and camera serials of a sequence file."""
-    with _open(path) as f:
+    with _reading(path) as f:
         meta = {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in f.attrs.items()}
         meta["num_frames"] = len(f["frames"])
         meta["cameras"] = sorted(f["cameras"]) if "cameras" in f else []
         if "timesteps" in f:
-            meta["timesteps"] = f["timesteps"][()]
-            meta["z_exp"] = f["codes/z_exp"][()]
-            meta["rot"] = f["poses/rot"][()]
-            meta["trans"] = f["poses/trans"][()]
-            meta["scale"] = f["poses/scale"][()]
+            meta["timesteps"] = _read(f, "timesteps", path, 1)
+            meta["z_exp"] = _read(f, "codes/z_exp", path, 2)
+            meta["rot"] = _read(f, "poses/rot", path, 3)
+            meta["trans"] = _read(f, "poses/trans", path, 2)
+            meta["scale"] = _read(f, "poses/scale", path)
+            t = len(meta["timesteps"])
+            if any(len(meta[k]) != t for k in ("z_exp", "rot", "trans", "scale")):
+                raise ValueError(f"{path}: codes and poses do not have one row per timestep ({t})")
         return meta
 
 
@@ -252,46 +303,59 @@ def read_frame(path: str | os.PathLike, index: int, device="cpu", dtype=torch.fl
 
     Returns means, quats, scales, opacities, colors (SH (N,K,3) or features (N,C)), sh_degree
     (int or None) and background (tensor or None): add viewmat, K, width, height and call
-    ``rasterize(**frame, ...)``.
+    ``rasterize(**frame, ...)``. Shapes are checked and values must be finite (ValueError
+    naming the file and frame otherwise).
     """
-    with _open(path) as f:
+    with _reading(path) as f:
         g = _frame_group(f, path, index)
+        where = f"frames/{index:05d}"
         sh_degree = int(f.attrs["sh_degree"])
+        if not -1 <= sh_degree <= 3:
+            raise ValueError(f"{path}: sh_degree {sh_degree} is not -1 (features) or 0..3")
+        arrays = {"means": _read(g, "means", path, 2), "quats": _read(g, "quats", path, 2),
+                  "scales": _read(g, "scales", path, 2), "opacities": _read(g, "opacities", path, 1),
+                  "colors": _read(g, "sh" if sh_degree >= 0 else "colors", path, 3 if sh_degree >= 0 else 2)}
+        n = arrays["means"].shape[0]
+        tails = {"means": (3,), "quats": (4,), "scales": (3,), "opacities": (),
+                 "colors": ((sh_degree + 1) ** 2, 3) if sh_degree >= 0 else arrays["colors"].shape[1:]}
+        for key, tail in tails.items():
+            if arrays[key].shape != (n, *tail):
+                raise ValueError(f"{path} {where}: {key} has shape {arrays[key].shape}, expected {(n, *tail)}")
+            if not np.isfinite(arrays[key]).all():
+                raise ValueError(f"{path} {where}: {key} contains NaN or Inf")
+        background = np.asarray(f.attrs["background"], dtype=np.float64)
+        if background.size and (background.ndim != 1 or not np.isfinite(background).all()):
+            raise ValueError(f"{path}: background attribute {background.tolist()} is not a finite vector")
         t = lambda a: torch.as_tensor(np.asarray(a), dtype=dtype, device=device)  # noqa: E731
-        background = np.asarray(f.attrs["background"])
-        return {
-            "means": t(g["means"][()]),
-            "quats": t(g["quats"][()]),
-            "scales": t(g["scales"][()]),
-            "opacities": t(g["opacities"][()]),
-            "colors": t(g["sh" if sh_degree >= 0 else "colors"][()]),
-            "sh_degree": sh_degree if sh_degree >= 0 else None,
-            "background": t(background) if background.size else None,
-        }
+        return {**{k: t(v) for k, v in arrays.items()},
+                "sh_degree": sh_degree if sh_degree >= 0 else None,
+                "background": t(background) if background.size else None}
 
 
 def read_frame_image(path: str | os.PathLike, index: int, serial: str) -> np.ndarray:
     """The rendered image stored with frame ``index`` for camera ``serial`` (H, W, C) float32."""
-    with _open(path) as f:
+    with _reading(path) as f:
         g = _frame_group(f, path, index)
         if "images" not in g or serial not in g["images"]:
             raise KeyError(f"{path} frame {index} has no stored image for camera {serial!r}")
-        return g["images"][serial][()]
+        return _read(g, f"images/{serial}", path, 3)
 
 
 def read_camera(path: str | os.PathLike, serial: str, device="cpu", dtype=torch.float32) -> dict:
     """Camera ``serial`` of a sequence file as rasterize keyword arguments (viewmat, K, width, height)."""
-    with _open(path) as f:
+    with _reading(path) as f:
         if "cameras" not in f or serial not in f["cameras"]:
             have = sorted(f["cameras"]) if "cameras" in f else []
             raise KeyError(f"{path} has no camera {serial!r}; it has {have}")
         g = f["cameras"][serial]
-        return {
-            "viewmat": torch.as_tensor(g["viewmat"][()], dtype=dtype, device=device),
-            "K": torch.as_tensor(g["K"][()], dtype=dtype, device=device),
-            "width": int(g.attrs["width"]),
-            "height": int(g.attrs["height"]),
-        }
+        viewmat, K = _read(g, "viewmat", path), _read(g, "K", path)
+        width, height = int(g.attrs["width"]), int(g.attrs["height"])
+        if viewmat.shape != (4, 4) or K.shape != (3, 3) or not (np.isfinite(viewmat).all() and np.isfinite(K).all()):
+            raise ValueError(f"{path}: camera {serial} needs a finite 4x4 viewmat and 3x3 K")
+        if width < 1 or height < 1:
+            raise ValueError(f"{path}: camera {serial} has size {width}x{height}")
+        return {"viewmat": torch.as_tensor(viewmat, dtype=dtype, device=device),
+                "K": torch.as_tensor(K, dtype=dtype, device=device), "width": width, "height": height}
 
 
 # ---------------------------------------------------------------------------------- export

@@ -260,6 +260,17 @@ def read_ply(path: str | os.PathLike) -> GaussianPly:
                 raise ValueError(f"{path}: list properties in element '{element.name}' before the "
                                  "vertices are not supported")
         vertex = elements[vertex_pos]
+        # The properties are checked from the header, before any body byte is read.
+        names = [name for name, _ in vertex.properties]
+        n_rest = sum(1 for name in names if name.startswith("f_rest_"))
+        k = n_rest // 3 + 1
+        degree = round(k ** 0.5) - 1
+        if n_rest % 3 or (degree + 1) ** 2 != k or degree > 3:
+            raise ValueError(f"{path}: {n_rest} f_rest_* properties do not match any SH degree 0..3 "
+                             "(expected 0, 9, 24 or 45)")
+        missing = [name for name in property_names(degree) if name not in ("nx", "ny", "nz") and name not in names]
+        if missing:
+            raise ValueError(f"{path}: missing 3DGS properties: {', '.join(missing)}")
         dtype = np.dtype([(name, order + code) for name, code in vertex.properties])
         body_bytes = os.fstat(f.fileno()).st_size - f.tell()
         if fmt == "ascii":
@@ -276,17 +287,6 @@ def read_ply(path: str | os.PathLike) -> GaussianPly:
             f.seek(skip, os.SEEK_CUR)
             rec = np.frombuffer(f.read(need), dtype=dtype)
             data = {name: rec[name] for name in dtype.names}
-
-    n_rest = sum(1 for name in data if name.startswith("f_rest_"))
-    k = n_rest // 3 + 1
-    degree = round(k ** 0.5) - 1
-    if n_rest % 3 or (degree + 1) ** 2 != k or degree > 3:
-        raise ValueError(f"{path}: {n_rest} f_rest_* properties do not match any SH degree 0..3 "
-                         "(expected 0, 9, 24 or 45)")
-    required = [name for name in property_names(degree) if name not in ("nx", "ny", "nz")]
-    missing = [name for name in required if name not in data]
-    if missing:
-        raise ValueError(f"{path}: missing 3DGS properties: {', '.join(missing)}")
 
     def stack(names: list[str]) -> torch.Tensor:
         return torch.from_numpy(np.stack([np.asarray(data[n], dtype=np.float32) for n in names], axis=1))

@@ -10,12 +10,28 @@ import time
 
 import pytest
 from click.testing import CliRunner
-from hypothesis import settings
+from hypothesis import HealthCheck, settings
 
 from npga_taichi.cli.main import cli
 
 settings.register_profile("npga", deadline=None, print_blob=True)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "npga"))
+
+FUZZ_EXAMPLES = 20        # per fuzz target in the normal run (tests/test_fuzz.py, well under a minute)
+FUZZ_EXAMPLES_SLOW = 500  # with --runslow
+
+
+def pytest_addoption(parser):
+    parser.addoption("--runslow", action="store_true", default=False,
+                     help=f"longer runs of the slow checks: {FUZZ_EXAMPLES_SLOW} examples per fuzz target")
+    parser.addoption("--fuzz-examples", type=int, default=None, metavar="N",
+                     help=f"examples per fuzz target in tests/test_fuzz.py [default {FUZZ_EXAMPLES}]")
+
+
+def pytest_configure(config):
+    n = config.getoption("--fuzz-examples") or (FUZZ_EXAMPLES_SLOW if config.getoption("--runslow") else FUZZ_EXAMPLES)
+    settings.register_profile("npga-fuzz", parent=settings.get_profile("npga"), max_examples=n,
+                              suppress_health_check=list(HealthCheck))
 
 
 _BUILT: dict[str, object] = {}  # one tiny demo per test process, whichever test file asks first

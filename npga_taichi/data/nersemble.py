@@ -166,6 +166,9 @@ def _image_size(path: Path) -> tuple[int, int]:
 
 
 def _read_image(path: Path) -> np.ndarray:
+    # The structural check first: a corrupt PNG chunk length would otherwise make the decoder
+    # allocate up to 4 GB before finding the file short.
+    _image_size(path)
     try:
         img = iio.imread(path)
     except Exception as err:  # imageio raises many types for corrupt files
@@ -427,7 +430,9 @@ class NersembleCapture:
             img = _read_image(path)
             self._check_size(img, path)
             if img.ndim == 2:
-                img = np.repeat(img[:, :, None], 3, axis=2)
+                img = img[:, :, None]
+            if img.shape[2] < 3:  # grey or grey + alpha
+                img = np.repeat(img[:, :, :1], 3, axis=2)
             img = _to_float(img[:, :, :3])
         if self._color is not None:
             if serial not in self._color:

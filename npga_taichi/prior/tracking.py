@@ -132,8 +132,8 @@ def _check_npy_header(fh, available: int, name: str) -> None:
         if reader is None:
             raise ValueError(f"unsupported .npy version {version}")
         shape, _, dtype = reader(fh)
-    except (ValueError, OSError, EOFError, SyntaxError) as err:
-        raise ValueError(f"{name}: not a readable .npy array ({err})") from None
+    except Exception as err:  # numpy parses the header dict with tokenize / ast: many error types
+        raise ValueError(f"{name}: not a readable .npy array ({type(err).__name__}: {err})") from None
     if dtype.hasobject:
         raise ValueError(f"{name}: holds Python objects; only plain numeric arrays are read")
     need = int(np.prod(shape, dtype=object)) * dtype.itemsize
@@ -152,8 +152,8 @@ def load_npy(path: str | os.PathLike) -> np.ndarray:
         return np.load(path, allow_pickle=False)
     except ValueError as err:
         raise ValueError(str(err) if str(path) in str(err) else f"{path}: {err}") from None
-    except OSError as err:
-        raise ValueError(f"cannot read {path}: {err.strerror or err}") from None
+    except Exception as err:  # OSError, EOFError, numpy's header parser errors
+        raise ValueError(f"cannot read {path}: {type(err).__name__}: {err}") from None
 
 
 def load_tracking(path: str | os.PathLike) -> Tracking:
