@@ -128,6 +128,20 @@ def staging_dir(parent: str | os.PathLike, name: str) -> Iterator[Path]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+class CommitOnExit:
+    """Mixin for writers with ``close()`` (commit) and ``abort()`` (discard): a ``with`` block
+    commits when it succeeds and discards on any exception."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+
 def save_checkpoint(obj: Any, path: str | os.PathLike) -> Path:
     """Serialise ``obj`` with ``torch.save`` to ``path`` atomically; return the path."""
     with atomic_path(path) as tmp:

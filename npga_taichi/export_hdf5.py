@@ -46,7 +46,7 @@ import h5py
 import numpy as np
 import torch
 
-from npga_taichi.checkpoint import AtomicFile
+from npga_taichi.checkpoint import AtomicFile, CommitOnExit
 
 FORMAT_NAME = "npga-sequence"
 FORMAT_VERSION = 1
@@ -81,7 +81,7 @@ def _dataset(group: h5py.Group, name: str, data: np.ndarray) -> None:
                          compression_opts=GZIP_LEVEL if chunks else None, shuffle=bool(chunks))
 
 
-class SequenceWriter:
+class SequenceWriter(CommitOnExit):
     """Write an ``npga-sequence`` file frame by frame, atomically.
 
     with SequenceWriter(path, sh_degree=1, force=False) as w:
@@ -194,15 +194,6 @@ class SequenceWriter:
                 self.file.close()
         finally:
             self._target.discard()
-
-    def __enter__(self) -> "SequenceWriter":
-        return self
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is None:
-            self.close()
-        else:
-            self.abort()
 
 
 # ---------------------------------------------------------------------------------- reading

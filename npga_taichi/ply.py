@@ -34,7 +34,7 @@ from typing import Iterable
 import numpy as np
 import torch
 
-from npga_taichi.checkpoint import atomic_path, ensure_output_dir, staging_dir
+from npga_taichi.checkpoint import CommitOnExit, atomic_path, ensure_output_dir, staging_dir
 from npga_taichi.conventions import SH_C0
 
 # PLY scalar type names -> numpy type codes (without byte order).
@@ -363,7 +363,7 @@ def check_output_folder(folder: str | os.PathLike, protect: Iterable[str | os.Pa
     return folder
 
 
-class PlyFolderWriter:
+class PlyFolderWriter(CommitOnExit):
     """Write ``frame_<i:05d>.ply`` files (graphdeco layout) into ``folder``, all or nothing.
 
     Frames are written into a private staging folder inside ``folder`` (``mkdtemp``) and moved
@@ -428,12 +428,3 @@ class PlyFolderWriter:
                 self.folder.rmdir()
             except OSError:
                 pass
-
-    def __enter__(self) -> "PlyFolderWriter":
-        return self
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is None:
-            self.close()
-        else:
-            self.abort()

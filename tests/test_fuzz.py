@@ -75,6 +75,16 @@ def loads_or_names(fn, *names, errors=(ValueError, FileNotFoundError)):
         return None
 
 
+def read_case(tmp_path_factory, name: str, data: bytes, reader, unchanged: bool):
+    """Write ``data`` to a fresh file ``name``; return (path, reader(path) or None on a named
+    error). A file we wrote that was not mutated (``unchanged``) must load."""
+    path = tmp_path_factory.mktemp("case") / name
+    path.write_bytes(data)
+    got = loads_or_names(lambda: reader(path), path)
+    assert got is not None or not unchanged, f"an unchanged {name} written by npga must load"
+    return path, got
+
+
 # ----------------------------------------------------------------------------- byte mutations
 @st.composite
 def mutated(draw, data: bytes, header_end: int | None = None) -> bytes:
@@ -159,11 +169,8 @@ def ply_files(draw) -> tuple[bytes, dict | None]:
 @given(ply_files())
 def test_fuzz_ply(tmp_path_factory, case):
     data, arrays = case
-    path = tmp_path_factory.mktemp("ply") / "in.ply"
-    path.write_bytes(data)
-    ply = loads_or_names(lambda: read_ply(path), path)
+    _, ply = read_case(tmp_path_factory, "in.ply", data, read_ply, arrays is not None)
     if ply is None:
-        assert arrays is None, "an unchanged write_ply file must load"
         return
     n = len(ply)
     k = (ply.sh_degree + 1) ** 2
@@ -230,11 +237,8 @@ def pcd_files(draw) -> tuple[bytes, dict | None]:
 @given(pcd_files())
 def test_fuzz_pcd(tmp_path_factory, case):
     data, fields = case
-    path = tmp_path_factory.mktemp("pcd") / "pointcloud_16.pcd"
-    path.write_bytes(data)
-    got = loads_or_names(lambda: read_pcd(path), path)
+    path, got = read_case(tmp_path_factory, "pointcloud_16.pcd", data, read_pcd, fields is not None)
     if got is None:
-        assert fields is None, "an unchanged write_pcd file must load"
         return
     assert {"x", "y", "z"} <= set(got) and len({len(v) for v in got.values()}) == 1
     pts = loads_or_names(lambda: read_points(path), path)
