@@ -69,7 +69,8 @@ class TrainConfig(DictConfig):
     """How the avatar is trained."""
 
     steps: int = 6000                   # optimisation steps of the schedule
-    views_per_step: int = 1             # (camera, frame) pairs rendered and averaged per step
+    views_per_step: int = 1             # (camera, frame) pairs rendered and averaged per step (split over ranks)
+    cameras_per_frame: int = 1          # views of a step that share one sampled frame (one deformation, several cameras)
     image_scale: float = 1.0            # extra downscale of the loaded images (1 = as stored)
     background: tuple[float, float, float] = (1.0, 1.0, 1.0)  # colour the targets are composited onto
     mask_loss: bool = False             # restrict L1 to the alpha matte (SSIM always uses the whole image)
@@ -114,6 +115,9 @@ class TrainConfig(DictConfig):
             raise ValueError(f"steps must be >= 1, got {self.steps}")
         if self.views_per_step < 1:
             raise ValueError(f"views_per_step must be >= 1, got {self.views_per_step}")
+        if self.cameras_per_frame < 1 or self.views_per_step % self.cameras_per_frame:
+            raise ValueError(f"cameras_per_frame ({self.cameras_per_frame}) must be >= 1 and divide "
+                             f"views_per_step ({self.views_per_step})")
         if not 0 < self.image_scale <= 1:
             raise ValueError(f"image_scale must be in (0, 1], got {self.image_scale}")
         if len(self.background) != 3:

@@ -34,13 +34,24 @@ class GradientStats:
         self.grad_sum = torch.zeros(num, dtype=torch.float64, device=device)
         self.count = torch.zeros(num, dtype=torch.float64, device=device)
 
-    def update(self, means2d_grad: torch.Tensor, radii: torch.Tensor, width: int, height: int) -> None:
-        """Accumulate one rendered view: means2d_grad (N, 2) pixels, radii (N,) (0 = not visible)."""
+    @staticmethod
+    def increments(means2d_grad: torch.Tensor, radii: torch.Tensor, width: int,
+                   height: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """What one rendered view adds: (gradient norm (N,), count (N,)) float64, zero where the
+        Gaussian was not visible. means2d_grad (N, 2) pixels, radii (N,) (0 = not visible)."""
         visible = radii > 0
         g = means2d_grad.detach().to(torch.float64)
         g = g * torch.tensor([width / 2.0, height / 2.0], dtype=torch.float64, device=g.device)
-        self.grad_sum[visible] += g[visible].norm(dim=-1)
-        self.count[visible] += 1
+        return torch.where(visible, g.norm(dim=-1), 0.0), visible.to(torch.float64)
+
+    def add(self, grad_sum: torch.Tensor, count: torch.Tensor) -> None:
+        """Add summed :meth:`increments` (of one step's views, over all ranks)."""
+        self.grad_sum += grad_sum.to(self.grad_sum)
+        self.count += count.to(self.count)
+
+    def update(self, means2d_grad: torch.Tensor, radii: torch.Tensor, width: int, height: int) -> None:
+        """Accumulate one rendered view (see :meth:`increments`)."""
+        self.add(*self.increments(means2d_grad, radii, width, height))
 
     def mean(self) -> torch.Tensor:
         return self.grad_sum / self.count.clamp_min(1)

@@ -51,7 +51,7 @@ def prepare_training(run_dir: str | os.PathLike, root: str | os.PathLike, partic
                      extra: dict[str, Any], prior_dir: str | os.PathLike | None = None,
                      field_dir: str | os.PathLike | None = None, device: str = "cpu", resume: bool = False,
                      rasterizer: str | None = None, progress: bool = True,
-                     prior: Any = None, field: torch.nn.Module | None = None) -> Trainer:
+                     prior: Any = None, field: torch.nn.Module | None = None, dist: Any = None) -> Trainer:
     """A ready :class:`Trainer` (fresh avatar from the prior, or resumed from RUN).
 
     ``prior`` / ``field`` objects may be passed directly instead of ``prior_dir`` / ``field_dir``.
@@ -90,8 +90,12 @@ def prepare_training(run_dir: str | os.PathLike, root: str | os.PathLike, partic
         avatar = create_avatar(avatar_cfg, prior, z_geo, z_app, exp_dim, field,
                                tuple(train_cfg.background), seed=train_cfg.seed).to(device)
     trainer = Trainer(run_dir, avatar, data, avatar_cfg, train_cfg, extra, resume=resume,
-                      rasterizer=get_rasterizer(rasterizer), progress=progress)
-    if resume:
+                      rasterizer=get_rasterizer(rasterizer), progress=progress, dist=dist)
+    if trainer.dist.active:
+        from npga_taichi.avatar.distributed import check_replicas
+
+        check_replicas(trainer.dist, trainer.checksum(), "initialisation")
+    if resume and trainer.dist.is_main:
         # A resumed run may extend the schedule (--steps): keep config.json truthful.
         write_text_atomic(configs_to_json(avatar_cfg, train_cfg, extra), run_dir / "config.json")
     return trainer
@@ -131,6 +135,21 @@ def _clear_run(run_dir: Path) -> None:
             target.unlink()
         elif target.is_dir():
             shutil.rmtree(target)
+
+
+def _prepare_run_dir(run_dir: Path, resume: bool, force: bool) -> None:
+    """Check (and with ``force`` clear) the run folder before a fit writes into it."""
+    from npga_taichi.checkpoint import ensure_output_dir
+
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ValueError(f"--out {run_dir} exists and is not a folder")
+    if resume and force:
+        raise ValueError("--resume and --force contradict each other: pick one")
+    if run_dir.is_dir() and any(run_dir.iterdir()) and not resume:
+        if not force:
+            raise ValueError(f"{run_dir} already holds files; use --resume to continue or --force to start over")
+        _clear_run(run_dir)
+    ensure_output_dir(run_dir, "--out")
 
 
 def run_missing_stages(root: Path, pid: str, run_dir: Path, prior_dir: Path | None, tracking_dir: Path,
@@ -181,21 +200,21 @@ def fit_avatar(data: str | os.PathLike, run_dir: str | os.PathLike, participant:
     import dataclasses
 
     from npga_taichi.avatar.config import load_configs, preset as preset_configs
-    from npga_taichi.checkpoint import ensure_output_dir
+    from npga_taichi.avatar.distributed import agree, init_from_env, shutdown
     from npga_taichi.data.nersemble import resolve_participant
 
     run_dir = Path(run_dir)
     root, pid = resolve_participant(data, participant)
     pdir = root / pid
-    if run_dir.exists() and not run_dir.is_dir():
-        raise ValueError(f"--out {run_dir} exists and is not a folder")
-    if resume and force:
-        raise ValueError("--resume and --force contradict each other: pick one")
-    if run_dir.is_dir() and any(run_dir.iterdir()) and not resume:
-        if not force:
-            raise ValueError(f"{run_dir} already holds files; use --resume to continue or --force to start over")
-        _clear_run(run_dir)
-    ensure_output_dir(run_dir, "--out")
+    ctx = init_from_env(device)  # torchrun: join the process group, one device per rank
+    device = str(ctx.device)
+    try:
+        if ctx.is_main:
+            _prepare_run_dir(run_dir, resume, force)
+    except BaseException:
+        agree(ctx, False, "the run folder check")
+        raise
+    agree(ctx, True, "the run folder check")
     if resume:
         avatar_cfg, train_cfg, extra = load_configs(run_dir)
         steps = (train_overrides or {}).get("steps")
@@ -213,6 +232,9 @@ def fit_avatar(data: str | os.PathLike, run_dir: str | os.PathLike, participant:
     field_dir = Path(field) if field else pdir / "annotations" / "forward_field"
     prior_dir = _find_prior(pdir, prior or extra.get("prior"), _load_trackings(tracking_dir))
     if all_stages and not resume:
+        if ctx.active:
+            raise ValueError("--all-stages runs the prior, tracking and distillation stages: run them in one "
+                             "process first, then start the distributed fit")
         prior_dir = run_missing_stages(root, pid, run_dir, prior_dir, tracking_dir, field_dir, avatar_cfg,
                                        preset, progress, log)
     trackings = _load_trackings(tracking_dir)
@@ -228,7 +250,10 @@ def fit_avatar(data: str | os.PathLike, run_dir: str | os.PathLike, participant:
              "prior": str(Path(prior_dir).resolve()) if prior_dir else extra.get("prior"),
              "tracking": str(tracking_dir.resolve()), "field": str(field_dir.resolve()),
              "preset": extra.get("preset", preset), "rasterizer": rasterizer}
-    trainer = prepare_training(run_dir, root, pid, trackings, avatar_cfg, train_cfg, extra, prior_dir=prior_dir,
-                               field_dir=field_dir, device=device, resume=resume, rasterizer=rasterizer,
-                               progress=progress)
-    return trainer.train()
+    try:
+        trainer = prepare_training(run_dir, root, pid, trackings, avatar_cfg, train_cfg, extra, prior_dir=prior_dir,
+                                   field_dir=field_dir, device=device, resume=resume, rasterizer=rasterizer,
+                                   progress=progress, dist=ctx)
+        return trainer.train()
+    finally:
+        shutdown(ctx)

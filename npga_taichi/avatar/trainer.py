@@ -42,6 +42,7 @@ from npga_taichi.avatar.density_control import GradientStats, densify_and_prune,
 from npga_taichi.avatar.laplacian import laplacian_loss
 from npga_taichi.avatar.model import (NPGAAvatar, avatar_from_state, avatar_state, get_rasterizer,
                                      render_frame, render_posed)
+from npga_taichi.avatar.distributed import DistContext, all_reduce_sum, check_replicas
 from npga_taichi.cameras import Camera
 from npga_taichi.checkpoint import load_checkpoint, save_checkpoint, write_text_atomic
 
@@ -95,6 +96,15 @@ class AvatarData:
             self._cameras[serial] = self.capture.cameras[serial].scaled(self.image_scale).to(
                 self.device, torch.float32)
         return self._cameras[serial]
+
+    def frames(self) -> list[list[View]]:
+        """Training views grouped by frame (sequence, frame index), in view order."""
+        if not hasattr(self, "_frames"):
+            groups: dict[tuple[str, int], list[View]] = {}
+            for view in self.train_views:
+                groups.setdefault((view.sequence, view.frame_index), []).append(view)
+            self._frames = list(groups.values())
+        return self._frames
 
     def frame(self, view: View) -> FrameCode:
         return frame_code(self.trackings[view.sequence], view.frame_index).to(self.device)
@@ -183,35 +193,36 @@ def learning_rate(group: dict, step: int, total: int) -> float:
 
 # --------------------------------------------------------------------------------------- losses
 def photometric_loss(pred: torch.Tensor, target: torch.Tensor, alpha: torch.Tensor,
-                     cfg: TrainConfig) -> tuple[torch.Tensor, dict[str, float]]:
-    """L1 (optionally alpha-masked) + lambda * D-SSIM on (H, W, 3) images."""
+                     cfg: TrainConfig) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """L1 (optionally alpha-masked) + lambda * D-SSIM on (H, W, 3) images; parts detached
+    (tensors, so logging them costs no host synchronisation)."""
     l1 = metrics.l1_loss(pred, target, alpha if cfg.mask_loss else None)
     dssim = metrics.dssim_loss(pred, target) if cfg.lambda_dssim > 0 else pred.new_zeros(())
-    return l1 + cfg.lambda_dssim * dssim, {"l1": l1.item(), "dssim": dssim.item()}
+    return l1 + cfg.lambda_dssim * dssim, {"l1": l1.detach(), "dssim": dssim.detach()}
 
 
 def regularizers(avatar: NPGAAvatar, posed, raster_alpha: torch.Tensor, alpha: torch.Tensor,
-                 cfg: TrainConfig) -> tuple[torch.Tensor, dict[str, float]]:
-    """Laplacians (latents, dynamics), G offset L2, silhouette L1; returns total and parts."""
+                 cfg: TrainConfig) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Laplacians (latents, dynamics), G offset L2, silhouette L1; returns total and (detached) parts."""
     total = raster_alpha.new_zeros(())
-    parts: dict[str, float] = {}
+    parts: dict[str, torch.Tensor] = {}
     if cfg.use_laplacian and avatar.neighbors.shape[0] == len(avatar.gaussians):
         if "latents" in avatar.gaussians.names and cfg.lambda_lap_latent > 0:
             lap = laplacian_loss(avatar.gaussians.latents, avatar.neighbors)
             total = total + cfg.lambda_lap_latent * lap
-            parts["lap_latent"] = lap.item()
+            parts["lap_latent"] = lap.detach()
         if posed.dynamics is not None and cfg.lambda_lap_dynamics > 0:
             lap = laplacian_loss(posed.dynamics, avatar.neighbors)
             total = total + cfg.lambda_lap_dynamics * lap
-            parts["lap_dynamics"] = lap.item()
+            parts["lap_dynamics"] = lap.detach()
     if posed.d_means is not None and cfg.lambda_detail_l2 > 0:
         l2 = posed.d_means.pow(2).sum(-1).mean()
         total = total + cfg.lambda_detail_l2 * l2
-        parts["detail_l2"] = l2.item()
+        parts["detail_l2"] = l2.detach()
     if cfg.lambda_alpha > 0:
         sil = (raster_alpha - alpha).abs().mean()
         total = total + cfg.lambda_alpha * sil
-        parts["silhouette"] = sil.item()
+        parts["silhouette"] = sil.detach()
     return total, parts
 
 
@@ -234,12 +245,14 @@ class Trainer:
 
     def __init__(self, run_dir: str | os.PathLike, avatar: NPGAAvatar | None, data: AvatarData,
                  avatar_cfg: AvatarConfig, train_cfg: TrainConfig, extra: dict | None = None,
-                 resume: bool = False, rasterizer: Callable | None = None, progress: bool = True):
+                 resume: bool = False, rasterizer: Callable | None = None, progress: bool = True,
+                 dist: DistContext | None = None):
+        self.dist = dist or DistContext(device=data.device)
         self.run_dir = Path(run_dir)
         self.ckpt_dir = self.run_dir / "checkpoints"
         self.data, self.cfg, self.avatar_cfg = data, train_cfg.validate(), avatar_cfg
         self.rasterize = rasterizer or get_rasterizer()
-        self.progress = progress
+        self.progress = progress and self.dist.is_main
         self.device = data.device
         self.extra = extra or {}
         if train_cfg.num_threads > 0:
@@ -247,14 +260,15 @@ class Trainer:
         latest = self.ckpt_dir / "latest.pt"
         # A process killed while writing leaves only its temporaries behind (".step_*.pt.*.tmp.pt",
         # ".latest.*.tmp"): every dot-file with ".tmp" in its name here is one of ours.
-        for stale in self.ckpt_dir.glob(".*.tmp*") if self.ckpt_dir.is_dir() else ():
+        for stale in self.ckpt_dir.glob(".*.tmp*") if self.ckpt_dir.is_dir() and self.dist.is_main else ():
             stale.unlink(missing_ok=True)
         if resume:
             if not latest.is_file():
                 raise ValueError(f"--resume: no checkpoint to resume from in {self.ckpt_dir} "
                                  "(start the run without --resume)")
             self._load(latest)
-            self._truncate_log(self.step)
+            if self.dist.is_main:
+                self._truncate_log(self.step)
         else:
             if avatar is None:
                 raise ValueError("no avatar given and nothing to resume in " + str(self.run_dir))
@@ -267,8 +281,9 @@ class Trainer:
             self.skipped_steps = 0
             self.elapsed = 0.0
             self._seed_everything(self.cfg.seed)
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            write_text_atomic(configs_to_json(avatar_cfg, train_cfg, self.extra), self.run_dir / "config.json")
+            if self.dist.is_main:
+                self.run_dir.mkdir(parents=True, exist_ok=True)
+                write_text_atomic(configs_to_json(avatar_cfg, train_cfg, self.extra), self.run_dir / "config.json")
         self.timings: dict[str, float] = {}
 
     # ----------------------------------------------------------------------------- state
@@ -317,8 +332,10 @@ class Trainer:
         self.sampler = np.random.Generator(np.random.PCG64())
         self.sampler.bit_generator.state = rng["sampler"]
 
-    def save(self) -> Path:
-        """Write checkpoints/step_<k>.pt and checkpoints/latest.pt (both atomically)."""
+    def save(self) -> Path | None:
+        """Write checkpoints/step_<k>.pt and checkpoints/latest.pt (both atomically; rank 0 only)."""
+        if not self.dist.is_main:
+            return None
         state = self.state()
         path = save_checkpoint(state, self.ckpt_dir / f"step_{self.step:07d}.pt")
         tmp = self.ckpt_dir / f".latest.{secrets.token_hex(8)}.tmp"
@@ -351,6 +368,8 @@ class Trainer:
         write_text_atomic("".join(kept), log)
 
     def log(self, record: dict) -> None:
+        if not self.dist.is_main:
+            return
         with open(self.run_dir / "log.jsonl", "a") as handle:
             handle.write(json.dumps(record) + "\n")
 
@@ -360,49 +379,109 @@ class Trainer:
         self.timings[key] = self.timings.get(key, 0.0) + now - start
         return now
 
+    def sample_views(self) -> list[View]:
+        """The step's views, drawn identically on every rank from the view sampler.
+
+        ``cameras_per_frame`` = 1: views uniformly at random. Otherwise views_per_step /
+        cameras_per_frame frames, each seen by that many distinct training cameras (consecutive
+        in the list, so one deformation serves them all).
+        """
+        cfg, views = self.cfg, self.data.train_views
+        if cfg.cameras_per_frame == 1:
+            return [views[int(i)] for i in self.sampler.integers(0, len(views), size=cfg.views_per_step)]
+        frames = self.data.frames()
+        picked = []
+        for i in self.sampler.integers(0, len(frames), size=cfg.views_per_step // cfg.cameras_per_frame):
+            frame_views = frames[int(i)]
+            take = self.sampler.choice(len(frame_views), size=min(cfg.cameras_per_frame, len(frame_views)),
+                                       replace=False)
+            picked += [frame_views[int(j)] for j in take]
+        return picked
+
     def train_step(self) -> dict[str, Any]:
-        """One optimisation step over ``views_per_step`` random training views."""
-        cfg, avatar = self.cfg, self.avatar
+        """One optimisation step over ``views_per_step`` training views (this rank's share of them).
+
+        Each view's loss is divided by the step's total view count; gradients, ADC statistics and
+        loss terms are summed over ranks in one collective (see :mod:`.distributed`), so any
+        number of ranks takes the step a single process would.
+        """
+        cfg, avatar, dist_ctx = self.cfg, self.avatar, self.dist
         self.optimizer.zero_grad(set_to_none=True)
         record: dict[str, Any] = {"step": self.step + 1}
-        views = [self.data.train_views[int(i)] for i in
-                 self.sampler.integers(0, len(self.data.train_views), size=cfg.views_per_step)]
-        finite = True
-        total_loss, total_mse = 0.0, 0.0
-        screen_grads = []
-        for view in views:
+        all_views = self.sample_views()
+        total = len(all_views)
+        views = all_views[dist_ctx.share(total)]
+        n = len(avatar.gaussians)
+        grad_sum = torch.zeros(n, dtype=torch.float64, device=self.device)
+        grad_count = torch.zeros(n, dtype=torch.float64, device=self.device)
+        terms: dict[str, torch.Tensor] = {}
+        nonfinite = torch.zeros((), dtype=torch.float64, device=self.device)
+        collect_stats = self.step + 1 < cfg.densify_until
+        start = 0
+        while start < len(views):
+            # Views of one frame are consecutive: deform once, render into each of its cameras.
+            stop = start + 1
+            while stop < len(views) and (views[stop].sequence, views[stop].frame_index) == (
+                    views[start].sequence, views[start].frame_index):
+                stop += 1
             t0 = time.perf_counter()
-            target, alpha = self.data.target(view)
-            camera = self.data.camera(view.serial)
-            frame = self.data.frame(view)
-            t0 = self._time("data", t0)
+            frame = self.data.frame(views[start])
             posed = avatar.deform(frame)
             t0 = self._time("deform_forward", t0)
-            if not _posed_finite(posed):
-                finite = False
+            if not _posed_finite(posed):  # the rasterizer rejects non-finite input: skip the step
+                terms["nonfinite"] = terms.get("nonfinite", 0.0) + 1.0
+                start = len(views)
                 break
-            rendered = render_posed(avatar, posed, camera, self.data.background, self.rasterize)
-            image, raster = rendered.image, rendered.raster
-            t0 = self._time("raster_forward", t0)
-            photo, parts = photometric_loss(image, target, alpha, cfg)
-            reg, reg_parts = regularizers(avatar, posed, raster.alpha, alpha, cfg)
-            loss = (photo + reg) / len(views)
-            t0 = self._time("losses", t0)
-            if not bool(torch.isfinite(loss)):
-                finite = False
-                break
+            loss = posed.means.new_zeros(())
+            rendered_views = []
+            for view in views[start:stop]:
+                t0 = time.perf_counter()
+                target, alpha = self.data.target(view)
+                camera = self.data.camera(view.serial)
+                t0 = self._time("data", t0)
+                rendered = render_posed(avatar, posed, camera, self.data.background, self.rasterize)
+                t0 = self._time("raster_forward", t0)
+                photo, parts = photometric_loss(rendered.image, target, alpha, cfg)
+                reg, reg_parts = regularizers(avatar, posed, rendered.raster.alpha, alpha, cfg)
+                loss = loss + (photo + reg) / total
+                for k, v in {**parts, **reg_parts, "mse": metrics.mse(rendered.image.detach(), target)}.items():
+                    terms[k] = terms.get(k, 0.0) + v.detach().to(torch.float64) / total
+                self._time("losses", t0)
+                rendered_views.append((rendered.raster, camera))
+            t0 = time.perf_counter()
             loss.backward()
-            t0 = self._time("backward", t0)
-            total_loss += loss.item()
-            total_mse += float(metrics.mse(image.detach(), target))
-            for k, v in {**parts, **reg_parts}.items():
-                record[k] = record.get(k, 0.0) + v / len(views)
-            if raster.means2d.grad is not None:
-                screen_grads.append((raster.means2d.grad * len(views), raster.radii, camera))
+            self._time("backward", t0)
+            terms["loss"] = terms.get("loss", 0.0) + loss.detach().to(torch.float64)
+            for raster, camera in rendered_views:
+                if collect_stats and raster.means2d.grad is not None:
+                    # means2d.grad carries the 1/total loss weight: undo it (3DGS's per-view norm).
+                    d_sum, d_count = GradientStats.increments(raster.means2d.grad * total, raster.radii,
+                                                              camera.width, camera.height)
+                    grad_sum += d_sum
+                    grad_count += d_count
+            start = stop
         t0 = time.perf_counter()
         params = [p for group in self.optimizer.param_groups for p in group["params"]]
-        if finite and not _grads_finite(params):
-            finite = False
+        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+        names = sorted(terms)
+        scalars = torch.stack([torch.as_tensor(terms[k], dtype=torch.float64, device=self.device) for k in names])
+        nonfinite = (~torch.isfinite(scalars)).any().to(torch.float64)
+        # One collective per step: gradients, ADC statistics, loss terms, the finiteness flag.
+        flat = torch.cat([g.reshape(-1).to(torch.float64) for g in grads]
+                         + [grad_sum, grad_count, scalars, nonfinite.reshape(1)])
+        if dist_ctx.active:
+            all_reduce_sum(dist_ctx, flat)
+            offset = 0
+            for p, g in zip(params, grads):
+                p.grad = flat[offset:offset + g.numel()].view_as(g).to(g.dtype)
+                offset += g.numel()
+            grad_sum, grad_count = flat[offset:offset + n], flat[offset + n:offset + 2 * n]
+            scalars = flat[offset + 2 * n:offset + 2 * n + len(names)]
+        values = dict(zip(names, scalars.tolist()))   # the step's one host synchronisation
+        finite = (flat[-1].item() == 0 and values.pop("nonfinite", 0.0) == 0
+                  and all(np.isfinite(v) for v in values.values()))
+        finite = finite and all(torch.isfinite(p.grad).all() for p in params if p.grad is not None)
+        self._time("sync", t0)
         if not finite:
             # Nothing of this step reaches the parameters, the Adam moments or the ADC statistics.
             self.optimizer.zero_grad(set_to_none=True)
@@ -410,18 +489,19 @@ class Trainer:
             self.step += 1
             record.update(skipped=True, skipped_steps=self.skipped_steps)
             return record
+        t0 = time.perf_counter()
         for group in self.optimizer.param_groups:
             group["lr"] = learning_rate(group, self.step, cfg.steps)
         self.optimizer.step()
         t0 = self._time("optimizer", t0)
         self.step += 1
-        if self.step < cfg.densify_until:
-            for grad, radii, camera in screen_grads:
-                self.stats.update(grad, radii, camera.width, camera.height)
+        if collect_stats:
+            self.stats.add(grad_sum, grad_count)
         self._density_control(record)
         self._time("adc", t0)
-        record.update(loss=total_loss, psnr=metrics.psnr_from_mse(total_mse / len(views)),
-                      gaussians=len(avatar.gaussians))
+        mse = values.pop("mse")
+        record.update({k: v for k, v in values.items() if k != "loss"})
+        record.update(loss=values["loss"], psnr=metrics.psnr_from_mse(mse), gaussians=len(avatar.gaussians))
         return record
 
     def _density_control(self, record: dict) -> None:
@@ -436,16 +516,23 @@ class Trainer:
             self.stats.reset()
             self.avatar.rebuild_graph()
             record["adc"] = asdict(result)
+            check_replicas(self.dist, self.checksum(), f"the densification of step {step}")
         if cfg.opacity_reset_interval > 0 and step % cfg.opacity_reset_interval == 0:
             reset_opacity(self.avatar.gaussians, self.optimizer)
             record["opacity_reset"] = True
+
+    def checksum(self) -> torch.Tensor:
+        """A few numbers that differ when two ranks' Gaussians do (count, sums of every parameter)."""
+        g = self.avatar.gaussians
+        return torch.stack([torch.tensor(float(len(g)), dtype=torch.float64)]
+                           + [p.detach().to(torch.float64).sum().cpu() for p in g.per_gaussian().values()])
 
     # ------------------------------------------------------------------------ validation
     @torch.no_grad()
     def validate(self, write_image: bool = True) -> dict[str, float]:
         """Masked / full PSNR on the validation views; writes RUN/val/step_<k>.png."""
         views = self.data.val_views
-        if not views:
+        if not views or not self.dist.is_main:
             return {}
         rows, psnrs, masked = [], [], []
         for view in views:
@@ -505,11 +592,14 @@ class Trainer:
             "skipped_steps": self.skipped_steps, "gaussians": len(self.avatar.gaussians),
             "train_time_s": round(self.elapsed, 2),
             "steps_per_s_this_session": round(steps_done / wall, 3) if wall > 0 else None,
+            "views_per_s_this_session": round(steps_done * cfg.views_per_step / wall, 3) if wall > 0 else None,
+            "ranks": self.dist.world,
             "train_psnr_recent": float(np.mean(recent_psnr)) if recent_psnr else None,
             "last_loss": last.get("loss"), **val,
             "time_breakdown_s": {k: round(v, 3) for k, v in self.timings.items()},
         }
-        write_text_atomic(json.dumps(summary, indent=2), self.run_dir / "summary.json")
+        if self.dist.is_main:
+            write_text_atomic(json.dumps(summary, indent=2), self.run_dir / "summary.json")
         return summary
 
 
