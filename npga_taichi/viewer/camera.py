@@ -13,9 +13,7 @@ import numpy as np
 import torch
 
 from npga_taichi.cameras import Camera
-
-# NeRSemble's upper-row camera facing the subject (also `npga render`'s default camera).
-FRONTAL_SERIAL = "222200037"
+from npga_taichi.render_run import DEFAULT_CAMERA as FRONTAL_SERIAL  # NeRSemble's frontal upper-row camera
 
 
 def quat_wxyz_to_matrix(wxyz) -> np.ndarray:

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from npga_taichi.camera_paths import bilinear_code
-from npga_taichi.reenactment import LoadedRun, farthest_codes, normalise_gaussians, tracking_file
+from npga_taichi.reenactment import LoadedRun, normalise_gaussians, tracking_file
 
 MODES = ("tracked", "interpolate", "canonical")
 
@@ -79,19 +79,13 @@ def canonical_gaussians(avatar, rot, trans, scale) -> dict:
                                     "opacities": posed.opacities, "colors": colors, "sh_degree": sh_degree})
 
 
-def tracked_sequences(run: LoadedRun) -> list[str]:
-    """Sequences of the run's capture that have a tracking file, in capture order."""
-    return [s for s in run.capture.sequences()
-            if tracking_file(run.capture_root, run.participant, s).is_file()]
-
-
 class ExpressionSource:
     """Codes and poses for ``runs`` (the first supplies the codes; see the module docstring)."""
 
     def __init__(self, runs: list[LoadedRun]):
         self.runs = runs
         self.primary = runs[0]
-        self.sequences = tracked_sequences(self.primary)
+        self.sequences = self.primary.tracked_sequences()
         if not self.sequences:
             raise ValueError(f"{self.primary.run_dir}: its capture has no tracked sequence to drive the avatar")
         for run in runs[1:]:
@@ -128,17 +122,16 @@ class ExpressionSource:
         return self.drive(sequence).z_exp[index]
 
     def auto_corners(self) -> tuple[tuple[str, int], ...]:
-        """Four mutually distant tracked codes: the default sequence's frames, topped up with the
-        other tracked sequences until there are at least four (``npga render --interpolate auto``)."""
-        pool, where = [], []
-        for seq in [self.default_sequence()] + [s for s in self.sequences if s != self.default_sequence()]:
-            drive = self.drive(seq)
-            pool.append(drive.z_exp)
-            where += [(seq, i) for i in range(len(drive))]
-            if len(where) >= 4:
-                break
-        idx = farthest_codes(torch.cat(pool), 4)
-        return tuple(where[i] for i in idx)
+        """Four mutually distant tracked codes, as ``npga render --interpolate auto`` picks them
+        (:func:`npga_taichi.render_run.parse_corner_codes`), as (sequence, frame index) pairs."""
+        from npga_taichi.render_run import parse_corner_codes
+
+        _, labels = parse_corner_codes("auto", self.drive, self.default_sequence(), self.sequences)
+        corners = []
+        for label in labels:
+            seq, t = label.rsplit(":", 1)
+            corners.append((seq, int(np.nonzero(self.drive(seq).timesteps == int(t))[0][0])))
+        return tuple(corners)
 
     def expression(self, state: ViewState) -> torch.Tensor | None:
         """(E,) code of ``state`` (None in canonical mode)."""
