@@ -108,11 +108,11 @@ def _student(avatar_cfg, seed=1):
     return avatar
 
 
-def _trainer(tmp_path, capture, steps, resume=False, **train):
+def _trainer(tmp_path, capture, steps, resume=False, dist=None, **train):
     avatar_cfg, train_cfg = _configs(steps, **train)
     torch.manual_seed(0)
     return Trainer(tmp_path, None if resume else _student(avatar_cfg), _data(capture, train_cfg),
-                   avatar_cfg, train_cfg, {"data": "in-memory"}, resume=resume, progress=False)
+                   avatar_cfg, train_cfg, {"data": "in-memory"}, resume=resume, progress=False, dist=dist)
 
 
 @torch.no_grad()
