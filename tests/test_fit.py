@@ -13,6 +13,7 @@ import sys
 import time
 from types import SimpleNamespace
 
+import imageio.v3 as iio
 import numpy as np
 import pytest
 import torch
@@ -21,6 +22,7 @@ from npga_taichi import metrics
 from npga_taichi.avatar.config import AvatarConfig, TrainConfig
 from npga_taichi.avatar.model import NPGAAvatar, load_avatar, render_frame
 from npga_taichi.cameras import Camera
+from npga_taichi.training_curve import read_curve
 from npga_taichi.avatar.trainer import AvatarData, Trainer, View, frame_code
 from npga_taichi.checkpoint import load_checkpoint
 
@@ -141,6 +143,11 @@ def test_training_reduces_loss_and_raises_psnr(tmp_path, capture):
     # Run layout and the loader other commands use.
     assert (tmp_path / "config.json").is_file() and (tmp_path / "summary.json").is_file()
     assert sorted(p.name for p in (tmp_path / "val").iterdir()) == ["step_0000120.png"]
+    curve = read_curve(tmp_path)
+    assert curve["step"].tolist() == [120] and np.isfinite(curve["val_psnr"]).all()
+    assert len(curve["train_psnr"]) == 12 and curve["train_psnr"][-1] > curve["train_psnr"][0]
+    picture = iio.imread(tmp_path / "curve.png")
+    assert picture.ndim == 3 and picture.shape[0] > 200 and picture.std() > 10  # a drawn figure
     avatar, paths, (acfg, tcfg, extra) = load_avatar(tmp_path)
     assert paths["step"] == 120 and extra["data"] == "in-memory" and tcfg.steps == 120
     out = avatar.gaussians_for_frame(torch.zeros(EXP), torch.eye(3), torch.zeros(3), 0.25)

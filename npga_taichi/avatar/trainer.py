@@ -8,6 +8,7 @@ Run directory layout (everything a later ``npga render / eval / export`` needs):
     RUN/val/step_<k>.png            held-out views: rendered | ground truth, one row per view
     RUN/log.jsonl                   one JSON record per log interval / validation / ADC pass
     RUN/summary.json                final numbers (steps, wall time, steps/s, PSNRs, counts)
+    RUN/curve.png                   held-out PSNR against wall time and step (redrawn at each validation)
 
 A checkpoint holds the avatar as configs + state dict (:func:`~npga_taichi.avatar.model.avatar_state`,
 any Gaussian count), the Adam state, the ADC gradient statistics, the step, the skipped-step
@@ -44,6 +45,7 @@ from npga_taichi.avatar.model import (NPGAAvatar, avatar_from_state, avatar_stat
                                      render_frame, render_posed)
 from npga_taichi.avatar.distributed import DistContext, all_reduce_sum, check_replicas
 from npga_taichi.cameras import Camera
+from npga_taichi.training_curve import plot_runs
 from npga_taichi.checkpoint import load_checkpoint, save_checkpoint, write_text_atomic
 
 CHECKPOINT_FORMAT = "npga-avatar-train-v2"
@@ -581,6 +583,9 @@ class Trainer:
                 if (self.step % cfg.log_interval == 0 or "adc" in record or record.get("skipped")
                         or "val_psnr" in record):
                     self.log({**record, "elapsed": round(self.elapsed, 3)})
+                if "val_psnr" in record and self.dist.is_main:
+                    plot_runs({self.run_dir.name: self.run_dir}, self.run_dir / "curve.png",
+                              title=f"{self.run_dir}: held-out PSNR")
                 if self.step % cfg.checkpoint_interval == 0 or self.step == end:
                     self.save()
         finally:
