@@ -186,7 +186,7 @@ def test_export_passes_an_independent_rerender(exported):
     """The oracle rasterizer (pure PyTorch, every Gaussian at every pixel) on the HDF5 frame and
     on the PLY file (raw 3DGS parameters, re-activated) agrees with the stored images."""
     from npga_taichi import reference
-    from npga_taichi.cli.compare import DEFAULT_TOLERANCES
+    from npga_taichi.compare import DEFAULT_TOLERANCES
 
     # two correct float32 rasterizers may flip a fragment across the 1/255 or T thresholds
     tol = DEFAULT_TOLERANCES[("exact", "float32")][0]
@@ -240,3 +240,47 @@ def test_export_refuses_overwrite_and_bad_arguments(exported, tmp_path):
     bad_ext = runner.invoke(cli, ["export", str(run_dir), "-s", "FREE", "--out", str(tmp_path / "x.txt")])
     assert bad_ext.exit_code == 2 and ".h5" in bad_ext.output
     assert sorted(p.name for p in tmp_path.iterdir()) == []  # no temporaries left behind
+
+
+def test_export_never_follows_planted_links_and_force_keeps_unrelated_files(exported, tmp_path, monkeypatch):
+    """Issue 13 rows 1, 2, 11 through the command: planted symlinks at the old temporary names
+    and at the targets are not followed, --force removes only frames an export wrote, dangerous
+    --ply folders are refused, and written files get the umask's mode."""
+    import os
+    import stat
+
+    from click.testing import CliRunner
+
+    from npga_taichi.cli.main import cli
+
+    run_dir, _, _ = exported
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("mine")
+    (folder / "frame_00000.ply").symlink_to(victim)
+    (tmp_path / ".frames.tmp").symlink_to(tmp_path)  # the old staging folder name
+    (tmp_path / ".free.h5.tmp").symlink_to(victim)   # the old HDF5 temporary name
+    (tmp_path / "free.h5").symlink_to(victim)
+    runner = CliRunner()
+    refused = runner.invoke(cli, ["export", str(run_dir), "-s", "FREE", "--ply", str(folder), "--max-frames", "1"])
+    assert refused.exit_code == 1 and "--force" in refused.output
+    result = runner.invoke(cli, ["export", str(run_dir), "-s", "FREE", "--ply", str(folder), "--out",
+                                 str(tmp_path / "free.h5"), "--max-frames", "1", "--force"])
+    assert result.exit_code == 0, result.output
+    assert victim.read_text() == "precious" and (folder / "notes.txt").read_text() == "mine"
+    mask = os.umask(0o022)
+    os.umask(mask)
+    mode = 0o666 & ~mask  # what open() gives a new file
+    for target in (folder / "frame_00000.ply", tmp_path / "free.h5"):
+        assert target.is_file() and not target.is_symlink()
+        assert stat.S_IMODE(target.stat().st_mode) == mode
+    assert len(read_ply(folder / "frame_00000.ply")) > 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([".free.h5.tmp", ".frames.tmp", "frames", "free.h5",
+                                                                "victim.txt"])
+    monkeypatch.chdir(run_dir)
+    for bad in (".", "..", str(run_dir)):
+        result = runner.invoke(cli, ["export", str(run_dir), "-s", "FREE", "--ply", bad, "--force"])
+        assert result.exit_code == 1 and "refusing" in result.output, (bad, result.output)
+        assert isinstance(result.exception, SystemExit)
