@@ -5,7 +5,7 @@ Taichi rasterizer, L1 + D-SSIM + regularisers, Adam, ADC) on an in-memory stand-
 the default size (275 x 401 images, a head-sized cloud of the preset's Gaussian count, F with the
 distilled field's default architecture), then times each component in isolation.
 
-    python benchmarks/train.py                     # default preset
+    python benchmarks/train.py --out benchmarks/results/train.json   # default preset
     python benchmarks/train.py --preset tiny --steps 20 --json
 """
 from __future__ import annotations
@@ -15,6 +15,7 @@ import json
 import math
 import tempfile
 import time
+from pathlib import Path
 from types import SimpleNamespace
 
 import click
@@ -88,34 +89,57 @@ def timed(fn, repeats: int) -> float:
     return (time.perf_counter() - start) / repeats
 
 
-@click.command()
-@click.option("--preset", type=click.Choice(["tiny", "default"]), default="default", show_default=True)
-@click.option("--steps", type=int, default=30, show_default=True, help="Trainer steps timed.")
-@click.option("--repeats", type=int, default=5, show_default=True, help="Repeats per component timing.")
-@click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
-def main(preset, steps, repeats, as_json):
-    """Time training steps and their components at a preset's default settings."""
-    avatar_cfg, train_cfg = get_preset(preset)
-    train_cfg = dataclasses.replace(train_cfg, steps=10 ** 6, val_interval=10 ** 6, checkpoint_interval=10 ** 6,
-                                    log_interval=10 ** 6, densify_from=10 ** 6)
+def time_steps(avatar_cfg, train_cfg, views_per_step: int, cameras_per_frame: int, steps: int) -> dict:
+    """Steps/s, views/s and the per-component share of ``steps`` trainer steps (after one warm-up)."""
+    train_cfg = dataclasses.replace(train_cfg, views_per_step=views_per_step, cameras_per_frame=cameras_per_frame)
     capture, tracking = StandInCapture(), stand_in_tracking()
     views = [View("S", i, i, s) for i in range(8) for s in capture.cameras]
     data = AvatarData(capture, {"S": tracking}, views, [], tuple(train_cfg.background))
     avatar = make_avatar(avatar_cfg, use_field=True)
-    rasterize = get_rasterizer()
-    results: dict = {"preset": preset, "gaussians": len(avatar.gaussians), "image": [WIDTH, HEIGHT],
-                     "threads": torch.get_num_threads()}
     with tempfile.TemporaryDirectory() as tmp:
-        trainer = Trainer(tmp, avatar, data, avatar_cfg, train_cfg, progress=False, rasterizer=rasterize)
-        trainer.train_step()  # warm-up: kernel compiles
+        trainer = Trainer(tmp, avatar, data, avatar_cfg, train_cfg, progress=False, rasterizer=get_rasterizer())
+        trainer.train_step()  # warm-up: kernel compiles, image cache
         trainer.timings.clear()
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         for _ in range(steps):
             trainer.train_step()
-        wall = time.perf_counter() - start
-    results["steps_per_s"] = steps / wall
-    results["step_ms"] = 1000 * wall / steps
-    results["trainer_breakdown_ms"] = {k: 1000 * v / steps for k, v in trainer.timings.items()}
+        wall, cpu = time.perf_counter() - start, time.process_time() - cpu
+    total = sum(trainer.timings.values())
+    return {"views_per_step": views_per_step, "cameras_per_frame": cameras_per_frame,
+            "steps_per_s": steps / wall, "views_per_s": steps * views_per_step / wall,
+            "step_ms": 1000 * wall / steps, "cpu_ms_per_step": 1000 * cpu / steps,
+            "breakdown_ms": {k: 1000 * v / steps for k, v in trainer.timings.items()},
+            "share": {k: v / total for k, v in trainer.timings.items()}}, trainer, data, views
+
+
+@click.command()
+@click.option("--preset", type=click.Choice(["tiny", "default"]), default="default", show_default=True)
+@click.option("--steps", type=int, default=30, show_default=True, help="Trainer steps timed.")
+@click.option("--repeats", type=int, default=5, show_default=True, help="Repeats per component timing.")
+@click.option("--views", "views_per_step", type=int, default=4, show_default=True,
+              help="Views per step for the multi-view comparison (one frame per view vs one frame for all).")
+@click.option("--out", type=click.Path(dir_okay=False), default=None, help="Also write the results as JSON here.")
+@click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
+def main(preset, steps, repeats, views_per_step, out, as_json):
+    """Time training steps and their components at a preset's default settings.
+
+    Three step kinds are timed in the same run: the preset's (1 view per step), VIEWS views per
+    step each from its own frame (one deformation per view: the baseline), and VIEWS views of one
+    frame (one deformation rendered into VIEWS cameras).
+    """
+    avatar_cfg, train_cfg = get_preset(preset)
+    train_cfg = dataclasses.replace(train_cfg, steps=10 ** 6, val_interval=10 ** 6, checkpoint_interval=10 ** 6,
+                                    log_interval=10 ** 6, densify_from=10 ** 6)
+    results: dict = {"preset": preset, "image": [WIDTH, HEIGHT], "threads": torch.get_num_threads()}
+    kinds = {}
+    for label, vps, cpf in (("single_view", 1, 1), ("views_separate_frames", views_per_step, 1),
+                            ("views_one_frame", views_per_step, views_per_step)):
+        kinds[label], trainer, data, views = time_steps(avatar_cfg, train_cfg, vps, cpf, steps)
+    results["steps"] = kinds
+    results["gaussians"] = len(trainer.avatar.gaussians)
+    results["steps_per_s"] = kinds["single_view"]["steps_per_s"]
+    results["step_ms"] = kinds["single_view"]["step_ms"]
+    rasterize = get_rasterizer()
 
     # Isolated components (same sizes): what the backward time is made of.
     avatar = trainer.avatar
@@ -183,13 +207,17 @@ def main(preset, steps, repeats, as_json):
     results["components_ms"] = {k: 1000 * v for k, v in comp.items()}
     results["adc_ms_per_step_amortised"] = 1000 * comp[
         "adc_pass_incl_two_knn_rebuilds (every densify_interval steps)"] / 2 / train_cfg.densify_interval
+    if out:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(json.dumps(results, indent=2))
     if as_json:
         print(json.dumps(results, indent=2))
     else:
         print(f"preset {preset}: {results['gaussians']} Gaussians, {WIDTH}x{HEIGHT}, {results['threads']} threads")
-        print(f"  {results['steps_per_s']:.2f} steps/s ({results['step_ms']:.0f} ms/step)")
-        for k, v in results["trainer_breakdown_ms"].items():
-            print(f"  step.{k:<22} {v:8.1f} ms")
+        for label, r in kinds.items():
+            print(f"  {label:<22} {r['views_per_step']} views/step: {r['steps_per_s']:.2f} steps/s, "
+                  f"{r['views_per_s']:.2f} views/s ({r['step_ms']:.0f} ms/step)")
+            print("      share: " + ", ".join(f"{k} {100 * v:.0f}%" for k, v in r["share"].items()))
         for k, v in results["components_ms"].items():
             print(f"  {k:<60} {v:8.1f} ms")
         print(f"  ADC amortised per step {results['adc_ms_per_step_amortised']:.2f} ms")
