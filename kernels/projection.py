@@ -23,9 +23,9 @@ det(Sigma_2d) <= 0, the opacity-aware radius is 0, or the rectangle mean2d +- ra
 touch the image. Tile binning (kernels/tiles.py) culls further by the exact ellipse inside
 that radius (kernels/footprint.py).
 
-Quaternions are normalised as q' = quat / max_k |quat_k|, then q' / |q'|: the same unit
-quaternion, but |q'| lies in [1, 2] and so neither overflows nor underflows where |quat|^2 would
-(float32: components <= 1e-19 or >= 1e20). The oracle does the same (``reference.quat_to_rotmat``).
+Quaternions whose |quat|^2 would under- or overflow (float32: components <= 1e-19 or >= 1e20)
+are normalised as q' = quat / max_k |quat_k|, then q' / |q'|: the same unit quaternion, with
+|q'| in [1, 2]. The oracle does the same for every quaternion (``reference.normalize_quats``).
 
 Kernels are built by :func:`project_gaussians_kernels` once per float dtype (``ti.f32`` / ``ti.f64``);
 every literal constant is cast to that dtype because Taichi would otherwise round it to f32.
@@ -37,6 +37,10 @@ import taichi as ti
 
 from npga_taichi.contract import ALPHA_MIN, FRUSTUM_CLAMP
 from npga_taichi.kernels import runtime
+
+# |quat|^2 outside this range takes the rescaled path (float32 is exact well inside it).
+QUAT_NORM2_MIN = 1e-30
+QUAT_NORM2_MAX = 1e30
 
 
 @functools.lru_cache(maxsize=None)
@@ -84,17 +88,23 @@ def project_gaussians_kernels(real):
 
     @ti.func
     def unit_quat(quats: arr2, i):
-        """(w, x, y, z) of quaternion i normalised scale-safely, its max-abs component m and the
-        norm of quat / m (in [1, 2]); |quat| = m * that norm."""
+        """(w, x, y, z) of quaternion i normalised, ``scale`` and ``norm`` with
+        |quat| = scale * norm. A quaternion whose squared norm would under- or overflow is first
+        divided by its max-abs component (scale = that component, norm in [1, 2]); the others
+        take the direct path (scale = 1), which costs nothing extra."""
         qw, qx, qy, qz = quats[i, 0], quats[i, 1], quats[i, 2], quats[i, 3]
-        m = ti.max(ti.max(ti.abs(qw), ti.abs(qx)), ti.max(ti.abs(qy), ti.abs(qz)))
-        sw, sx, sy, sz = qw / m, qx / m, qy / m, qz / m
-        snorm = ti.sqrt(sw * sw + sx * sx + sy * sy + sz * sz)
-        return sw / snorm, sx / snorm, sy / snorm, sz / snorm, m, snorm
+        n2 = qw * qw + qx * qx + qy * qy + qz * qz
+        scale = real(1.0)
+        if not (n2 > real(QUAT_NORM2_MIN) and n2 < real(QUAT_NORM2_MAX)):
+            scale = ti.max(ti.max(ti.abs(qw), ti.abs(qx)), ti.max(ti.abs(qy), ti.abs(qz)))
+            qw, qx, qy, qz = qw / scale, qx / scale, qy / scale, qz / scale
+            n2 = qw * qw + qx * qx + qy * qy + qz * qz
+        norm = ti.sqrt(n2)
+        return qw / norm, qx / norm, qy / norm, qz / norm, scale, norm
 
     @ti.func
     def covariance(means: arr2, quats: arr2, scales: arr2, i):
-        w, qxn, qyn, qzn, _m, _snorm = unit_quat(quats, i)
+        w, qxn, qyn, qzn, _scale, _norm = unit_quat(quats, i)
         R = quat_to_rotmat(w, qxn, qyn, qzn)
         M = mat3(0)
         for r in ti.static(range(3)):
@@ -190,7 +200,7 @@ def project_gaussians_kernels(real):
                 t = W @ x + tvec
                 tz = t[2]
                 # ---- recompute the forward intermediates
-                w, qxn, qyn, qzn, qmax, snorm = unit_quat(quats, i)
+                w, qxn, qyn, qzn, qscale, qnorm = unit_quat(quats, i)
                 R = quat_to_rotmat(w, qxn, qyn, qzn)
                 s = vec3(scales[i, 0], scales[i, 1], scales[i, 2])
                 M = mat3(0)
@@ -250,9 +260,11 @@ def project_gaussians_kernels(real):
                            - two * qzn * (v_R[0, 0] + v_R[1, 1]) + w * (v_R[1, 0] - v_R[0, 1])),
                 ])
                 qn = ti.Vector([w, qxn, qyn, qzn])
-                # d(q/|q|)/dq = (I - qn qn^T) / |q| with |q| = qmax * snorm, divided in two steps
-                # so neither a huge nor a tiny quaternion overflows on the way
-                gq = (gn - qn * qn.dot(gn)) / snorm / qmax
+                # d(q/|q|)/dq = (I - qn qn^T) / |q| with |q| = qscale * qnorm, divided in two
+                # steps so neither a huge nor a tiny quaternion overflows on the way
+                gq = (gn - qn * qn.dot(gn)) / qnorm
+                if qscale != real(1.0):
+                    gq = gq / qscale
             v_means[i, 0] = gx[0]
             v_means[i, 1] = gx[1]
             v_means[i, 2] = gx[2]
