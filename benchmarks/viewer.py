@@ -17,6 +17,7 @@ Measured, median of ``--repeats`` (after one warm-up call each):
   rasterizer (``benchmarks/tiled_peer.rasterize_tiled``) on the same frame, one call.
 
     python benchmarks/viewer.py --out benchmarks/results/viewer.json
+    python benchmarks/viewer.py --screenshot RUN benchmarks/results/viewer.png   # headless chromium
 """
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ import json
 import math
 import os
 import platform
+import shutil
 import statistics
 import time
 from pathlib import Path
@@ -78,13 +80,53 @@ def median_ms(fn, repeats: int) -> tuple[float, list[float]]:
     return statistics.median(times), times
 
 
+def screenshot(run_dir: Path, path: Path, mode: str = "interpolate", uv=(0.3, 0.7)) -> None:
+    """Serve ``run_dir``, open it in headless Debian chromium (playwright, software WebGL) and
+    save a screenshot once the canvas has stopped changing."""
+    import imageio.v2 as imageio
+    from playwright.sync_api import sync_playwright
+
+    from npga_taichi.viewer.app import Viewer
+
+    viewer = Viewer([run_dir], port=0, verbose=False)
+    try:
+        viewer._record(mode=mode, uv=tuple(uv))
+        args = ["--use-angle=swiftshader", "--enable-unsafe-swiftshader", "--no-sandbox", "--no-first-run",
+                "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=shutil.which("chromium") or "/usr/bin/chromium",
+                                        headless=True, args=args)
+            page = browser.new_page(viewport={"width": 1280, "height": 760})
+            page.goto(viewer.url)
+            viewer.wait_applied(lambda a: a.state.uv == tuple(uv), timeout=120)
+            page.locator("#webgl-software-rendering button").click(timeout=30000)  # dismiss the software-WebGL notice
+            last = None
+            for _ in range(100):
+                time.sleep(0.5)
+                shot = imageio.imread(page.screenshot())
+                if last is not None and np.array_equal(shot, last):
+                    break
+                last = shot
+            path.parent.mkdir(parents=True, exist_ok=True)
+            page.screenshot(path=str(path))
+            browser.close()
+        print(f"wrote {path}")
+    finally:
+        viewer.close()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--gaussians", type=int, default=16000)
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--sizes", default="256,512")
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--screenshot", nargs=2, type=Path, metavar=("RUN", "PNG"), default=None,
+                        help="instead of timing: screenshot the viewer of RUN into PNG")
     args = parser.parse_args()
+    if args.screenshot:
+        screenshot(*args.screenshot)
+        return
 
     import viser
 

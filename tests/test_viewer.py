@@ -237,6 +237,30 @@ def test_page_draws_avatar_and_u_slider_drives_expression(viewer, browser):
         # the pad cursor followed the slider
         assert viewer._cursor.position[0] == pytest.approx(0.5 * viewer.pad_size)
 
+        # drag the cursor's down arrow (v) on the pad: the expression and the v slider follow
+        from npga_taichi.viewer.camera import quat_wxyz_to_matrix
+
+        centre, wxyz = viewer._pad_pose
+        R = quat_wxyz_to_matrix(wxyz)
+        origin = centre + R @ np.asarray(viewer._cursor.position)
+        grab = _pixel(client, origin + R @ np.array([0.0, 0.6 * 0.35 * viewer.pad_size, 0.0]))
+        page.mouse.move(grab[1], grab[0])
+        page.mouse.down()
+        for step in range(1, 6):
+            page.mouse.move(grab[1], grab[0] + 8 * step)
+        page.mouse.up()
+        dragged = viewer.wait_applied(lambda a: a.state.uv[1] > 0.55, timeout=20)
+        assert dragged.state.uv[0] == 1.0
+        assert np.allclose(dragged.z_exp, _expected_code(run, dragged.state.corners, *dragged.state.uv).numpy(),
+                           atol=1e-6)
+        thumb_v = _slider(page, "v (top")
+        end = time.monotonic() + 10
+        while abs(float(thumb_v.get_attribute("aria-valuenow")) - viewer.state.uv[1]) > 1e-3:
+            assert time.monotonic() < end, "the v slider did not follow the pad"
+            time.sleep(0.05)
+        applied = viewer.wait_applied(lambda a: a.state.key() == viewer.state.key())  # the drag's last move
+        expected = _expected_code(run, applied.state.corners, *applied.state.uv)
+
         # exact mode: the server renders this browser's camera with our rasterizer
         _choose(page, "Renderer", "Exact (Taichi, server)")
         end = time.monotonic() + 60

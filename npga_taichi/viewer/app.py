@@ -89,6 +89,7 @@ class Viewer:
         self._renderer = RENDERERS[0]
         self._show_centres = False
         self._playing = False
+        self._uv_source = "program"
         self._layout()
 
         self.server = viser.ViserServer(host=host, port=port, verbose=verbose)
@@ -217,19 +218,26 @@ class Viewer:
             if "frame" in changes:
                 n = self.source.num_frames(changes.get("sequence", state.sequence))
                 changes["frame"] = int(min(max(changes["frame"], 0), n - 1))
+            if "uv" in changes:
+                self._uv_source = "program"  # both the sliders and the cursor follow
             self._state = dataclasses.replace(state, **changes)
         self._wake.set()
 
     def _record_uv(self, u=None, v=None, source: str = "slider") -> None:
+        """Record a cursor move from the sliders or the pad. ``source`` is remembered so the
+        worker moves only the *other* control (never the one the user is dragging); an echo of
+        the current value changes nothing."""
         with self._lock:
             old = self._state.uv
             uv = (old[0] if u is None else float(u), old[1] if v is None else float(v))
+            if uv == old:
+                return
             self._state = dataclasses.replace(self._state, uv=uv)
             self._uv_source = source
         self._wake.set()
 
-    def _on_cursor(self, handle) -> None:
-        u, v = position_to_uv(handle.position, self.pad_size)
+    def _on_cursor(self, event) -> None:
+        u, v = position_to_uv(event.target.position, self.pad_size)
         self._record_uv(u, v, source="pad")
 
     def _record_flag(self, renderer=None, centres=None) -> None:
@@ -346,7 +354,7 @@ class Viewer:
         with self._lock:
             state, renderer, centres, playing = self._state, self._renderer, self._show_centres, self._playing
             actions, self._actions = self._actions, []
-            uv_source = getattr(self, "_uv_source", "slider")
+            uv_source = self._uv_source
         if playing and state.mode == "tracked" and time.monotonic() >= self._next_tick:
             self._next_tick = max(self._next_tick + 1.0 / self.fps, time.monotonic() - 1.0)
             n = self.source.num_frames(state.sequence)
@@ -450,9 +458,8 @@ class Viewer:
             target = uv_to_position(state.uv, self.pad_size)
             if not np.allclose(self._cursor.position, target, atol=1e-6):
                 self._cursor.position = tuple(target)
-        else:
-            self.gui_u.value = state.uv[0]
-            self.gui_v.value = state.uv[1]
+        if uv_source != "slider":
+            self.gui_u.value, self.gui_v.value = state.uv
         if self.gui_sequence.value != state.sequence:
             self.gui_sequence.value = state.sequence
         n = self.source.num_frames(state.sequence)
