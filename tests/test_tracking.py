@@ -56,6 +56,16 @@ def test_tracking_file_roundtrip_and_errors(tmp_path):
         load_tracking(tmp_path / "nope.npz")
 
 
+def test_tracking_folder_listing_skips_a_killed_writers_temporary(tmp_path):
+    from npga_taichi.prior.tracking import load_trackings
+
+    folder = tmp_path / "tracking"
+    save_tracking(_tracking(), folder / "EXP-1")
+    (folder / ".EXP-2.npz.k3j_9x2a.tmp.npz").write_bytes(b"PK\x03\x04 torn")  # SIGKILL mid-save
+    assert list(load_trackings(folder)) == ["EXP-1"]
+    assert load_trackings(tmp_path / "missing") == {}
+
+
 def test_import_mononphm_tracking(tmp_path):
     tr = _tracking()
     root = tmp_path / "mononphm"

@@ -205,6 +205,21 @@ def load_tracking(path: str | os.PathLike) -> Tracking:
     return tracking
 
 
+def tracking_files(folder: str | os.PathLike) -> dict[str, Path]:
+    """``{sequence: file}`` for the ``<SEQ>.npz`` files of a tracking folder, by name. Hidden
+    files are skipped: a writer killed mid-save leaves ``.<SEQ>.npz.<random>.tmp.npz`` behind,
+    which ``glob("*.npz")`` would otherwise return as a track. {} when the folder is missing."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return {}
+    return {p.stem: p for p in sorted(folder.glob("*.npz")) if not p.name.startswith(".") and p.is_file()}
+
+
+def load_trackings(folder: str | os.PathLike) -> dict[str, Tracking]:
+    """Every track of a tracking folder (:func:`tracking_files`), loaded with :func:`load_tracking`."""
+    return {seq: load_tracking(path) for seq, path in tracking_files(folder).items()}
+
+
 # ------------------------------------------------------------------------------------ geometry
 def axis_angle_to_matrix(omega: torch.Tensor) -> torch.Tensor:
     """Rodrigues: (3,) axis-angle -> (3, 3) rotation (differentiable, safe at 0)."""
