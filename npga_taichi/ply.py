@@ -368,16 +368,18 @@ class PlyFolderWriter(CommitOnExit):
 
     Frames are written into a private staging folder inside ``folder`` (``mkdtemp``) and moved
     into place by :meth:`close`; :meth:`abort` (or an exception in a ``with`` block) discards
-    them. ``folder`` must be empty unless ``force``; with ``force`` only what an earlier export
-    wrote is removed — the files listed in its manifest (``.npga-ply-export.json``), ``frame_*``
-    files this export rewrites, and staging folders a killed export left — never other files.
+    them. ``folder`` must be empty (staging folders a killed export left aside: they are removed)
+    unless ``force``; with ``force`` only what an earlier export wrote is removed — the files
+    listed in its manifest (``.npga-ply-export.json``) and ``frame_*`` files this export rewrites
+    — never other files.
     """
 
     def __init__(self, folder: str | os.PathLike, force: bool = False,
                  protect: Iterable[str | os.PathLike] = ()):
         self.folder = check_output_folder(folder, protect)
         self._created = not self.folder.exists()
-        if not self._created and any(self.folder.iterdir()) and not force:
+        # A killed export leaves only its hidden staging folder: that does not make DIR "not empty".
+        if not self._created and not force and any(p not in self._leftovers() for p in self.folder.iterdir()):
             raise FileExistsError(f"{self.folder} is not empty; pass --force to replace the frames an earlier "
                                   "export wrote there (other files are kept)")
         ensure_output_dir(self.folder, "PLY folder")
@@ -392,6 +394,10 @@ class PlyFolderWriter(CommitOnExit):
         write_ply(self.stage / name, **raw_ply_arrays(gaussians))
         self.names.append(name)
         return self.folder / name
+
+    def _leftovers(self) -> set[Path]:
+        """Staging folders (``.npga-ply.<random>.tmp``, real folders) of exports killed mid-write."""
+        return {p for p in self.folder.glob(f".{_STAGING}.*.tmp") if p.is_dir() and not p.is_symlink()}
 
     def _previous(self) -> set[str]:
         """Names an earlier export wrote here (its manifest; only plain frame file names count)."""
@@ -409,9 +415,8 @@ class PlyFolderWriter(CommitOnExit):
                     stale = self.folder / name
                     if stale.is_symlink() or stale.is_file():
                         stale.unlink()
-                for leftover in self.folder.glob(f".{_STAGING}.*.tmp"):
-                    if leftover.is_dir() and not leftover.is_symlink() and leftover != self.stage:
-                        shutil.rmtree(leftover, ignore_errors=True)
+            for leftover in self._leftovers() - {self.stage}:
+                shutil.rmtree(leftover, ignore_errors=True)
             for name in self.names:
                 os.replace(self.stage / name, self.folder / name)  # replaces a link, never follows it
             with atomic_path(self.folder / MANIFEST_NAME) as tmp:

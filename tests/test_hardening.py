@@ -146,6 +146,13 @@ def test_row2_ply_force_removes_only_what_an_export_wrote(tmp_path, monkeypatch)
     names = sorted(p.name for p in folder.iterdir())
     assert names == [".npga-ply-export.json", "frame_00000.ply", "frame_00099.ply", "notes.txt", "sub"]
     assert (folder / "notes.txt").read_text() == "mine"
+    # an export killed mid-write leaves a hidden staging folder: the next export is not refused for it
+    fresh = tmp_path / "fresh"
+    (fresh / ".npga-ply.k3j9x2ab.tmp").mkdir(parents=True)
+    (fresh / ".npga-ply.k3j9x2ab.tmp" / "frame_00000.ply").write_bytes(b"ply\ntorn")
+    with PlyFolderWriter(fresh) as plys:
+        plys.add(0, _frame())
+    assert sorted(p.name for p in fresh.iterdir()) == [".npga-ply-export.json", "frame_00000.ply"]
     # a failed export leaves the folder as it was
     with pytest.raises(RuntimeError):
         with PlyFolderWriter(folder, force=True) as plys:
