@@ -50,6 +50,10 @@ def command(data, run_dir, participant, prior, tracking_dir, field_dir, preset, 
       npga fit data/synth --out runs/static --static     # ablation (also --no-latents,
                                                          #  --no-detail, --no-laplacian, --no-prior)
     Held-out cameras and the FREE sequence are never used for training.
+
+    \b
+    Several processes (data-parallel; the step's views are split over the ranks):
+      torchrun --nproc-per-node 2 $(which npga) fit data/synth --out runs/a --views-per-step 2
     """
     from npga_taichi.avatar.fitting import fit_avatar
 
@@ -60,8 +64,10 @@ def command(data, run_dir, participant, prior, tracking_dir, field_dir, preset, 
                              avatar_overrides, train_overrides, all_stages=all_stages, resume=resume,
                              force=force, device=device, rasterizer=rasterizer, progress=not no_progress,
                              log=lambda m: click.echo(m, err=True))
-    except (ValueError, FileNotFoundError, FileExistsError) as err:
+    except (ValueError, FileNotFoundError, FileExistsError, RuntimeError) as err:
         raise click.ClickException(str(err)) from None
+    if summary["rank"] != 0:
+        return  # under torchrun only rank 0 reports
     if as_json:
         click.echo(json.dumps(summary, indent=2))
     else:

@@ -598,7 +598,7 @@ class Trainer:
             "train_time_s": round(self.elapsed, 2),
             "steps_per_s_this_session": round(steps_done / wall, 3) if wall > 0 else None,
             "views_per_s_this_session": round(steps_done * cfg.views_per_step / wall, 3) if wall > 0 else None,
-            "ranks": self.dist.world,
+            "ranks": self.dist.world, "rank": self.dist.rank,
             "train_psnr_recent": float(np.mean(recent_psnr)) if recent_psnr else None,
             "last_loss": last.get("loss"), **val,
             "time_breakdown_s": {k: round(v, 3) for k, v in self.timings.items()},
