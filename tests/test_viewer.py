@@ -214,6 +214,8 @@ def _expected_code(run, corners, u, v) -> torch.Tensor:
 # ----------------------------------------------------------------------------- in the browser
 
 def test_page_draws_avatar_and_u_slider_drives_expression(viewer, browser):
+    import imageio.v2 as imageio
+
     page = _open(browser, viewer)
     try:
         assert page.evaluate("() => !!document.createElement('canvas').getContext('webgl2')")
@@ -276,6 +278,8 @@ def test_page_draws_avatar_and_u_slider_drives_expression(viewer, browser):
         frame = {"z_exp": expected, **{k: v for k, v in run.reference_drive().frame(0).items() if k != "z_exp"}}
         reference = viewer.call(lambda: run.render(run.gaussians(frame), cam).numpy())
         assert np.array_equal(image, reference)  # what `npga render` computes for this camera
+        saved = _click_save_view(page, viewer)                    # exact mode saves the server's image
+        assert np.array_equal(imageio.imread(saved), to_uint8(image))
 
         _choose(page, "Capture camera", "222200037")             # jump to a capture camera
         target = run.camera("222200037").viewmat.double().numpy()
@@ -285,8 +289,27 @@ def test_page_draws_avatar_and_u_slider_drives_expression(viewer, browser):
             assert time.monotonic() < end, "the camera did not move to the capture camera"
             time.sleep(0.05)
         _choose(page, "Renderer", "Browser splats")
+        end = time.monotonic() + 20
+        while not viewer._splats[0].visible:
+            assert time.monotonic() < end
+            time.sleep(0.05)
+        saved = imageio.imread(_click_save_view(page, viewer))   # browser mode saves the canvas
+        assert saved.shape == (client.camera.image_height, client.camera.image_width, 3)
+        assert _ink(saved.astype(np.int16), _pixel(client, viewer._center)) > 20
     finally:
         page.close()
+
+
+def _click_save_view(page, viewer):
+    before = set(viewer.out_dir.glob("view-*.png")) if viewer.out_dir.is_dir() else set()
+    page.get_by_role("button", name="Save view (PNG)").click()
+    end = time.monotonic() + 30
+    while True:
+        new = set(viewer.out_dir.glob("view-*.png")) - before if viewer.out_dir.is_dir() else set()
+        if new:
+            return new.pop()
+        assert time.monotonic() < end, "no PNG saved"
+        time.sleep(0.05)
 
 
 def test_two_runs_stand_side_by_side(browser, run_dir, tmp_path):
@@ -307,6 +330,12 @@ def test_two_runs_stand_side_by_side(browser, run_dir, tmp_path):
         assert abs(left[1] - right[1]) > 100
         assert _ink(shot, left) > 20 and _ink(shot, right) > 20
         assert _ink(shot, ((left[0] + right[0]) // 2, (left[1] + right[1]) // 2), half=5) < _ink(shot, left)
+        # the exact renderer draws both avatars in one rasterization
+        from npga_taichi.viewer.app import camera_from_client
+
+        cam = camera_from_client(client)
+        exact = v.call(lambda: to_uint8(v.render_exact(cam))).astype(np.int16)
+        assert _ink(exact, left) > 20 and _ink(exact, right) > 20
         page.close()
     finally:
         v.close()
