@@ -12,6 +12,15 @@ Gaussian-window SSIM). LPIPS is computed only when the ``lpips`` package *and* t
 backbone weights are already on disk (``<torch hub>/checkpoints/alexnet-owt-*.pth``) - they are
 never downloaded; otherwise every LPIPS value is reported as unavailable (empty / null), never
 guessed. The identical images give PSNR = inf and SSIM = 1.
+
+Regions and expressions (:mod:`npga_taichi.fidelity`): where the capture has label maps (a
+synthetic capture), PSNR / SSIM are also reported inside the eye and mouth regions, on the same
+composited images; for a synthetic capture, the blink / jaw / brow ratios measure whether the
+avatar shows those expressions at all. A capture without label maps (a real one) gets the
+whole-image numbers only, and the summary says so.
+
+:func:`evaluate_run` is the whole ``npga eval`` command: it renders an avatar run's held-out
+frames, scores them and writes ``metrics.csv``, ``summary.json`` and ``worst.png``.
 """
 from __future__ import annotations
 
@@ -21,16 +30,19 @@ import io
 import json
 import math
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
 
 import numpy as np
 import torch
 
-from npga_taichi import metrics
+from npga_taichi import fidelity, metrics
 
-CSV_COLUMNS = ("sequence", "timestep", "camera", "psnr", "psnr_masked", "ssim", "lpips")
+CSV_COLUMNS = ("sequence", "timestep", "camera", "psnr", "psnr_masked", "ssim", "lpips",
+               *(f"{m}_{r}" for r in fidelity.REGIONS for m in ("psnr", "ssim")),
+               *(f"ratio_{f}" for f in fidelity.FEATURES))
+OUTPUT_NAMES = ("metrics.csv", "summary.json", "worst.png")
 
 
 # ------------------------------------------------------------------------------ per-image metrics
@@ -119,6 +131,9 @@ class EvalItem:
     pred:  (H, W, 3) float rendered image in [0, 1]
     gt:    (H, W, 3) float ground-truth image in [0, 1]
     alpha: (H, W, 1) ground-truth matte in [0, 1] (all ones when the capture has none)
+    labels: (H0, W0) uint8 label map at the capture's resolution, or None (no region metrics)
+    truths: feature -> (on, off) (H, W, 3) re-rendered truths composited over the evaluation
+            background (see :mod:`npga_taichi.fidelity`), or None / {} (no expression ratios)
     """
 
     sequence: str
@@ -127,6 +142,8 @@ class EvalItem:
     pred: torch.Tensor
     gt: torch.Tensor
     alpha: torch.Tensor
+    labels: np.ndarray | None = None
+    truths: dict | None = None
 
 
 @dataclass
@@ -138,6 +155,18 @@ class FrameScore:
     psnr_masked: float
     ssim: float
     lpips: float | None  # None = LPIPS unavailable
+    regions: dict = field(default_factory=dict)  # region -> {"psnr", "ssim", "pixels"}; {} = no labels
+    ratios: dict = field(default_factory=dict)   # feature -> (ratio, region pixels); {} = none active
+
+    def csv_row(self) -> dict:
+        """The row of metrics.csv (see CSV_COLUMNS); region / ratio cells None when unavailable."""
+        row = {k: getattr(self, k) for k in CSV_COLUMNS[:7]}
+        for region in fidelity.REGIONS:
+            for m in ("psnr", "ssim"):
+                row[f"{m}_{region}"] = self.regions.get(region, {}).get(m)
+        for feature in fidelity.FEATURES:
+            row[f"ratio_{feature}"] = self.ratios[feature][0] if feature in self.ratios else None
+        return row
 
 
 @dataclass
@@ -164,10 +193,43 @@ class EvalResult:
             "lpips": mean([r.lpips for r in self.rows]) if self.lpips_available else None,
             "lpips_available": self.lpips_available,
             "lpips_note": "" if self.lpips_available else f"LPIPS unavailable: {self.lpips_reason}",
+            **self.region_summary(),
             "masking": "prediction and ground truth composited over the background with the "
                        "ground-truth alpha matte",
             "background": self.background,
         }
+
+
+    def region_summary(self) -> dict:
+        """"regions" (per region: mean PSNR / SSIM over the images that show it) and "fidelity"
+        (per feature: median ratio over the images where it is active), each with a note."""
+        def mean(values):
+            vals = [v for v in values if v is not None and not math.isnan(v)]
+            return float(np.mean(vals)) if vals else None
+
+        labelled = [r for r in self.rows if r.regions]
+        regions = None
+        note = "no label maps in this capture (e.g. a real capture): whole-image metrics only"
+        if labelled:
+            note = ""
+            regions = {}
+            for name in fidelity.REGIONS:
+                shown = [r.regions[name] for r in labelled if not math.isnan(r.regions[name]["psnr"])]
+                regions[name] = {"psnr": mean([s["psnr"] for s in shown]), "ssim": mean([s["ssim"] for s in shown]),
+                                 "num_images": len(shown)}
+        scored = [r for r in self.rows if r.ratios]
+        result = {"regions": regions, "regions_note": note}
+        if scored:
+            result["fidelity"] = {f: fidelity.summarise_ratios([r.ratios[f] for r in scored if f in r.ratios])
+                                  for f in fidelity.FEATURES}
+            result["fidelity_note"] = ("ratio = mean|avatar - truth| / mean|avatar - truth without the feature| "
+                                       "inside the pixels the feature changes; << 1: the avatar shows it, "
+                                       "> 1: it does not")
+        else:
+            result["fidelity"] = None
+            result["fidelity_note"] = ("no expression fidelity: it needs a synthetic capture (npga synth) "
+                                       "with frames where blink, jaw or brows are active")
+        return result
 
 
 def score_item(item: EvalItem, background: torch.Tensor, lpips_metric: LpipsMetric | None) -> FrameScore:
@@ -180,12 +242,18 @@ def score_item(item: EvalItem, background: torch.Tensor, lpips_metric: LpipsMetr
                          f"differ in size ({item.sequence} t={item.timestep} cam {item.camera})")
     pred = composite(item.pred.double().clamp(0, 1), item.alpha.double(), background.double())
     gt = composite(item.gt.double(), item.alpha.double(), background.double())
+    regions = {}
+    if item.labels is not None:
+        regions = fidelity.region_scores(pred, gt, fidelity.region_weights(item.labels, tuple(gt.shape[:2])))
+    ratios = {f: fidelity.expression_ratio(pred, on.to(pred), off.to(pred))
+              for f, (on, off) in (item.truths or {}).items()}
     return FrameScore(
         sequence=item.sequence, timestep=int(item.timestep), camera=str(item.camera),
         psnr=psnr_value(pred, gt),
         psnr_masked=masked_psnr_value(item.pred.double().clamp(0, 1), item.gt.double(), item.alpha.double()),
         ssim=float(metrics.ssim(pred, gt)),
         lpips=lpips_metric(pred, gt) if lpips_metric is not None else None,
+        regions=regions, ratios=ratios,
     )
 
 
@@ -238,7 +306,7 @@ def write_csv(result: EvalResult, path: str | os.PathLike) -> Path:
     writer = csv.writer(buf)
     writer.writerow(CSV_COLUMNS)
     for r in result.rows:
-        writer.writerow([_fmt(v) for v in asdict(r).values()])
+        writer.writerow([_fmt(v) for v in r.csv_row().values()])
     return write_text_atomic(buf.getvalue(), path)
 
 
@@ -248,8 +316,9 @@ def read_csv(path: str | os.PathLike) -> list[dict]:
     with open(path, newline="") as handle:
         for row in csv.DictReader(handle):
             parsed = dict(row)
-            for key in ("psnr", "psnr_masked", "ssim", "lpips"):
-                parsed[key] = float(row[key]) if row[key] != "" else None
+            for key in CSV_COLUMNS[3:]:
+                if key in row:  # files written before the region columns existed lack them
+                    parsed[key] = float(row[key]) if row[key] != "" else None
             parsed["timestep"] = int(row["timestep"])
             out.append(parsed)
     return out
@@ -300,4 +369,100 @@ def format_table(summary: dict) -> str:
     ]
     if not summary.get("lpips_available"):
         lines.append(summary.get("lpips_note", "LPIPS unavailable"))
+    if summary.get("regions"):
+        lines.append(f"{'region':>8} {'PSNR dB':>9} {'SSIM':>7} {'images':>7}")
+        for name, r in summary["regions"].items():
+            lines.append(f"{name:>8} {cell(r['psnr'], 2):>9} {cell(r['ssim'], 4):>7} {r['num_images']:>7}")
+    elif "regions_note" in summary:
+        lines.append(summary["regions_note"])
+    if summary.get("fidelity"):
+        lines.append(f"{'feature':>8} {'ratio':>9} {'images':>7}   (median; < 1: the avatar shows it)")
+        for name, f in summary["fidelity"].items():
+            lines.append(f"{name:>8} {cell(f['median_ratio'], 2):>9} {f['num_images']:>7}")
+    elif "fidelity_note" in summary:
+        lines.append(summary["fidelity_note"])
     return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------- `npga eval` run
+
+def _frame_labels(run, sequence: str, timestep: int, serial: str) -> np.ndarray | None:
+    """The capture's label map of this image, or None when it has none (a real capture)."""
+    try:
+        frame_dir = run.capture.frame_dir(sequence, timestep)
+    except ValueError:
+        return None
+    path = fidelity.label_path(frame_dir, serial)
+    return fidelity.load_labels(path) if path.is_file() else None
+
+
+def eval_items(run, sequences: list[str], serials: list[str], stride: int, max_frames: int | None,
+               truth: "fidelity.SyntheticTruth | None" = None):
+    """Yield :class:`EvalItem` per (frame, camera); each frame's Gaussians are built once.
+    With ``truth`` (a synthetic capture), frames with an active expression feature carry the
+    re-rendered truths for the expression ratios."""
+    from npga_taichi.reenactment import ground_truth
+
+    for seq in sequences:
+        drive = run.drive(seq)
+        for i in list(range(0, len(drive), stride))[:max_frames]:
+            g = run.gaussians(drive.frame(i))
+            t = int(drive.timesteps[i])
+            for serial in serials:
+                gt, alpha = ground_truth(run, seq, t, serial)
+                truths = None
+                if truth is not None:
+                    truths = truth.feature_truths(seq, t, run.capture.cameras[serial], tuple(gt.shape[:2]),
+                                                  run.background)
+                yield EvalItem(seq, t, serial, run.render(g, run.camera(serial)), gt, alpha,
+                               labels=_frame_labels(run, seq, t, serial), truths=truths)
+
+
+def evaluate_run(run_dir, out, sequences=None, camera_spec="holdout", stride=1, max_frames=None,
+                   use_lpips=True, n_worst=4, device="cpu", force=False, progress=True,
+                   expression_fidelity=True) -> dict:
+    """Evaluate avatar run ``run_dir``; write metrics.csv, summary.json, worst.png into ``out``.
+
+    Returns the summary (also in summary.json). Raises FileExistsError (outputs exist and not
+    ``force``), and ValueError / FileNotFoundError naming the file or argument (an unknown
+    ``camera_spec`` serial, a missing capture, ...) for anything else wrong.
+    ``expression_fidelity=False`` skips the re-rendered expression ratios of synthetic captures.
+    """
+    from npga_taichi.data.nersemble import select_cameras
+    from npga_taichi.reenactment import LoadedRun
+
+    run_dir, out = Path(run_dir), Path(out)
+    existing = [str(out / n) for n in OUTPUT_NAMES if (out / n).exists()]
+    if existing and not force:
+        raise FileExistsError(f"{', '.join(existing)} already exist(s); pass force (--force) to overwrite")
+    try:
+        run = LoadedRun(run_dir, device=device)
+        serials = select_cameras(sorted(run.cameras), camera_spec, run.heldout_cameras())
+        if not sequences:
+            sequences = run.heldout_sequences()
+            if not sequences:
+                raise ValueError("the capture has no held-out sequence; pass --sequence")
+        truth = fidelity.SyntheticTruth.find(run.capture.pdir) if expression_fidelity else None
+        total_frames = 0
+        for seq in sequences:
+            total_frames += len(list(range(0, len(run.drive(seq)), stride))[:max_frames])
+        result = evaluate(eval_items(run, list(sequences), serials, stride, max_frames, truth),
+                          background=run.background.tolist(), use_lpips=use_lpips, n_worst=n_worst,
+                          progress=progress, total=total_frames * len(serials))
+    except KeyError as err:  # a malformed config / tracking file names no file itself
+        raise ValueError(f"evaluating {run_dir}: missing entry {err}") from None
+    out.mkdir(parents=True, exist_ok=True)
+    summary = result.summary()
+    if summary["fidelity"] is None and truth is None:
+        summary["fidelity_note"] = ("no expression fidelity: skipped" if not expression_fidelity else
+                                    "no expression fidelity: not a synthetic capture (no groundtruth/)")
+    summary["run"] = str(run_dir)
+    summary["stride"] = stride
+    write_csv(result, out / "metrics.csv")
+    worst = write_worst_image(result, out / "worst.png")
+    summary["outputs"] = {"csv": str(out / "metrics.csv"), "summary": str(out / "summary.json"),
+                          "worst": str(worst) if worst else None}
+    summary["worst_frames"] = [{"sequence": s.sequence, "timestep": s.timestep, "camera": s.camera,
+                                "psnr": s.psnr} for s, _ in result.worst]
+    write_summary(summary, out / "summary.json")
+    return summary

@@ -128,6 +128,13 @@ def test_eval_cli_writes_csv_summary_and_worst_frames(tiny_demo, tmp_path):
     assert len(rows) == summary["num_images"] == 2 * len(held)
     assert {r["camera"] for r in rows} == set(held) and {r["sequence"] for r in rows} == {"FREE"}
     assert summary["psnr"] == pytest.approx(np.mean([r["psnr"] for r in rows]))
+    # a synthetic capture: eye / mouth region metrics from its label maps, and expression ratios
+    # for the frames where blink, jaw or brows are active (or a note saying there are none)
+    assert set(summary["regions"]) == {"eyes", "mouth"} and summary["regions_note"] == ""
+    assert summary["regions"]["eyes"]["num_images"] > 0
+    assert all(r["psnr_eyes"] is not None for r in rows)
+    assert summary["fidelity"] is None or set(summary["fidelity"]) == {"blink", "jaw", "brows"}
+    assert summary["fidelity_note"]
     assert all(r["lpips"] is None for r in rows) or evaluation.lpips_status()[0]
     import imageio.v2 as imageio
 
@@ -136,6 +143,23 @@ def test_eval_cli_writes_csv_summary_and_worst_frames(tiny_demo, tmp_path):
     assert worst.shape == (2 * cam.height, 3 * cam.width, 3)
     again = CliRunner().invoke(cli, ["eval", str(run_dir), "--out", str(tmp_path / "ev"), "--max-frames", "2"])
     assert again.exit_code == 1 and "--force" in again.output  # never overwrites silently
+    assert "metrics.csv" in again.output  # and names what it would overwrite
+
+
+def test_evaluate_run_is_library_code_with_plain_errors(tiny_demo, tmp_path):
+    """The library raises ValueError / FileExistsError naming the argument or file (no click)."""
+    run_dir = tiny_demo["out"] / "run"
+    with pytest.raises(ValueError, match="unknown camera"):
+        evaluation.evaluate_run(run_dir, tmp_path / "x", camera_spec="123", progress=False)
+    with pytest.raises(ValueError, match="not a run directory"):
+        evaluation.evaluate_run(tmp_path, tmp_path / "y", progress=False)
+    (tmp_path / "z").mkdir()
+    (tmp_path / "z" / "summary.json").write_text("{}")
+    with pytest.raises(FileExistsError, match="summary.json"):
+        evaluation.evaluate_run(run_dir, tmp_path / "z", progress=False)
+    summary = evaluation.evaluate_run(run_dir, tmp_path / "w", max_frames=1, camera_spec="222200037",
+                                      use_lpips=False, n_worst=0, progress=False, expression_fidelity=False)
+    assert summary["num_images"] == 1 and summary["fidelity"] is None and "skipped" in summary["fidelity_note"]
 
 
 def test_eval_cli_bad_arguments(tiny_demo, tmp_path):
@@ -144,7 +168,8 @@ def test_eval_cli_bad_arguments(tiny_demo, tmp_path):
     run_dir = tiny_demo["out"] / "run"
     runner = CliRunner()
     bad_cam = runner.invoke(cli, ["eval", str(run_dir), "--cameras", "123", "--out", str(tmp_path / "a")])
-    assert bad_cam.exit_code == 2 and "unknown camera" in bad_cam.output
+    assert bad_cam.exit_code == 1 and "unknown camera" in bad_cam.output and "--cameras" in bad_cam.output
+    assert "Traceback" not in bad_cam.output
     bad_seq = runner.invoke(cli, ["eval", str(run_dir), "--sequence", "NOPE", "--out", str(tmp_path / "b")])
     assert bad_seq.exit_code == 1 and "NOPE" in bad_seq.output
     not_run = runner.invoke(cli, ["eval", str(tmp_path), "--out", str(tmp_path / "c")])

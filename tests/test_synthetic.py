@@ -8,23 +8,17 @@ import numpy as np
 import pytest
 import torch
 
-from npga_taichi.cameras import Camera, look_at
 from npga_taichi.data import synthetic as syn
 from npga_taichi.data.head_render import render_head
 
-E = {n: i for i, n in enumerate(syn.EXPRESSION_NAMES)}
+from heads import expression, front_camera
+
 
 
 @pytest.fixture(scope="module")
 def head():
     return syn.SyntheticHead.from_seed(1234)
 
-
-def _expr(**kw):
-    e = np.zeros(syn.NUM_EXPRESSION_PARAMS, np.float32)
-    for k, v in kw.items():
-        e[E[k]] = v
-    return e
 
 
 def test_interface_sizes():
@@ -42,7 +36,7 @@ def test_neutral_backward_is_identity(head):
     np.testing.assert_array_equal(head.backward(x, torch.zeros(syn.NUM_EXPRESSION_PARAMS)).numpy(), x.numpy())
     np.testing.assert_array_equal(head.posed_sdf(x, np.zeros(syn.NUM_EXPRESSION_PARAMS)).numpy(), head.sdf(x).numpy())
     # a non-zero expression moves points near the mouth, but not the back of the head
-    e = torch.as_tensor(_expr(jaw_open=1.0, smile_left=1.0))
+    e = torch.as_tensor(expression(jaw_open=1.0, smile_left=1.0))
     mouth = torch.tensor([[0.0, -0.26, 0.38], [0.08, -0.22, 0.37]])
     back = torch.tensor([[0.0, 0.2, -0.45]])
     assert (head.backward(mouth, e) - mouth).norm(dim=1).min() > 0.01
@@ -85,22 +79,17 @@ def test_backward_is_locally_invertible(head):
         assert torch.linalg.det(J).min() > 0.05
 
 
-def _front_camera(width=64, height=96):
-    full = Camera("front", look_at([0.0, 0.02, 1.0], [0.0, 0.0, -0.01]),
-                  [[6600.0, 0, 1100.0], [0, 6600.0, 1604.0], [0, 0, 1]], 2200, 3208)
-    return full.resized(width, height)
-
 
 def test_expressions_change_the_rendering_where_they_act(head):
-    cam = _front_camera()
+    cam = front_camera()
     vm, K = cam.viewmat[None], cam.K[None]
 
     def render(e):
-        rgba, hits = render_head(head, e, vm, K, cam.width, cam.height)
+        rgba, hits, _ = render_head(head, e, vm, K, cam.width, cam.height)
         return rgba[0].numpy(), hits[0].numpy()
 
     neutral, hits = render(np.zeros(syn.NUM_EXPRESSION_PARAMS, np.float32))
-    again, _ = render(_expr())
+    again, _ = render(expression())
     np.testing.assert_array_equal(neutral, again)
     alpha = neutral[..., 3]
     assert 0.15 < alpha.mean() < 0.7 and alpha.max() == 1.0 and alpha.min() == 0.0
@@ -126,11 +115,11 @@ def test_expressions_change_the_rendering_where_they_act(head):
     s = syn.UNIT_METRES
     mouth = [0.0, -0.23 * s, 0.38 * s]
     left_eye = [0.112 * s, 0.045 * s, 0.35 * s]
-    inside, outside = region_change(_expr(jaw_open=1.0), mouth)
+    inside, outside = region_change(expression(jaw_open=1.0), mouth)
     assert inside > 0.1 and inside > 5 * outside
-    inside, outside = region_change(_expr(blink_left=1.0), left_eye, radius_px=3)
+    inside, outside = region_change(expression(blink_left=1.0), left_eye, radius_px=3)
     assert inside > 0.05 and inside > 5 * outside
     # another identity is a visibly different person
-    other, _ = render_head(syn.SyntheticHead.from_seed(99), np.zeros(syn.NUM_EXPRESSION_PARAMS, np.float32),
+    other, _, _ = render_head(syn.SyntheticHead.from_seed(99), np.zeros(syn.NUM_EXPRESSION_PARAMS, np.float32),
                            vm, K, cam.width, cam.height)
     assert np.abs(other[0].numpy()[..., :3] - neutral[..., :3]).mean() > 0.02

@@ -6,6 +6,7 @@ Layout written (``pid`` = participant id, 3 digits)::
                                                  "resolution": [2200, 3208]}  (full resolution)
     OUT/<pid>/sequences/<SEQ>/timesteps/frame_<t:05d>/images-<k>x/cam_<serial>.png
                                                 .../alpha_map/cam_<serial>.png   (same size)
+                                                .../labels/cam_<serial>.png      (uint8 ids)
                                                 .../colmap/pointclouds/pointcloud_16.pcd
     OUT/<pid>/groundtruth/groundtruth.json      identity, per-frame expression and rigid pose
     OUT/<pid>/synthetic_capture.json            the CaptureConfig used (for resuming)
@@ -21,6 +22,13 @@ s = 0.25 m per canonical unit and a small smooth rigid motion (a few degrees, a 
 
 Point clouds: the world positions where the cameras' rays hit the head (visible surface, like
 COLMAP's), subsampled and perturbed by Gaussian noise (default 1 mm), with world normals.
+
+Label maps (``labels/cam_<serial>.png``, single-channel uint8, same size as the images): what
+each pixel shows, the id into :data:`LABEL_NAMES` (0 background, 1 skin, 2 hair, 3 brows,
+4 eyelids, 5 lips, 6 eyes, 7 teeth, 8 mouth_interior) of the part most of the pixel's
+antialiasing samples hit, written by the same render as the image (``LABEL_NAMES`` is also stored
+in ``groundtruth/groundtruth.json``). Like ``groundtruth/`` they are for grading (region-aware
+evaluation, :mod:`npga_taichi.fidelity`), not for fitting.
 
 Nothing a method may use contains the ground truth; ``groundtruth/`` exists only for grading.
 """
@@ -66,6 +74,8 @@ SEQUENCE_CATALOGUE: dict[str, tuple[tuple[str, ...], str]] = {
 DEFAULT_SEQUENCES = ("EXP-1", "EXP-2", "EXP-3", "EXP-4", "EXP-5", "EXP-6", "EMO-1", "EMO-2", "EMO-3", "FREE")
 TINY_SEQUENCES = ("EXP-1", "EMO-1", "FREE")
 POINTCLOUD_NAME = "pointcloud_16.pcd"
+LABEL_FOLDER = "labels"
+LABEL_NAMES = syn.LABEL_NAMES
 
 
 @dataclass
@@ -210,17 +220,18 @@ def _in_all_images(points: np.ndarray, viewmats: np.ndarray, Ks: np.ndarray, wid
 
 
 def _write_frame(fdir: Path, image_folder: str, serials: list, rgba8: np.ndarray, hits: np.ndarray,
-                 rng: np.random.Generator, n_points: int, noise: float, viewmats: np.ndarray,
-                 Ks: np.ndarray) -> None:
-    """Write one frame's images, alpha maps and (last, marking the frame done) point cloud.
+                 labels: np.ndarray, rng: np.random.Generator, n_points: int, noise: float,
+                 viewmats: np.ndarray, Ks: np.ndarray) -> None:
+    """Write one frame's images, alpha maps, label maps and (last, marking the frame done) point cloud.
 
     The cloud keeps visible-surface hits that every camera sees inside its image (the common
     capture volume: the neck leaves the lower cameras' frames), subsampled, plus noise."""
-    for folder in (image_folder, "alpha_map", "colmap/pointclouds"):
+    for folder in (image_folder, "alpha_map", LABEL_FOLDER, "colmap/pointclouds"):
         (fdir / folder).mkdir(parents=True, exist_ok=True)
     for c, serial in enumerate(serials):
         _atomic_png(fdir / image_folder / f"cam_{serial}.png", rgba8[c, :, :, :3])
         _atomic_png(fdir / "alpha_map" / f"cam_{serial}.png", rgba8[c, :, :, 3])
+        _atomic_png(fdir / LABEL_FOLDER / f"cam_{serial}.png", labels[c].astype(np.uint8))
     pts = hits.reshape(-1, 6)
     pts = pts[np.isfinite(pts[:, 0])]
     # A uniform random subset of the points inside every image: test the hits in a random order,
@@ -254,6 +265,7 @@ def plan_capture(config: CaptureConfig) -> dict:
         "identity": head.identity.tolist(),
         "identity_names": list(syn.IDENTITY_NAMES),
         "expression_names": list(syn.EXPRESSION_NAMES),
+        "label_names": list(syn.LABEL_NAMES),
         "scale": syn.UNIT_METRES,
         "convention": "x_world = scale * R @ x_posed + t (metres); x_canonical = backward(x_posed, expression)",
         "sequences": {},
@@ -330,7 +342,7 @@ def write_capture(out_root, config: CaptureConfig, force: bool = False, progress
             if (fdir / "colmap" / "pointclouds" / POINTCLOUD_NAME).exists():
                 continue
             seq = plan["sequences"][name]
-            rgba, hits = render_head(head, np.asarray(seq["expression"][t], np.float32), viewmats, Ks, width, height,
+            rgba, hits, labels = render_head(head, np.asarray(seq["expression"][t], np.float32), viewmats, Ks, width, height,
                                      rotation=seq["rotation"][t], translation=seq["translation"][t],
                                      scale=syn.UNIT_METRES, samples_per_side=config.samples_per_side,
                                      lighting=lighting, seed=t)
@@ -338,8 +350,9 @@ def write_capture(out_root, config: CaptureConfig, force: bool = False, progress
             rng = np.random.default_rng([config.identity_seed, config.sequences.index(name), t, 11])
             if pending is not None:
                 pending.result()  # surface write errors; at most one frame in flight
-            pending = pool.submit(_write_frame, fdir, image_folder, serials, rgba8, hits.cpu().numpy(), rng,
-                                  config.points_per_frame, config.point_noise, viewmats.numpy(), Ks.numpy())
+            pending = pool.submit(_write_frame, fdir, image_folder, serials, rgba8, hits.cpu().numpy(),
+                                  labels.cpu().numpy(), rng, config.points_per_frame, config.point_noise,
+                                  viewmats.numpy(), Ks.numpy())
             written += 1
         if pending is not None:
             pending.result()

@@ -18,7 +18,13 @@ resolution. The kernel is a small state machine with a single SDF call site, whi
 cold compile short.
 
 Besides the image, the kernel reports per pixel the world position and normal where the first
-hitting sample hit (NaN where all missed): the capture writer turns these into point clouds.
+hitting sample hit (NaN where all missed): the capture writer turns these into point clouds;
+and what the pixel shows (skin, eyelids, eyes, lips, ... as ids of ``synthetic.LABEL_NAMES``),
+by majority of its samples: the capture writes these as label maps for region-aware evaluation.
+
+Step sizes: the posed SDF ``sdf(backward(x))`` is not 1-Lipschitz where the blinks squeeze the
+eye slit into the seam of the closed lids; every step is divided by the analytic bound of the
+deformation's stretch (``synthetic.blink_lipschitz``), so no ray steps through a lid edge.
 """
 # (no `from __future__ import annotations`: Taichi reads kernel annotations as objects)
 from dataclasses import dataclass
@@ -86,11 +92,15 @@ def slab(o, d, bmin, bmax):
     return ti.math.vec2(t_enter, t_exit)
 
 
+LabelVotes = ti.types.vector(syn.NUM_LABELS, ti.i32)
 PHASE_CONE, PHASE_NEXT, PHASE_TRACE, PHASE_NORMAL, PHASE_AO, PHASE_SHADE, PHASE_TILE, PHASE_PIXEL = range(8)
 # Pixels per side of the tiles whose shared cone is marched before their pixels' own cones.
 TILE = 4
 # A pixel's cone stops this close (head units) to the surface; its samples trace from there.
 CONE_CLEARANCE = 0.0015
+# A sample ray that has not hit after this many sphere-tracing steps counts as a miss (steps
+# shrink by up to ~20x where closed lids meet, see synthetic.blink_lipschitz).
+MAX_TRACE_STEPS = 400
 # Forward-difference step (head units, 0.125 mm) of the SDF normal at a hit.
 NORMAL_STEP = 5e-4
 
@@ -99,8 +109,9 @@ NORMAL_STEP = 5e-4
 def _render_kernel(viewmats: ti.types.ndarray(dtype=ti.f32, ndim=3), Ks: ti.types.ndarray(dtype=ti.f32, ndim=3),
                    pose: ti.types.ndarray(dtype=ti.f32, ndim=2), ident: ti.types.ndarray(dtype=ti.f32, ndim=1),
                    expr: ti.types.ndarray(dtype=ti.f32, ndim=2), light: ti.types.ndarray(dtype=ti.f32, ndim=1),
-                   side: ti.i32, seed: ti.i32, tile: ti.i32,
-                   rgba: ti.types.ndarray(dtype=ti.f32, ndim=4), hits: ti.types.ndarray(dtype=ti.f32, ndim=4)):
+                   side: ti.i32, seed: ti.i32, first_camera: ti.i32, tile: ti.i32,
+                   rgba: ti.types.ndarray(dtype=ti.f32, ndim=4), hits: ti.types.ndarray(dtype=ti.f32, ndim=4),
+                   labels: ti.types.ndarray(dtype=ti.i32, ndim=3)):
     n_cams, height, width = rgba.shape[0], rgba.shape[1], rgba.shape[2]
     n_ty = (height + tile - 1) // tile
     n_tx = (width + tile - 1) // tile
@@ -153,6 +164,8 @@ def _render_kernel(viewmats: ti.types.ndarray(dtype=ti.f32, ndim=3), Ks: ti.type
         n_w = vec3(0.0, 0.0, 1.0)  # shading state shared by the pixel's samples
         ao = 1.0
         alb = vec3(0.0, 0.0, 0.0)
+        lab = 0
+        votes = LabelVotes(0)  # samples per label of the current pixel
         t_shaded = 0.0
         d_cp = vec3(0.0, 0.0, 1.0)
         t_cone = 0.0
@@ -173,7 +186,8 @@ def _render_kernel(viewmats: ti.types.ndarray(dtype=ti.f32, ndim=3), Ks: ti.type
         v_hit = 0.0
         v_cone = 0.0
         occ = 0.0
-        max_iters = tile * tile * (side * side * 170 + 300) + 300  # safety cap on the state machine
+        # safety cap on the state machine: every sample's trace, normal and occlusion taps
+        max_iters = tile * tile * (side * side * (MAX_TRACE_STEPS + 10) + 300) + 300
         for _ in range(max_iters):
             if phase == PHASE_PIXEL:  # set up the tile's next pixel (no SDF evaluation)
                 pidx += 1
@@ -184,6 +198,7 @@ def _render_kernel(viewmats: ti.types.ndarray(dtype=ti.f32, ndim=3), Ks: ti.type
                 if i < height and j < width:
                     acc = vec3(0.0, 0.0, 0.0)
                     n_hit = 0
+                    votes = LabelVotes(0)
                     first = 1
                     for k in ti.static(range(6)):
                         hits[c, i, j, k] = ti.math.nan
@@ -205,10 +220,18 @@ def _render_kernel(viewmats: ti.types.ndarray(dtype=ti.f32, ndim=3), Ks: ti.type
                     for k in ti.static(range(3)):
                         rgba[c, i, j, k] = ti.math.clamp(col[k], 0.0, 1.0)
                     rgba[c, i, j, 3] = n_hit / (side * side)
+                    best = 0  # the label most samples show; ties go to the higher (rarer) id
+                    best_votes = votes[0]
+                    for k in ti.static(range(1, syn.NUM_LABELS)):  # static: no dynamic indexing
+                        if votes[k] >= best_votes:
+                            best = k
+                            best_votes = votes[k]
+                    labels[c, i, j] = best
                     phase = PHASE_PIXEL
                     continue
-                su = (sidx % side + hash01(ti.u32(c * 7919 + seed), ti.u32(i * 65537 + j), ti.u32(2 * sidx))) / side
-                sv = (sidx // side + hash01(ti.u32(c * 7919 + seed), ti.u32(i * 65537 + j), ti.u32(2 * sidx + 1))) / side
+                su = (sidx % side + hash01(ti.u32((c + first_camera) * 7919 + seed), ti.u32(i * 65537 + j), ti.u32(2 * sidx))) / side
+                sv = (sidx // side + hash01(ti.u32((c + first_camera) * 7919 + seed), ti.u32(i * 65537 + j),
+                                                   ti.u32(2 * sidx + 1))) / side
                 d_world = (Rc.transpose() @ vec3((j + su - cx) / fx, (i + sv - cy) / fy, 1.0)).normalized()
                 d_p = R.transpose() @ d_world  # unit; distances along it are in head units
                 span = slab(o_p, d_p, bmin, bmax)
@@ -221,6 +244,7 @@ def _render_kernel(viewmats: ti.types.ndarray(dtype=ti.f32, ndim=3), Ks: ti.type
                 phase = PHASE_TRACE
                 if tt >= t_far:
                     acc += bg
+                    votes[0] += 1
                     phase = PHASE_NEXT
                 continue
             q = o_p + t_cone * d_cp
@@ -233,8 +257,14 @@ def _render_kernel(viewmats: ti.types.ndarray(dtype=ti.f32, ndim=3), Ks: ti.type
             elif phase == PHASE_AO:
                 q = xp + (0.015 + 0.035 * tap) * n_p
             v = syn.posed_sdf(q, e, idp, True)  # the single call site
+            # A safe step: the posed SDF is sdf(backward(x)) and the blinks stretch backward up
+            # to ~20x where the closed lids meet (see synthetic.blink_lipschitz); marching by v
+            # there stepped through the 2 mm lid edge (dark speckles, broken lid edges).
+            vs = v
+            if v > 0.0:
+                vs = syn.blink_safe_distance(q, v, e, idp)
             if phase == PHASE_TILE:
-                clearance = v - cone_tile * t_tile
+                clearance = vs - cone_tile * t_tile
                 if clearance < 0.001:
                     phase = PHASE_PIXEL
                 else:
@@ -242,8 +272,8 @@ def _render_kernel(viewmats: ti.types.ndarray(dtype=ti.f32, ndim=3), Ks: ti.type
                     if t_tile >= t_tile_far:  # every pixel misses
                         phase = PHASE_PIXEL
             elif phase == PHASE_CONE:
-                v_cone = v
-                clearance = v - cone * t_cone
+                v_cone = vs
+                clearance = vs - cone * t_cone
                 if clearance < CONE_CLEARANCE:
                     phase = PHASE_NEXT
                 else:
@@ -263,20 +293,22 @@ def _render_kernel(viewmats: ti.types.ndarray(dtype=ti.f32, ndim=3), Ks: ti.type
                     else:
                         phase = PHASE_SHADE
                 else:
-                    # 0.8: the composition with the deformation is not exactly 1-Lipschitz
-                    step = 0.8 * v
-                    if v < 2.0 * tt * pixel_angle:
+                    # 0.8: the Gaussian displacements keep the composition slightly above
+                    # 1-Lipschitz even where vs has divided out the blinks' stretch
+                    step = 0.8 * vs
+                    if vs < 2.0 * tt * pixel_angle:
                         # Within two pixel footprints of the surface a full step overshoots by
                         # at most the deformation's small excess over 1-Lipschitz; once the
                         # pixel's first sample has hit, step to the tangent plane of that hit
-                        # (at most 2 v). Overshooting into the surface ends the trace a
+                        # (at most 2 v; not where a blink stretches the field). Overshooting into the surface ends the trace a
                         # fraction of a pixel deep.
-                        step = v
-                        if first == 0:
-                            step = v / ti.max(-n_p.dot(d_p), 0.5)
+                        step = vs
+                        if first == 0 and vs == v:
+                            step = vs / ti.max(-n_p.dot(d_p), 0.5)
                     tt += step
-                    if tt > t_far or steps >= 160:
+                    if tt > t_far or steps >= MAX_TRACE_STEPS:
                         acc += bg
+                        votes[0] += 1
                         phase = PHASE_NEXT
             elif phase == PHASE_NORMAL:
                 g += axis_dir(tap) * (v - v_hit)
@@ -293,7 +325,9 @@ def _render_kernel(viewmats: ti.types.ndarray(dtype=ti.f32, ndim=3), Ks: ti.type
                 tap += 1
                 if tap == 2:
                     ao = ti.math.clamp(1.0 - occ, 0.05, 1.0)
-                    alb = syn.canonical_albedo(syn.deform_backward(xp, e, idp), idp, True)
+                    surf = syn.canonical_surface(syn.deform_backward(xp, e, idp), idp, True)
+                    alb = surf.xyz
+                    lab = ti.cast(surf.w + 0.5, ti.i32)
                     t_shaded = tt
                     phase = PHASE_SHADE
             if phase == PHASE_SHADE:  # accumulate the sample's colour with the current shading
@@ -303,6 +337,9 @@ def _render_kernel(viewmats: ti.types.ndarray(dtype=ti.f32, ndim=3), Ks: ti.type
                 spec = light[9] * ti.pow(ti.max(n_w.dot(half), 0.0), 32.0) * ao
                 acc += alb * diffuse + spec
                 n_hit += 1
+                for k in ti.static(range(1, syn.NUM_LABELS)):
+                    if lab == k:
+                        votes[k] += 1
                 if first == 1:
                     first = 0
                     xw = s_head * (R @ xp) + t_head
@@ -315,7 +352,7 @@ def _render_kernel(viewmats: ti.types.ndarray(dtype=ti.f32, ndim=3), Ks: ti.type
 def render_head(head: "syn.SyntheticHead", expr, viewmats: torch.Tensor, Ks: torch.Tensor, width: int,
                 height: int, rotation=None, translation=None, scale: float = syn.UNIT_METRES,
                 samples_per_side: int = 2, lighting: Lighting | None = None, seed: int = 0,
-                tile: int = TILE):
+                tile: int = TILE, first_camera: int = 0):
     """Render one posed head into C cameras.
 
     Args:
@@ -324,12 +361,17 @@ def render_head(head: "syn.SyntheticHead", expr, viewmats: torch.Tensor, Ks: tor
         viewmats: (C, 4, 4) world->camera, OpenCV. Ks: (C, 3, 3) pixels at (width, height).
         rotation (3, 3), translation (3,) metres, scale (metres per unit): x_world = s R x + t.
         samples_per_side: n -> n*n stratified samples per pixel.
-        seed: jitter seed of the samples.
+        seed: jitter seed of the samples; camera c's jitter also depends on c + first_camera,
+            so camera k of a rig rendered alone (``first_camera=k``) gets the same samples as
+            in a render of the whole rig.
         tile: pixels per side of the tiles that share a cone march (speed only: the image
             changes only within the tracer's hit tolerance).
     Returns:
-        rgba (C, H, W, 4) float32 in [0, 1] (colour over the lighting's backdrop, alpha matte) and
-        hits (C, H, W, 6): world position and world normal of the first sample's hit, NaN = miss.
+        (rgba, hits, labels): rgba (C, H, W, 4) float32 in [0, 1] (colour over the lighting's backdrop, alpha matte) and
+        hits (C, H, W, 6): world position and world normal of the first sample's hit, NaN = miss;
+        labels (C, H, W) int32: what the pixel shows, an id into ``synthetic.LABEL_NAMES`` (0 =
+        background): the label of the surface most of its samples hit (misses vote background;
+        ties go to the higher id, the rarer part).
     """
     runtime.ensure_initialized()
     if samples_per_side < 1:
@@ -356,6 +398,7 @@ def render_head(head: "syn.SyntheticHead", expr, viewmats: torch.Tensor, Ks: tor
     n_cams = viewmats.shape[0]
     rgba = torch.zeros(n_cams, height, width, 4, dtype=torch.float32, device=device)
     hits = torch.zeros(n_cams, height, width, 6, dtype=torch.float32, device=device)
+    labels = torch.zeros(n_cams, height, width, dtype=torch.int32, device=device)
     _render_kernel(viewmats.contiguous(), Ks.contiguous(), pose.to(device), head._ident(device), expr_t,
-                   light, int(samples_per_side), int(seed), int(tile), rgba, hits)
-    return rgba, hits
+                   light, int(samples_per_side), int(seed), int(first_camera), int(tile), rgba, hits, labels)
+    return rgba, hits, labels

@@ -75,6 +75,15 @@ NUM_EXPRESSION_PARAMS = len(EXPRESSION_NAMES)
 PART_NAMES = ("skin", "lips", "hair", "eyes", "teeth", "cavity", "slit")
 NUM_PARTS = len(PART_NAMES)
 
+# What a surface point shows: ids of the per-pixel label maps (uint8) the capture writes.
+# Ids grow towards the rarer parts, so a tie between samples goes to the rarer part.
+LABEL_NAMES = ("background", "skin", "hair", "brows", "eyelids", "lips", "eyes", "teeth", "mouth_interior")
+(LABEL_BACKGROUND, LABEL_SKIN, LABEL_HAIR, LABEL_BROWS, LABEL_EYELIDS, LABEL_LIPS, LABEL_EYES, LABEL_TEETH,
+ LABEL_MOUTH_INTERIOR) = range(len(LABEL_NAMES))
+NUM_LABELS = len(LABEL_NAMES)
+# label of each part channel (skin is refined into eyelids / brows; the slit is not a surface)
+PART_LABELS = (LABEL_SKIN, LABEL_LIPS, LABEL_HAIR, LABEL_EYES, LABEL_TEETH, LABEL_MOUTH_INTERIOR, LABEL_SKIN)
+
 # Metres per canonical unit (FLAME metres x 4 -> canonical; 1 / 4 back).
 UNIT_METRES = 0.25
 # Axis-aligned box (canonical / posed units) containing the head for every identity and every
@@ -89,8 +98,17 @@ PartsVec = ti.types.vector(NUM_PARTS, ti.f32)
 
 # Jaw axis (parallel to x) and the largest jaw rotation (radians at jaw_open = 1).
 JAW_AXIS_Y, JAW_AXIS_Z, JAW_MAX_ANGLE = -0.03, 0.0, 0.30
-# Eyelid rotation at blink = 1 (radians about the eyeball centre).
+# Eyelid rotation at blink = 1 (radians about the eyeball centre), and the smooth steps that
+# confine it: radial (on between the eyeball and the lid surface, off towards the socket rim),
+# across (off beyond the eye corners, in |x - centre.x|) and in the polar angle phi about the
+# eye's x axis (the lid from just below the slit up over the eye). The same numbers feed
+# deform_backward and its Lipschitz bound (blink_lipschitz): keep them in one place.
 BLINK_ANGLE = 0.78
+BLINK_R_IN = (0.050, 0.053)
+BLINK_R_OUT = (0.058, 0.065)
+BLINK_X = (0.045, 0.075)
+BLINK_PHI_IN = (-0.54, -0.30)
+BLINK_PHI_OUT = (0.45, 1.7)
 # Upper bound of |backward(x, e) - x| for expressions in [0, 1] (the jaw moves the chin most).
 MAX_DISPLACEMENT = 0.2
 # Below this height (canonical) only the neck exists (the chin ends above y = -0.52).
@@ -358,12 +376,13 @@ def deform_backward(x, e, idp):
         ce = eye_centre(idp, side)
         v = y - ce
         r2 = v.dot(v)
-        if amount != 0.0 and r2 < 0.068 * 0.068:  # the lid weight wr is 0 beyond r = 0.068
+        if amount != 0.0 and r2 < BLINK_R_OUT[1] ** 2:  # the lid weight wr is 0 beyond
             r = ti.sqrt(r2)
-            wr = smoothstep(0.050, 0.053, r) * (1.0 - smoothstep(0.060, 0.068, r))
-            wx = 1.0 - smoothstep(0.045, 0.075, ti.abs(v.x))
+            wr = smoothstep(BLINK_R_IN[0], BLINK_R_IN[1], r) * (1.0 - smoothstep(BLINK_R_OUT[0], BLINK_R_OUT[1], r))
+            wx = 1.0 - smoothstep(BLINK_X[0], BLINK_X[1], ti.abs(v.x))
             phi = ti.atan2(v.y, v.z)
-            bump = smoothstep(-0.42, -0.36, phi) * (1.0 - smoothstep(0.45, 1.7, phi))
+            bump = smoothstep(BLINK_PHI_IN[0], BLINK_PHI_IN[1], phi) * (
+                1.0 - smoothstep(BLINK_PHI_OUT[0], BLINK_PHI_OUT[1], phi))
             y = ce + rotate_yz(v, BLINK_ANGLE * amount * bump * wr * wx)
     off = vec3(0.0, 0.0, 0.0)
     corner_sig = vec3(0.045, 0.04, 0.05)
@@ -381,6 +400,77 @@ def deform_backward(x, e, idp):
     if e[9] != 0.0 and vm.dot(vm) < 36.0:
         off += -e[9] * ti.exp(-0.5 * vm.dot(vm)) * vec3(-0.35 * x.x, 0.0, 0.03)
     return y + off
+
+
+@ti.func
+def ramp_slope(lo, hi, edges: ti.template()):
+    """Largest |d/du smoothstep(edges[0], edges[1], u)| for u in [lo, hi] (1.5 / width where the
+    interval meets the ramp, else 0)."""
+    slope = 0.0
+    if hi >= edges[0] and lo <= edges[1]:
+        slope = 1.5 / (edges[1] - edges[0])
+    return slope
+
+
+@ti.func
+def blink_lipschitz(x, radius, e, idp):
+    """Upper bound of the spectral norm of d backward / d x_posed from the blinks, over the ball
+    |x' - x| <= radius (1 where no blink acts on that ball).
+
+    The blink maps v = x - centre to R_x(theta(v)) v, so |J| <= 1 + rp |grad theta| with rp the
+    distance from the eye's x axis; theta = BLINK_ANGLE * a * bump(phi) * wr(r) * wx(|v.x|) and
+    |grad phi| = 1 / rp give rp |grad theta| <= BLINK_ANGLE a (|bump'| wr wx + rp bump (|wr'| wx
+    + wr |wx'|)), each factor and slope maximised over the ball's range of phi, r and |v.x| (so
+    where one factor is 0 on the whole ball, e.g. below the lids, the bound stays 1). Where the closed lids meet
+    (phi in BLINK_PHI_IN) the slit is squeezed ~14x, so the posed SDF is far from 1-Lipschitz
+    there: the sphere tracer divides its steps by this bound (overstepping there went through
+    the 2 mm lid edge and left dark speckles and broken lid edges in the capture). The two eyes
+    act on disjoint balls, so the factors multiply harmlessly. Jaw and the Gaussian
+    displacements are not included (the tracer's 0.8 step factor covers them).
+    """
+    bound = 1.0
+    for k in ti.static(range(2)):
+        amount = ti.abs(e[7 + k])
+        ce = eye_centre(idp, 1.0 - 2.0 * k)
+        v = x - ce
+        r = v.norm()
+        if amount != 0.0 and r - radius < BLINK_R_OUT[1]:
+            rp = ti.sqrt(v.y * v.y + v.z * v.z)
+            phi = ti.atan2(v.y, v.z)
+            half = 4.0  # the ball covers every polar angle when it reaches the axis
+            if rp > radius:
+                half = ti.asin(radius / rp)
+            lo, hi = phi - half, phi + half
+            bump_slope = ramp_slope(lo, hi, BLINK_PHI_IN) + ramp_slope(lo, hi, BLINK_PHI_OUT)
+            bump_max = smoothstep(BLINK_PHI_IN[0], BLINK_PHI_IN[1], hi) * (
+                1.0 - smoothstep(BLINK_PHI_OUT[0], BLINK_PHI_OUT[1], lo))
+            lo, hi = r - radius, r + radius
+            wr_slope = ramp_slope(lo, hi, BLINK_R_IN) + ramp_slope(lo, hi, BLINK_R_OUT)
+            wr_max = smoothstep(BLINK_R_IN[0], BLINK_R_IN[1], hi) * (
+                1.0 - smoothstep(BLINK_R_OUT[0], BLINK_R_OUT[1], lo))
+            ax = ti.abs(v.x)
+            wx_slope = ramp_slope(ax - radius, ax + radius, BLINK_X)
+            wx_max = 1.0 - smoothstep(BLINK_X[0], BLINK_X[1], ax - radius)
+            rp_max = ti.min(rp + radius, BLINK_R_OUT[1])
+            # |grad(bump wr wx)| <= |bump'| wr wx + bump |wr'| wx + bump wr |wx'| (factor maxima)
+            bound *= 1.0 + BLINK_ANGLE * amount * (
+                bump_slope * wr_max * wx_max + rp_max * bump_max * (wr_slope * wx_max + wr_max * wx_slope))
+    return bound
+
+
+@ti.func
+def blink_safe_distance(x, v, e, idp):
+    """A radius around posed point x that holds no surface, given the posed SDF value v > 0 there:
+    the largest min(s, v / L(s)) over s = v, v/2, ..., v/64, with L(s) = blink_lipschitz over the
+    ball of radius s (a ball of radius min(s, v / L(s)) is free: f cannot fall from v to 0 within
+    it). Equals v where no blink acts; trying smaller balls keeps a far-away ramp from shrinking
+    the steps of rays that never reach it."""
+    best = 0.0
+    s = v
+    for _ in ti.static(range(7)):
+        best = ti.max(best, ti.min(s, v / blink_lipschitz(x, s, e, idp)))
+        s *= 0.5
+    return best
 
 
 @ti.func
@@ -414,6 +504,15 @@ def canonical_albedo(p, idp, fast: ti.template()):
     """Albedo (RGB in [0, 1]) of the canonical head at p (meant near the surface).
 
     fast: see head_parts; at the surface both give the same colour up to ~1e-5."""
+    return canonical_surface(p, idp, fast).xyz
+
+
+@ti.func
+def canonical_surface(p, idp, fast: ti.template()):
+    """(r, g, b, label) of the canonical head's surface at p: the albedo and the LABEL_NAMES id
+    (as a float) of the part whose own surface p lies on (the largest of the albedo's part
+    weights; skin within the lid radius of an eye in front of it is "eyelids", skin under a
+    brow band "brows")."""
     parts = head_parts(p, idp, fast)
     tone = 0.5 * (idp[9] + 1.0)
     skin = (1.0 - tone) * vec3(0.86, 0.67, 0.56) + tone * vec3(0.42, 0.27, 0.19)
@@ -455,7 +554,19 @@ def canonical_albedo(p, idp, fast: ti.template()):
     total = wt.sum()
     col = (wt[0] * skin + wt[1] * lips + wt[2] * hair_c + wt[3] * eye + wt[4] * teeth
            + wt[5] * cavity) / total
-    return ti.math.clamp(col, 0.0, 1.0)
+    label = LABEL_SKIN
+    best_w = wt[0]
+    for k in ti.static(range(1, 6)):
+        if wt[k] > best_w:
+            best_w = wt[k]
+            label = PART_LABELS[k]
+    if label == LABEL_SKIN:
+        if v.norm() < LID_RADIUS + 0.006 and v.z > 0.0:
+            label = LABEL_EYELIDS
+        elif brow > 0.5:
+            label = LABEL_BROWS
+    col = ti.math.clamp(col, 0.0, 1.0)
+    return ti.math.vec4(col.x, col.y, col.z, ti.cast(label, ti.f32))
 
 
 # --------------------------------------------------------------------------- query kernels
@@ -487,7 +598,7 @@ def _query_kernel(x: ti.types.ndarray(dtype=ti.f32, ndim=2), expr: ti.types.ndar
     SDF modes run rounds of 5 taps (value + 4 tetrahedral gradient taps); QUERY_PROJECT runs
     iters + 1 rounds and Newton-steps x <- x - f n between them. out columns:
     (f, nx, ny, nz) for the SDF modes, (x, y, z, |f|, nx, ny, nz) for QUERY_PROJECT,
-    (x, y, z) canonical for QUERY_BACKWARD, (r, g, b) for QUERY_ALBEDO.
+    (x, y, z) canonical for QUERY_BACKWARD, (r, g, b, label) for QUERY_ALBEDO.
     """
     n_expr_rows = expr.shape[0]
     for i in range(x.shape[0]):
@@ -499,8 +610,8 @@ def _query_kernel(x: ti.types.ndarray(dtype=ti.f32, ndim=2), expr: ti.types.ndar
             for k in ti.static(range(3)):
                 out[i, k] = c[k]
         elif mode == QUERY_ALBEDO:
-            a = canonical_albedo(p, idp, False)
-            for k in ti.static(range(3)):
+            a = canonical_surface(p, idp, False)
+            for k in ti.static(range(4)):
                 out[i, k] = a[k]
         else:
             h = 2e-4
@@ -534,6 +645,16 @@ def _query_kernel(x: ti.types.ndarray(dtype=ti.f32, ndim=2), expr: ti.types.ndar
                 if taps == 5:
                     for k in ti.static(range(3)):
                         out[i, 1 + k] = n[k]
+
+
+@ti.kernel
+def _lipschitz_kernel(x: ti.types.ndarray(dtype=ti.f32, ndim=2), expr: ti.types.ndarray(dtype=ti.f32, ndim=2),
+                      ident: ti.types.ndarray(dtype=ti.f32, ndim=1), radius: ti.f32,
+                      out: ti.types.ndarray(dtype=ti.f32, ndim=1)):
+    n_expr_rows = expr.shape[0]
+    for i in range(x.shape[0]):
+        e = load_expression(expr, i if n_expr_rows > 1 else 0)
+        out[i] = blink_lipschitz(vec3(x[i, 0], x[i, 1], x[i, 2]), radius, e, load_identity(ident))
 
 
 # --------------------------------------------------------------------------- python API
@@ -620,7 +741,20 @@ class SyntheticHead:
 
     def albedo(self, x: torch.Tensor) -> torch.Tensor:
         """(N, 3) canonical -> (N, 3) RGB in [0, 1]."""
-        return self._query(x, None, QUERY_ALBEDO, 3)
+        return self._query(x, None, QUERY_ALBEDO, 4)[:, :3]
+
+    def surface_label(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, 3) canonical surface points -> (N,) int64 ids into LABEL_NAMES (what they show)."""
+        return self._query(x, None, QUERY_ALBEDO, 4)[:, 3].round().long()
+
+    def blink_lipschitz(self, x_posed: torch.Tensor, expr, radius: float = 0.0) -> torch.Tensor:
+        """(N, 3) posed -> (N,) upper bound of the blinks' |d backward / d x| over the ball of
+        ``radius`` (canonical units) around each point; see the Taichi function of that name."""
+        x = _as_points("x", x_posed)
+        out = torch.zeros(x.shape[0], dtype=torch.float32, device=x.device)
+        if x.shape[0]:
+            _lipschitz_kernel(x, self._expr(expr, x.shape[0], x.device), self._ident(x.device), float(radius), out)
+        return out
 
     def project_to_surface(self, x: torch.Tensor, expr=None, iters: int = 6):
         """Newton-project points onto the (posed) zero level set.
@@ -673,5 +807,5 @@ class SyntheticHead:
 
 __all__ = [
     "SyntheticHead", "NUM_IDENTITY_PARAMS", "NUM_EXPRESSION_PARAMS", "EXPRESSION_NAMES", "IDENTITY_NAMES",
-    "UNIT_METRES", "BOUNDS_MIN", "BOUNDS_MAX",
+    "UNIT_METRES", "BOUNDS_MIN", "BOUNDS_MAX", "LABEL_NAMES", "NUM_LABELS",
 ]

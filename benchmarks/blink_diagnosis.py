@@ -1,0 +1,224 @@
+"""Where is the blink lost? Stage-by-stage numbers for issue 18 (JSON out).
+
+    python benchmarks/blink_diagnosis.py --capture CAP/<pid> [--prior PRIOR] [--tracking DIR] --out diag.json
+
+Stages measured (each only when its input is given):
+
+* ``data``: what the prior is trained on (``npga prior fit``'s sampling, re-run on two
+  identities): the share of posed surface samples on the eyelids, and of the points whose
+  backward offset is large - the signal that teaches B to close the lids.
+* ``capture``: the point clouds tracking fits (``--capture``): per frame, how many of the
+  tracker's ``points_per_frame`` subsampled points land on the eyelids (labelled with the
+  generator's own surface labels at the true pose and expression).
+* ``prior`` (``--prior``): does B close the lids? For training (identity, expression) pairs
+  with a blink > 0.8, the prior's posed SDF |f(x; z_pair)| at the true closed-lid surface
+  points (the lid points the blink moves by > 1 mm), against the open-eyed truth's distance
+  at the same points (an avatar of a head that never blinks) and the prior's own |f| on
+  ordinary surface points (its noise floor); and the error of B on those points against the
+  analytic offsets (and the "doing nothing" error).
+* ``tracking`` (``--tracking``, a folder of ``<SEQ>.npz``): the same closed-lid test with the
+  tracked codes and tracked pose of each blink frame: do tracked codes decode to closed lids?
+
+"closure" = 1 - median|f_prior| / median|f_open| at the closed-lid points: 1 = the prior's
+surface passes through the closed lids, 0 = it stays where open lids are.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from npga_taichi.data import synthetic as syn  # noqa: E402
+
+MM = syn.UNIT_METRES * 1000.0  # mm per canonical unit
+E = {n: i for i, n in enumerate(syn.EXPRESSION_NAMES)}
+LIDS = syn.LABEL_NAMES.index("eyelids")
+MOVES = 1.0 / MM  # a point "moves with the blink" when its backward offset exceeds 1 mm
+
+
+def blink_of(expr) -> float:
+    return float(max(expr[E["blink_left"]], expr[E["blink_right"]]))
+
+
+def closed_lid_points(head, expr, n=3000, seed=0):
+    """Posed surface points of the closed lids: eyelid label and backward offset > 1 mm."""
+    pts = head.sample_surface(n, expr=expr, seed=seed)
+    can = head.backward(pts, expr)
+    keep = (head.surface_label(can) == LIDS) & ((can - pts).norm(dim=1) > MOVES)
+    # how far the open-eyed truth's surface is from these points (an avatar that never blinks)
+    open_expr = np.array(expr, np.float32)
+    open_expr[[E["blink_left"], E["blink_right"]]] = 0.0
+    return pts[keep], can[keep], head.posed_sdf(pts[keep], open_expr).abs(), pts
+
+
+def data_stats(n_heads=2, seed=0):
+    """Share of the prior's surface samples on the lids / moving with a blink."""
+    from npga_taichi.prior.config import PriorTrainConfig
+
+    cfg = PriorTrainConfig()
+    rng = np.random.default_rng(cfg.seed)
+    out = {"pairs": 0, "pairs_blink_gt_0.5": 0, "surface_points": 0, "lid_points": 0,
+           "moving_lid_points": 0, "moving_points": 0}
+    for i in range(n_heads):
+        head = syn.SyntheticHead.from_seed(cfg.identity_seed_base + i)
+        exprs = [syn.SyntheticHead.neutral_expression()] + [syn.SyntheticHead.random_expression(rng)
+                                                            for _ in range(cfg.n_expressions)]
+        for k, e in enumerate(exprs):
+            pts = head.sample_surface(cfg.points_surface, expr=e, seed=seed * 100003 + k)
+            can = head.backward(pts, e)
+            lid = head.surface_label(can) == LIDS
+            moving = (can - pts).norm(dim=1) > MOVES
+            out["pairs"] += 1
+            out["pairs_blink_gt_0.5"] += int(blink_of(e) > 0.5)
+            out["surface_points"] += len(pts)
+            out["lid_points"] += int(lid.sum())
+            out["moving_points"] += int(moving.sum())
+            if blink_of(e) > 0.5:
+                out["moving_lid_points"] += int((lid & moving).sum())
+    out["lid_share_of_surface_samples"] = out["lid_points"] / out["surface_points"]
+    out["moving_lid_share_of_surface_samples_in_blink_pairs"] = (
+        out["moving_lid_points"] / (cfg.points_surface * max(out["pairs_blink_gt_0.5"], 1)))
+    out["note"] = (f"prior batches draw {cfg.batch_points} points per pair, 40 % from the surface; "
+                   f"lids in a batch ~ {0.4 * cfg.batch_points * out['lid_share_of_surface_samples']:.1f} points")
+    return out
+
+
+def capture_stats(pdir: Path, points_per_frame=1500):
+    """Eyelid share of each frame's point cloud (at the true pose), per sequence."""
+    from npga_taichi.data.nersemble import NersembleCapture
+    from npga_taichi.fidelity import SyntheticTruth
+
+    truth = SyntheticTruth(pdir)
+    cap = NersembleCapture(pdir)
+    head = truth.head
+    out = {}
+    for seq, data in truth.plan["sequences"].items():
+        rows = []
+        for k, t in enumerate(data["timesteps"]):
+            cloud = torch.as_tensor(np.asarray(cap.load_pointcloud(seq, t))[:, :3], dtype=torch.float32)
+            R = torch.tensor(data["rotation"][k], dtype=torch.float32)
+            tr = torch.tensor(data["translation"][k], dtype=torch.float32)
+            posed = (cloud - tr) @ R / truth.scale
+            e = np.asarray(data["expression"][k], np.float32)
+            can = head.backward(posed, e)
+            proj, _, _ = head.project_to_surface(can)  # the cloud is noisy (1 mm): label its surface
+            lid = (head.surface_label(proj) == LIDS).float().mean().item()
+            moving = ((can - posed).norm(dim=1) > MOVES).float().mean().item()
+            rows.append({"t": t, "blink": blink_of(e), "lid_share": lid,
+                         "lid_points_in_subsample": lid * points_per_frame, "moving_share": moving})
+        blink_rows = [r for r in rows if r["blink"] > 0.5]
+        out[seq] = {"frames": len(rows), "blink_frames": len(blink_rows),
+                    "median_lid_points_in_subsample": float(np.median([r["lid_points_in_subsample"] for r in rows])),
+                    "median_lid_points_in_subsample_blink_frames":
+                        float(np.median([r["lid_points_in_subsample"] for r in blink_rows])) if blink_rows else None,
+                    "per_frame": rows}
+    return out
+
+
+def closure(prior_sdf_abs, open_abs, floor_abs):
+    med_p, med_o = float(prior_sdf_abs.median()) * MM, float(open_abs.median()) * MM
+    return {"median_abs_sdf_prior_mm": med_p, "median_abs_sdf_open_truth_mm": med_o,
+            "prior_noise_floor_mm": float(floor_abs.median()) * MM,
+            "closure": 1.0 - med_p / med_o if med_o > 0 else None}
+
+
+@torch.no_grad()
+def prior_stats(prior_dir: Path, n_pairs=6):
+    """B with training blink codes: does the prior's posed surface pass through closed lids?"""
+    from npga_taichi.prior.config import PriorTrainConfig
+    from npga_taichi.prior.model import load_prior
+
+    model = load_prior(prior_dir)
+    cfg = PriorTrainConfig.from_dict(json.loads((Path(prior_dir) / "train_config.json").read_text())["training"])
+    rng = np.random.default_rng(cfg.seed)
+    rows = []
+    k = 0
+    for i in range(cfg.n_identities):
+        head = syn.SyntheticHead.from_seed(cfg.identity_seed_base + i)
+        exprs = [syn.SyntheticHead.neutral_expression()] + [syn.SyntheticHead.random_expression(rng)
+                                                            for _ in range(cfg.n_expressions)]
+        for e in exprs:
+            if blink_of(e) > 0.8 and len(rows) < n_pairs:
+                z_exp, z_geo = model.codes_exp.weight[k], model.codes_geo.weight[i]
+                lid, lid_can, open_abs, surface = closed_lid_points(head, e, seed=k)
+                f = model.posed_sdf(lid, z_exp, z_geo).abs()
+                floor = model.posed_sdf(surface, z_exp, z_geo).abs()
+                b_err = (model.backward(lid, z_exp, z_geo) - lid_can).norm(dim=1)
+                rows.append({"pair": k, "identity": i, "blink": blink_of(e), "lid_points": len(lid),
+                             **closure(f, open_abs, floor),
+                             "B_error_on_lid_points_mm": float(b_err.median()) * MM,
+                             "doing_nothing_error_mm": float((lid - lid_can).norm(dim=1).median()) * MM})
+            k += 1
+    return {"pairs": rows,
+            "median_closure": float(np.median([r["closure"] for r in rows])) if rows else None}
+
+
+@torch.no_grad()
+def tracking_stats(prior_dir: Path, tracking_dir: Path, pdir: Path):
+    """Tracked codes and pose of blink frames: do they decode to closed lids?"""
+    from npga_taichi.fidelity import SyntheticTruth
+    from npga_taichi.prior.model import load_prior
+    from npga_taichi.prior.tracking import load_tracking, world_to_posed
+
+    model = load_prior(prior_dir)
+    truth = SyntheticTruth(pdir)
+    out = {}
+    for path in sorted(Path(tracking_dir).glob("*.npz")):
+        seq = path.stem
+        if seq not in truth.plan["sequences"]:
+            continue
+        tr = load_tracking(path)
+        data = truth.plan["sequences"][seq]
+        rows = []
+        for row, t in enumerate(np.asarray(tr.timesteps).tolist()):
+            k = data["timesteps"].index(int(t))
+            e = np.asarray(data["expression"][k], np.float32)
+            if blink_of(e) <= 0.5:
+                continue
+            lid, _, open_abs, surface = closed_lid_points(truth.head, e, seed=int(t))
+            R = torch.tensor(data["rotation"][k], dtype=torch.float32)
+            tt = torch.tensor(data["translation"][k], dtype=torch.float32)
+            to_tracked = lambda x: world_to_posed(truth.scale * x @ R.T + tt, torch.as_tensor(tr.rot[row]).float(),  # noqa: E731
+                                                  torch.as_tensor(tr.trans[row]).float(),
+                                                  float(np.asarray(tr.scale).reshape(-1)[0]))
+            z_exp = torch.as_tensor(tr.z_exp[row]).float().reshape(-1)
+            z_geo = torch.as_tensor(tr.z_geo).float().reshape(-1)
+            f = model.posed_sdf(to_tracked(lid), z_exp, z_geo).abs()
+            floor = model.posed_sdf(to_tracked(surface), z_exp, z_geo).abs()
+            rows.append({"t": int(t), "blink": blink_of(e), "lid_points": len(lid), **closure(f, open_abs, floor)})
+        if rows:
+            out[seq] = {"blink_frames": rows, "median_closure": float(np.median([r["closure"] for r in rows]))}
+    return out
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--capture", type=Path, help="synthetic capture participant folder (CAP/<pid>)")
+    ap.add_argument("--prior", type=Path, help="prior directory (npga prior fit --out)")
+    ap.add_argument("--tracking", type=Path, help="folder of tracked <SEQ>.npz (needs --prior and --capture)")
+    ap.add_argument("--no-data", action="store_true", help="skip the prior-training-data statistics")
+    ap.add_argument("--out", type=Path, required=True)
+    args = ap.parse_args(argv)
+    result = {}
+    if not args.no_data:
+        result["data"] = data_stats()
+    if args.capture:
+        result["capture"] = capture_stats(args.capture)
+    if args.prior:
+        result["prior"] = prior_stats(args.prior)
+    if args.tracking and args.prior and args.capture:
+        result["tracking"] = tracking_stats(args.prior, args.tracking, args.capture)
+    args.out.write_text(json.dumps(result, indent=1))
+    summary = {k: {kk: vv for kk, vv in v.items() if kk not in ("per_frame", "pairs", "blink_frames")}
+               if isinstance(v, dict) else v for k, v in result.items()}
+    print(json.dumps(summary, indent=1, default=str)[:4000])
+
+
+if __name__ == "__main__":
+    main()
