@@ -98,6 +98,7 @@ class Viewer:
         self.server.on_client_connect(self._on_connect)
         self._world: list[dict] = []          # per avatar world-space arrays (offsets applied)
         self._world_key = None                # ViewState.key() of _world
+        self._world_time = 0.0                # when _world last changed (time.time, as camera stamps)
         self._splats_key = None               # ViewState.key() of the splats last sent
         self._pending_applied = None
         self._updates = 0
@@ -106,7 +107,7 @@ class Viewer:
         self._exact_done: dict[int, tuple] = {}
         self._browser_bg_cleared: set[int] = set()
         self._next_tick = 0.0
-        self._idle = threading.Event()
+        self._soon: float | None = None  # monotonic time by which the worker should step again
         self._worker = threading.Thread(target=self._work, name="npga-view-worker", daemon=True)
         self._worker.start()
 
@@ -337,8 +338,10 @@ class Viewer:
     # ------------------------------------------------------------------ worker
     def _work(self) -> None:
         while not self._stop.is_set():
-            self._wake.wait(timeout=0.05)
+            timeout = 0.25 if self._soon is None else min(0.25, max(0.0, self._soon - time.monotonic()))
+            self._wake.wait(timeout=timeout)
             self._wake.clear()
+            self._soon = None
             if self._stop.is_set():
                 break
             try:
@@ -374,8 +377,13 @@ class Viewer:
         self._update_renderer(renderer)
         if self._pending_applied is not None:
             self._publish(send_seconds)
-        if playing:
-            self._wake.set()
+        if playing and state.mode == "tracked":
+            self._look_again(self._next_tick - time.monotonic())
+
+    def _look_again(self, seconds: float) -> None:
+        """Run the next step within ``seconds`` even if nothing wakes the worker (no busy loop)."""
+        when = time.monotonic() + max(0.0, seconds)
+        self._soon = when if self._soon is None else min(self._soon, when)
 
     def _eye(self) -> np.ndarray:
         """The most recently moved browser camera's position (the frontal camera without one)."""
@@ -406,7 +414,7 @@ class Viewer:
         if all(not w.get("sh_degree") for w in self._world):
             return False
         if not self._camera_resting():
-            self._wake.set()  # look again shortly
+            self._look_again(REST_SECONDS / 4)
             return False
         return float(np.linalg.norm(self._eye() - self._bake_eye)) > 0.01
 
@@ -423,7 +431,7 @@ class Viewer:
             world.append(g)
         self._world = world
         self._world_key = state.key()
-        self._exact_done.clear()
+        self._world_time = time.time()
         self._pending_applied = (state, z, time.perf_counter() - start)
 
     def _send_splats(self) -> float:
@@ -513,7 +521,7 @@ class Viewer:
                 if cid not in self._browser_bg_cleared:
                     client.scene.set_background_image(None)
                     self._browser_bg_cleared.add(cid)
-            self._exact_done.clear()
+            self._exact_done.clear()  # back in exact mode, draw at once
             return
         from npga_taichi.video import to_uint8
 
@@ -527,19 +535,22 @@ class Viewer:
             except AssertionError:
                 continue
             full = resized_keep_fov(full, self.max_side)
-            moving = now - stamp < REST_SECONDS
+            # smaller frames while the camera or the expression (a pad drag) keeps changing
+            moving = now - max(stamp, self._world_time) < REST_SECONDS
             quality = "moving" if moving else "full"
-            if self._exact_done.get(cid) == (stamp, quality) or (moving and self._exact_done.get(cid, (None,))[0] == stamp):
+            done = self._exact_done.get(cid)  # (camera stamp, Gaussians key, quality) last shown
+            if done == (stamp, self._world_key, "full") or (moving and done is not None
+                                                            and done[:2] == (stamp, self._world_key)):
                 if moving:
-                    self._wake.set()  # come back when it has rested
+                    self._look_again(REST_SECONDS / 4)  # come back for the full frame once it rests
                 continue
             cam = resized_keep_fov(full, MOVING_SIDE) if moving else full
             image = self.render_exact(cam).detach().float().cpu()
             client.scene.set_background_image(to_uint8(image), format="jpeg", jpeg_quality=92)
             self.last_exact[cid] = (cam, image.numpy(), self._world_key, quality)
-            self._exact_done[cid] = (stamp, quality)
+            self._exact_done[cid] = (stamp, self._world_key, quality)
             if moving:
-                self._wake.set()
+                self._look_again(REST_SECONDS / 4)
 
     # ------------------------------------------------------------------ actions (worker thread)
     def _do(self, name: str, arg, state: ViewState, renderer: str) -> ViewState:
