@@ -36,12 +36,12 @@ def command(prior_dir: Path, tracking_paths: tuple[Path, ...], out: Path | None,
     """
     from npga_taichi.prior.distill import DistillConfig, distill
     from npga_taichi.prior.model import load_prior
-    from npga_taichi.prior.tracking import load_tracking
+    from npga_taichi.prior.tracking import load_tracking, tracking_files
 
     files: list[Path] = []
     for p in tracking_paths:
         if p.is_dir():
-            found = sorted(p.glob("*.npz"))
+            found = list(tracking_files(p).values())
             if not found:
                 raise click.BadParameter(f"no .npz tracking files in {p}", param_hint="--tracking")
             files.extend(found)

@@ -193,9 +193,9 @@ def stages(cfg: DemoConfig, paths: DemoPaths, log: Callable[[str], None] = print
     def distill(p: DemoPaths):
         from npga_taichi.prior.distill import DistillConfig, distill
         from npga_taichi.prior.model import load_prior
-        from npga_taichi.prior.tracking import load_tracking
+        from npga_taichi.prior.tracking import load_trackings
 
-        trackings = [load_tracking(f) for f in sorted(p.tracking_dir.glob("*.npz"))]
+        trackings = list(load_trackings(p.tracking_dir).values())
         return distill(load_prior(p.prior), trackings, p.distill, DistillConfig(**settings["distill"]),
                        force=force, progress=True, log=log)
 

@@ -98,7 +98,7 @@ def tracking_file(capture_root: str | os.PathLike, participant: str, sequence: s
 def load_drive(source: str | os.PathLike, sequence: str | None, device="cpu") -> Drive:
     """Codes and poses from ``source``: a tracking ``.npz`` file, or a run directory (its capture's
     tracking of ``sequence``), or a capture participant folder (``<root>/<pid>``)."""
-    from npga_taichi.prior.tracking import load_tracking
+    from npga_taichi.prior.tracking import load_tracking, tracking_files
 
     source = Path(source)
     if source.is_file():
@@ -117,7 +117,7 @@ def load_drive(source: str | os.PathLike, sequence: str | None, device="cpu") ->
         raise ValueError(f"{source} is neither a tracking .npz, a run directory nor a tracked capture "
                          "participant folder (<root>/<pid> with annotations/tracking/)")
     if not path.is_file():
-        have = sorted(p.stem for p in path.parent.glob("*.npz")) if path.parent.is_dir() else []
+        have = sorted(tracking_files(path.parent))
         raise ValueError(f"no tracking for sequence {sequence!r} at {path}; tracked sequences: {have}")
     return drive_from_tracking(load_tracking(path), device)
 

@@ -12,15 +12,14 @@ ffmpeg binary is available, :func:`write_video` falls back to a folder of PNG fr
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
+import re
 from pathlib import Path
 from typing import Iterable
 
 import imageio.v2 as imageio
 import numpy as np
 
-from npga_taichi.checkpoint import atomic_path
+from npga_taichi.checkpoint import atomic_path, ensure_output_dir, new_file_mode, staging_dir
 
 
 def to_uint8(frame) -> np.ndarray:
@@ -73,22 +72,26 @@ def write_png(path: str | os.PathLike, frame) -> Path:
 
 
 def write_png_frames(directory: str | os.PathLike, frames: Iterable, prefix: str = "frame_") -> list[Path]:
-    """Write frames as ``<directory>/<prefix><i:05d>.png``; the folder appears only when complete."""
-    directory = Path(directory)
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
-    try:
-        names = []
+    """Write frames as ``<directory>/<prefix><i:05d>.png``.
+
+    Frames are rendered into a private staging folder inside ``directory`` and moved in once all
+    are written, so a killed run leaves the previous frames; stale ``<prefix>NNNNN.png`` frames of
+    an earlier, longer run are removed. Nothing else in ``directory`` is touched.
+    """
+    directory = ensure_output_dir(directory, "frame folder")
+    names = []
+    with staging_dir(directory, "frames") as tmp:
         for i, frame in enumerate(frames):
             name = f"{prefix}{i:05d}.png"
             imageio.imwrite(tmp / name, to_uint8(frame))
+            os.chmod(tmp / name, new_file_mode())
             names.append(name)
-        if directory.exists():
-            shutil.rmtree(directory)
-        os.replace(tmp, directory)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        pattern = re.compile(re.escape(prefix) + r"\d{5}\.png")
+        for old in directory.iterdir():
+            if pattern.fullmatch(old.name) and old.name not in names and old.is_file() and not old.is_symlink():
+                old.unlink()
+        for name in names:
+            os.replace(tmp / name, directory / name)
     return [directory / n for n in names]
 
 

@@ -262,3 +262,17 @@ def test_head_center_is_the_opacity_weighted_mean():
     run = SimpleNamespace(gaussians=lambda frame: {"means": means, "opacities": opacities})
     drive = SimpleNamespace(frame=lambda i: {})
     assert np.allclose(head_center(run, drive), [0.75, 0.0, 0.0])
+
+
+def test_png_frames_keep_unrelated_files_and_drop_only_stale_frames(tmp_path):
+    """Writing frames into a folder touches only <prefix>NNNNN.png files (issue 13: --force and
+    overwrites remove only what the command wrote)."""
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("mine")
+    frames = [np.full((4, 5, 3), v, np.float32) for v in (0.1, 0.5, 0.9)]
+    video.write_png_frames(folder, frames)
+    video.write_png_frames(folder, frames[:2])
+    assert sorted(p.name for p in folder.iterdir()) == ["frame_00000.png", "frame_00001.png", "notes.txt"]
+    assert (folder / "notes.txt").read_text() == "mine"
+    assert not any(p.name.startswith(".") for p in folder.iterdir())

@@ -16,6 +16,7 @@ from npga_taichi.avatar.config import AvatarConfig, TrainConfig, configs_to_json
 from npga_taichi.avatar.model import NPGAAvatar, create_avatar, get_rasterizer
 from npga_taichi.avatar.trainer import AvatarData, Trainer, View, build_views
 from npga_taichi.checkpoint import write_text_atomic
+from npga_taichi.prior.tracking import load_trackings
 
 
 def split_views(capture: Any, trackings: dict[str, Any], cfg: TrainConfig) -> tuple[list[View], list[View]]:
@@ -105,14 +106,6 @@ def prepare_training(run_dir: str | os.PathLike, root: str | os.PathLike, partic
 RUN_OUTPUTS = ("checkpoints", "val", "config.json", "log.jsonl", "summary.json", "curve.png")
 
 
-def _load_trackings(tracking_dir: Path) -> dict[str, Any]:
-    from npga_taichi.prior.tracking import load_tracking
-
-    if not tracking_dir.is_dir():
-        return {}
-    return {f.stem: load_tracking(f) for f in sorted(tracking_dir.glob("*.npz"))}
-
-
 def _find_prior(pdir: Path, prior: str | os.PathLike | None, trackings: dict[str, Any]) -> Path | None:
     """The prior to initialise from: given, recorded by the tracking, or ``<pid>/annotations/prior``."""
     if prior:
@@ -166,7 +159,7 @@ def run_missing_stages(root: Path, pid: str, run_dir: Path, prior_dir: Path | No
         prior_dir = run_dir / "stages" / "prior"
         log(f"[fit --all-stages] prior -> {prior_dir}")
         fit_prior(prior_dir, PriorTrainConfig(**preset_overrides(preset, "prior")), progress=progress, log=log)
-    if not _load_trackings(tracking_dir):
+    if not load_trackings(tracking_dir):
         from npga_taichi.prior.tracking import track_capture
 
         log(f"[fit --all-stages] track -> {tracking_dir}")
@@ -176,7 +169,7 @@ def run_missing_stages(root: Path, pid: str, run_dir: Path, prior_dir: Path | No
         from npga_taichi.prior.model import load_prior
 
         log(f"[fit --all-stages] distill -> {field_dir}")
-        distill(load_prior(prior_dir), list(_load_trackings(tracking_dir).values()), field_dir,
+        distill(load_prior(prior_dir), list(load_trackings(tracking_dir).values()), field_dir,
                 DistillConfig(**preset_overrides(preset, "distill")), progress=progress, log=log)
     return prior_dir
 
@@ -230,14 +223,14 @@ def fit_avatar(data: str | os.PathLike, run_dir: str | os.PathLike, participant:
         extra = {}
     tracking_dir = Path(tracking) if tracking else pdir / "annotations" / "tracking"
     field_dir = Path(field) if field else pdir / "annotations" / "forward_field"
-    prior_dir = _find_prior(pdir, prior or extra.get("prior"), _load_trackings(tracking_dir))
+    prior_dir = _find_prior(pdir, prior or extra.get("prior"), load_trackings(tracking_dir))
     if all_stages and not resume:
         if ctx.active:
             raise ValueError("--all-stages runs the prior, tracking and distillation stages: run them in one "
                              "process first, then start the distributed fit")
         prior_dir = run_missing_stages(root, pid, run_dir, prior_dir, tracking_dir, field_dir, avatar_cfg,
                                        preset, progress, log)
-    trackings = _load_trackings(tracking_dir)
+    trackings = load_trackings(tracking_dir)
     if not trackings:
         raise FileNotFoundError(f"no tracking files (*.npz) in {tracking_dir}; run `npga track` first, "
                                 "pass --tracking, or use --all-stages")
