@@ -10,7 +10,7 @@ import torch
 
 from npga_taichi import reference, render
 from npga_taichi.kernels import tiles as tile_kernels
-from scenes import (  # noqa: F401  (make_scene is also imported from here by test_render_properties)
+from scenes import (
     GRAD_NAMES,
     camera_points,
     frustum_limit_x,
