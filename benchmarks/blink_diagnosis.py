@@ -46,15 +46,24 @@ def blink_of(expr) -> float:
     return float(max(expr[E["blink_left"]], expr[E["blink_right"]]))
 
 
+def without_blink(expr) -> np.ndarray:
+    e = np.array(expr, np.float32)
+    e[[E["blink_left"], E["blink_right"]]] = 0.0
+    return e
+
+
+def blink_moves(head, posed, expr) -> torch.Tensor:
+    """(N,) bool: the blink itself moves these posed points' canonical position by > 1 mm."""
+    return (head.backward(posed, expr) - head.backward(posed, without_blink(expr))).norm(dim=1) > MOVES
+
+
 def closed_lid_points(head, expr, n=3000, seed=0):
-    """Posed surface points of the closed lids: eyelid label and backward offset > 1 mm."""
+    """Posed surface points of the closed lids: eyelid label, moved > 1 mm by the blink."""
     pts = head.sample_surface(n, expr=expr, seed=seed)
     can = head.backward(pts, expr)
-    keep = (head.surface_label(can) == LIDS) & ((can - pts).norm(dim=1) > MOVES)
+    keep = (head.surface_label(can) == LIDS) & blink_moves(head, pts, expr)
     # how far the open-eyed truth's surface is from these points (an avatar that never blinks)
-    open_expr = np.array(expr, np.float32)
-    open_expr[[E["blink_left"], E["blink_right"]]] = 0.0
-    return pts[keep], can[keep], head.posed_sdf(pts[keep], open_expr).abs(), pts
+    return pts[keep], can[keep], head.posed_sdf(pts[keep], without_blink(expr)).abs(), pts
 
 
 def data_stats(n_heads=2, seed=0):
@@ -73,7 +82,7 @@ def data_stats(n_heads=2, seed=0):
             pts = head.sample_surface(cfg.points_surface, expr=e, seed=seed * 100003 + k)
             can = head.backward(pts, e)
             lid = head.surface_label(can) == LIDS
-            moving = (can - pts).norm(dim=1) > MOVES
+            moving = blink_moves(head, pts, e)
             out["pairs"] += 1
             out["pairs_blink_gt_0.5"] += int(blink_of(e) > 0.5)
             out["surface_points"] += len(pts)
@@ -109,14 +118,18 @@ def capture_stats(pdir: Path, points_per_frame=1500):
             can = head.backward(posed, e)
             proj, _, _ = head.project_to_surface(can)  # the cloud is noisy (1 mm): label its surface
             lid = (head.surface_label(proj) == LIDS).float().mean().item()
-            moving = ((can - posed).norm(dim=1) > MOVES).float().mean().item()
+            moving = blink_moves(head, posed, e).float().mean().item()
             rows.append({"t": t, "blink": blink_of(e), "lid_share": lid,
-                         "lid_points_in_subsample": lid * points_per_frame, "moving_share": moving})
+                         "lid_points_in_subsample": lid * points_per_frame,
+                         "blink_moved_share": moving, "blink_moved_points_in_subsample": moving * points_per_frame})
         blink_rows = [r for r in rows if r["blink"] > 0.5]
         out[seq] = {"frames": len(rows), "blink_frames": len(blink_rows),
                     "median_lid_points_in_subsample": float(np.median([r["lid_points_in_subsample"] for r in rows])),
                     "median_lid_points_in_subsample_blink_frames":
                         float(np.median([r["lid_points_in_subsample"] for r in blink_rows])) if blink_rows else None,
+                    "median_blink_moved_points_in_subsample_blink_frames":
+                        float(np.median([r["blink_moved_points_in_subsample"] for r in blink_rows]))
+                        if blink_rows else None,
                     "per_frame": rows}
     return out
 
@@ -215,9 +228,12 @@ def main(argv=None):
     if args.tracking and args.prior and args.capture:
         result["tracking"] = tracking_stats(args.prior, args.tracking, args.capture)
     args.out.write_text(json.dumps(result, indent=1))
-    summary = {k: {kk: vv for kk, vv in v.items() if kk not in ("per_frame", "pairs", "blink_frames")}
-               if isinstance(v, dict) else v for k, v in result.items()}
-    print(json.dumps(summary, indent=1, default=str)[:4000])
+    def brief(v):
+        if isinstance(v, dict):
+            return {k: brief(x) for k, x in v.items() if k not in ("per_frame", "pairs", "blink_frames")}
+        return v
+
+    print(json.dumps(brief(result), indent=1, default=str))
 
 
 if __name__ == "__main__":

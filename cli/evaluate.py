@@ -35,8 +35,10 @@ def command(run_dir, sequences, camera_spec, stride, max_frames, no_lpips, no_fi
             force, as_json):
     """Measure avatar RUN on held-out sequences and cameras.
 
-    Writes OUT/metrics.csv (one row per frame and camera), OUT/summary.json and OUT/worst.png
-    (ground truth | render | 4x error of the worst frames). Besides whole-image PSNR / SSIM
+    Writes OUT/metrics.csv (one row per frame and camera), OUT/summary.json, OUT/worst.png
+    (ground truth | render | 4x error of the worst frames) and, for synthetic captures,
+    OUT/expressions.png (truth | avatar | truth without the expression, cropped to the eyes,
+    mouth and brows where each is most visible). Besides whole-image PSNR / SSIM
     (LPIPS only when its weights are already on disk), a synthetic capture (`npga synth`) also
     gets PSNR / SSIM inside the eye and mouth regions (from its label maps) and the median
     blink / jaw / brow ratios: mean|avatar - truth| / mean|avatar - truth without the
@@ -63,3 +65,5 @@ def command(run_dir, sequences, camera_spec, stride, max_frames, no_lpips, no_fi
         click.echo(f"per-frame metrics: {summary['outputs']['csv']}")
         if summary["outputs"]["worst"]:
             click.echo(f"worst frames:      {summary['outputs']['worst']}")
+        if summary["outputs"]["expressions"]:
+            click.echo(f"expression crops:  {summary['outputs']['expressions']} (truth | avatar | truth without)")

@@ -42,7 +42,7 @@ from npga_taichi import fidelity, metrics
 CSV_COLUMNS = ("sequence", "timestep", "camera", "psnr", "psnr_masked", "ssim", "lpips",
                *(f"{m}_{r}" for r in fidelity.REGIONS for m in ("psnr", "ssim")),
                *(f"ratio_{f}" for f in fidelity.FEATURES))
-OUTPUT_NAMES = ("metrics.csv", "summary.json", "worst.png")
+OUTPUT_NAMES = ("metrics.csv", "summary.json", "worst.png", "expressions.png")
 
 
 # ------------------------------------------------------------------------------ per-image metrics
@@ -176,6 +176,9 @@ class EvalResult:
     lpips_reason: str
     background: list[float]
     worst: list[tuple[FrameScore, np.ndarray]] = field(default_factory=list)  # (score, comparison row)
+    # feature -> (score, region pixels, truth | avatar | truth-without crop) of the image where
+    # the feature is most visible (its region largest)
+    feature_crops: dict = field(default_factory=dict)
 
     def summary(self) -> dict:
         """Means (and counts) over all rows; LPIPS null when unavailable."""
@@ -276,16 +279,22 @@ def evaluate(items: Iterable[EvalItem], background: Sequence[float] = (1.0, 1.0,
     lpips_metric = LpipsMetric() if available else None
     rows: list[FrameScore] = []
     worst: list[tuple[FrameScore, np.ndarray]] = []
+    crops: dict = {}
     for item in tqdm(items, total=total, desc="eval", unit="img", disable=not progress):
         score = score_item(item, bg, lpips_metric)
         rows.append(score)
+        for feature, (on, off) in (item.truths or {}).items():
+            pixels = score.ratios[feature][1]
+            if pixels > 0 and (feature not in crops or pixels > crops[feature][1]):
+                pred = composite(item.pred.float().clamp(0, 1), item.alpha.float(), bg.float())
+                crops[feature] = (score, pixels, fidelity.feature_crop(pred, on.to(pred), off.to(pred)))
         if n_worst > 0:
             worst.append((score, comparison_row(item, bg)))
             worst.sort(key=lambda pair: pair[0].psnr)
             del worst[n_worst:]
     if not rows:
         raise ValueError("nothing to evaluate: no (frame, camera) pairs were selected")
-    return EvalResult(rows, available, reason, [float(x) for x in bg], worst)
+    return EvalResult(rows, available, reason, [float(x) for x in bg], worst, crops)
 
 
 # ---------------------------------------------------------------------------------- outputs
@@ -350,6 +359,19 @@ def write_worst_image(result: EvalResult, path: str | os.PathLike) -> Path | Non
     rows = [row for _, row in result.worst]
     width = max(r.shape[1] for r in rows)
     rows = [np.pad(r, ((0, 0), (0, width - r.shape[1]), (0, 0))) for r in rows]
+    return write_png(path, np.concatenate(rows, axis=0))
+
+
+def write_feature_crops(result: EvalResult, path: str | os.PathLike) -> Path | None:
+    """One row per expression feature (blink, jaw, brows order): truth | avatar | truth without
+    the feature, cropped to where the feature changes the image; None when there is none."""
+    from npga_taichi.video import write_png
+
+    rows = [result.feature_crops[f][2] for f in fidelity.FEATURES if f in result.feature_crops]
+    if not rows:
+        return None
+    width = max(r.shape[1] for r in rows)
+    rows = [np.pad(r, ((0, 2), (0, width - r.shape[1]), (0, 0)), constant_values=1.0) for r in rows]
     return write_png(path, np.concatenate(rows, axis=0))
 
 
@@ -460,8 +482,12 @@ def evaluate_run(run_dir, out, sequences=None, camera_spec="holdout", stride=1, 
     summary["stride"] = stride
     write_csv(result, out / "metrics.csv")
     worst = write_worst_image(result, out / "worst.png")
+    crops = write_feature_crops(result, out / "expressions.png")
     summary["outputs"] = {"csv": str(out / "metrics.csv"), "summary": str(out / "summary.json"),
-                          "worst": str(worst) if worst else None}
+                          "worst": str(worst) if worst else None, "expressions": str(crops) if crops else None}
+    summary["expression_crops"] = [
+        {"feature": f, "sequence": s.sequence, "timestep": s.timestep, "camera": s.camera, "ratio": s.ratios[f][0]}
+        for f in fidelity.FEATURES if f in result.feature_crops for s in [result.feature_crops[f][0]]]
     summary["worst_frames"] = [{"sequence": s.sequence, "timestep": s.timestep, "camera": s.camera,
                                 "psnr": s.psnr} for s, _ in result.worst]
     write_summary(summary, out / "summary.json")

@@ -153,6 +153,22 @@ def expression_ratio(pred: torch.Tensor, on: torch.Tensor, off: torch.Tensor,
     return num / den, count
 
 
+def feature_crop(pred: torch.Tensor, on: torch.Tensor, off: torch.Tensor, height: int = 96,
+                 pad: int = 3) -> np.ndarray | None:
+    """(h, 3w, 3) float image: truth | avatar | truth without the feature, cropped to the
+    feature region's bounding box (+ ``pad`` pixels) and enlarged (nearest) to about ``height``
+    pixels; None when the feature changes no pixel."""
+    region = feature_region(on, off)
+    if not region.any():
+        return None
+    rows, cols = np.nonzero(region)
+    r0, r1 = max(rows.min() - pad, 0), min(rows.max() + pad + 1, region.shape[0])
+    c0, c1 = max(cols.min() - pad, 0), min(cols.max() + pad + 1, region.shape[1])
+    k = max(1, height // (r1 - r0))
+    crops = [x[r0:r1, c0:c1].float().cpu().numpy().repeat(k, 0).repeat(k, 1) for x in (on, pred, off)]
+    return np.concatenate(crops, axis=1)
+
+
 class SyntheticTruth:
     """Re-renders the procedural head of a capture written by ``npga synth``.
 

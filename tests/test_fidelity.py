@@ -168,6 +168,14 @@ def test_evaluate_reports_regions_and_fidelity_or_says_why_not(tmp_path):
     assert row["ratio_blink"] == math.inf and math.isnan(row["psnr_mouth"]) and row["psnr_eyes"] < row["psnr"]
     assert row["ratio_jaw"] is None  # not active in this frame: an empty cell
     assert "eyes" in evaluation.format_table(s) and "blink" in evaluation.format_table(s)
+    crops = evaluation.write_feature_crops(result, tmp_path / "expressions.png")  # truth | avatar | off
+    import imageio.v3 as iio
+
+    sheet = iio.imread(crops)
+    assert sheet.shape[1] % 3 == 0 and sheet.shape[0] >= 60
+    third = sheet.shape[1] // 3
+    assert (sheet[:-2, :third] != sheet[:-2, third:2 * third]).any()  # the avatar differs from the truth
+    assert (sheet[:-2, third:2 * third] == sheet[:-2, 2 * third:]).all()  # it shows the open eyes
     real = evaluation.evaluate([EvalItem("FREE", 0, "c", gt, closed, alpha)], use_lpips=False, progress=False)
     s = real.summary()
     assert s["regions"] is None and "whole-image metrics only" in s["regions_note"]
