@@ -187,12 +187,13 @@ def main() -> None:
     for name, fn in (("deform_ms", deform), ("to_splats_ms", convert), ("viser_pack_ms", pack), ("total_ms", whole)):
         parts[name], times = median_ms(fn, args.repeats)
         parts[name.replace("_ms", "_cpu_ms")] = CPU_MS[id(fn)]
-        if name == "total_ms":
+        if name == "total_ms":  # on a shared machine the fastest call is the least disturbed one
+            parts["total_ms_min"] = float(np.min(times))
             parts["total_ms_p90"] = float(np.percentile(times, 90))
     result["splats"] = {k: round(v, 2) for k, v in parts.items()}
     result["splats"]["goal_ms"] = 100.0
     print(f"cursor -> splats ({args.gaussians} Gaussians): {parts['total_ms']:.1f} ms, "
-          f"{parts['total_cpu_ms']:.1f} CPU ms "
+          f"{parts['total_cpu_ms']:.1f} CPU ms, fastest {parts['total_ms_min']:.1f} ms "
           f"(deform {parts['deform_ms']:.1f}, to_splats {parts['to_splats_ms']:.1f}, "
           f"viser pack {parts['viser_pack_ms']:.1f})", flush=True)
 
@@ -211,7 +212,7 @@ def main() -> None:
         def frame():
             server.scene.set_background_image(to_uint8(render()), format="jpeg", jpeg_quality=92)
 
-        ms, _ = median_ms(frame, args.repeats)
+        ms, frame_times = median_ms(frame, args.repeats)
         frame_cpu = CPU_MS[id(frame)]
         render_ms, _ = median_ms(render, args.repeats)
         start = time.perf_counter()
@@ -220,11 +221,14 @@ def main() -> None:
         ours = render()
         exact[f"{side}x{side}"] = {"frame_ms": round(ms, 2), "fps": round(1000 / ms, 1),
                                    "frame_cpu_ms": round(frame_cpu, 2),
+                                   "frame_ms_min": round(float(np.min(frame_times)), 2),
+                                   "fps_best": round(1000 / float(np.min(frame_times)), 1),
                                    "rasterize_ms": round(render_ms, 2),
                                    "baseline_pytorch_tiled_ms": round(peer_ms, 1),
                                    "baseline_fps": round(1000 / peer_ms, 2),
                                    "max_abs_diff_vs_baseline": float((ours - peer).abs().max())}
-        print(f"exact {side}x{side}: {1000 / ms:.1f} fps ({ms:.1f} ms/frame, rasterize {render_ms:.1f} ms); "
+        print(f"exact {side}x{side}: {1000 / ms:.1f} fps ({ms:.1f} ms/frame, fastest {np.min(frame_times):.1f}, "
+              f"rasterize {render_ms:.1f} ms); "
               f"PyTorch tiled baseline {peer_ms:.0f} ms", flush=True)
     result["exact"] = exact
     result["exact"]["goal_fps_256"] = 10.0

@@ -81,7 +81,8 @@ class Viewer:
         self._actions: list[tuple[str, object]] = []
         self.errors: list[str] = []
         self.applied: Applied | None = None
-        self.last_exact: dict[int, tuple] = {}  # client id -> (Camera, (H, W, 3) float32 image, state key)
+        # client id -> (Camera, (H, W, 3) float32 image, ViewState key, "moving" or "full") last shown
+        self.last_exact: dict[int, tuple] = {}
         self.splat_updates = 0
 
         seq = self.source.default_sequence()
