@@ -210,22 +210,10 @@ class _TiledComposite(torch.autograd.Function):
         return d_xy, d_conics, d_opac, d_colors, d_depths, None
 
 
-def rasterize_tiled(
-    means: torch.Tensor,
-    quats: torch.Tensor,
-    scales: torch.Tensor,
-    opacities: torch.Tensor,
-    colors: torch.Tensor,
-    viewmat: torch.Tensor,
-    K: torch.Tensor,
-    width: int,
-    height: int,
-    sh_degree: int | None = None,
-    background: torch.Tensor | None = None,
-    near: float = 0.01,
-    far: float = 1e10,
-    eps2d: float = 0.3,
-) -> RasterOutput:
+def rasterize_tiled(means: torch.Tensor, quats: torch.Tensor, scales: torch.Tensor, opacities: torch.Tensor,
+                    colors: torch.Tensor, viewmat: torch.Tensor, K: torch.Tensor, width: int, height: int,
+                    sh_degree: int | None = None, background: torch.Tensor | None = None, near: float = 0.01,
+                    far: float = 1e10, eps2d: float = 0.3) -> RasterOutput:
     """Fast tile-batched PyTorch rasterizer with the oracle's exact semantics.
 
     Same arguments and output as :func:`npga_taichi.reference.rasterize`. Projection, SH and

@@ -64,22 +64,10 @@ def _rotation_error(m: list[float]) -> tuple[float, float]:
     return err, det
 
 
-def validate_inputs(
-    means: torch.Tensor,
-    quats: torch.Tensor,
-    scales: torch.Tensor,
-    opacities: torch.Tensor,
-    colors: torch.Tensor,
-    viewmat: torch.Tensor,
-    K: torch.Tensor,
-    width: int,
-    height: int,
-    sh_degree: int | None = None,
-    background: torch.Tensor | None = None,
-    near: float = 0.01,
-    far: float = 1e10,
-    eps2d: float = 0.3,
-) -> int:
+def validate_inputs(means: torch.Tensor, quats: torch.Tensor, scales: torch.Tensor, opacities: torch.Tensor,
+                    colors: torch.Tensor, viewmat: torch.Tensor, K: torch.Tensor, width: int, height: int,
+                    sh_degree: int | None = None, background: torch.Tensor | None = None, near: float = 0.01,
+                    far: float = 1e10, eps2d: float = 0.3) -> int:
     """Check shapes, dtypes, devices, finiteness and ranges; return the channel count C.
 
     ``width``, ``height`` and ``sh_degree`` must be integers (Python or numpy, not bool): callers

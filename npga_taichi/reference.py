@@ -426,22 +426,10 @@ def rasterize_projected(
     return image, 1.0 - t_final, depth
 
 
-def rasterize(
-    means: torch.Tensor,
-    quats: torch.Tensor,
-    scales: torch.Tensor,
-    opacities: torch.Tensor,
-    colors: torch.Tensor,
-    viewmat: torch.Tensor,
-    K: torch.Tensor,
-    width: int,
-    height: int,
-    sh_degree: int | None = None,
-    background: torch.Tensor | None = None,
-    near: float = 0.01,
-    far: float = 1e10,
-    eps2d: float = 0.3,
-) -> RasterOutput:
+def rasterize(means: torch.Tensor, quats: torch.Tensor, scales: torch.Tensor, opacities: torch.Tensor,
+              colors: torch.Tensor, viewmat: torch.Tensor, K: torch.Tensor, width: int, height: int,
+              sh_degree: int | None = None, background: torch.Tensor | None = None, near: float = 0.01,
+              far: float = 1e10, eps2d: float = 0.3) -> RasterOutput:
     """The oracle rasterizer: exact contract semantics, gradients by torch autograd.
 
     Same arguments and output as :func:`npga_taichi.render.rasterize` (see the module docstring

@@ -320,22 +320,10 @@ def _lane_rows(name, grad, height, width, channels, like):
     return buf.view(channels * height * tiles_x, TILE_SIZE)
 
 
-def rasterize(
-    means: torch.Tensor,
-    quats: torch.Tensor,
-    scales: torch.Tensor,
-    opacities: torch.Tensor,
-    colors: torch.Tensor,
-    viewmat: torch.Tensor,
-    K: torch.Tensor,
-    width: int,
-    height: int,
-    sh_degree: int | None = None,
-    background: torch.Tensor | None = None,
-    near: float = 0.01,
-    far: float = 1e10,
-    eps2d: float = 0.3,
-) -> RasterOutput:
+def rasterize(means: torch.Tensor, quats: torch.Tensor, scales: torch.Tensor, opacities: torch.Tensor,
+              colors: torch.Tensor, viewmat: torch.Tensor, K: torch.Tensor, width: int, height: int,
+              sh_degree: int | None = None, background: torch.Tensor | None = None, near: float = 0.01,
+              far: float = 1e10, eps2d: float = 0.3) -> RasterOutput:
     """Render N Gaussians into one pinhole camera, differentiably.
 
     means (N, 3) world; quats (N, 4) wxyz, any non-zero magnitude (normalised inside, scale-safely);
