@@ -75,6 +75,22 @@ def test_millimetre_splats_keep_small_covariances_through_float16():
     assert rel_err(through_viser(cov_m.astype(np.float32)), cov_m).max() > 0.1  # metres would not survive
 
 
+def test_baked_colours_are_the_rasterizers_colours_for_that_eye():
+    from npga_taichi import render
+    from npga_taichi.viewer.splats import baked_colors
+
+    gen = torch.Generator().manual_seed(1)
+    means = torch.randn(300, 3, generator=gen) * 0.1
+    coeffs = torch.randn(300, 9, 3, generator=gen) * 0.4
+    eye = np.array([0.1, -0.2, 1.0])
+    ours = baked_colors({"means": means, "colors": coeffs, "sh_degree": 2}, eye)
+    kernel = render._ShadeSH.apply(means, coeffs, torch.tensor(eye, dtype=torch.float32), 2)  # Taichi shading
+    torch.testing.assert_close(ours, kernel.clamp(0, 1), atol=2e-6, rtol=0)
+    features = torch.randn(300, 8, generator=gen) * 0.3  # screen-CNN avatars: background + f[:3]
+    base = baked_colors({"means": means, "colors": features, "sh_degree": None}, eye, background=[1.0, 0.5, 0.0])
+    torch.testing.assert_close(base, (torch.tensor([1.0, 0.5, 0.0]) + features[:, :3]).clamp(0, 1))
+
+
 def test_browser_camera_round_trips_a_capture_camera(viewer):
     from npga_taichi.viewer.camera import camera_pose, viewer_camera
 
@@ -220,6 +236,12 @@ def test_page_draws_avatar_and_u_slider_drives_expression(viewer, browser):
     try:
         assert page.evaluate("() => !!document.createElement('canvas').getContext('webgl2')")
         client = _client(viewer)
+        # the first view is the frontal capture camera, head upright (the capture's up, not viser's +z)
+        from npga_taichi.viewer.app import camera_from_client
+
+        frontal = viewer.runs[0].camera("222200037").viewmat.double().numpy()
+        assert np.allclose(camera_from_client(client).viewmat.double().numpy(), frontal, atol=1e-3)
+        assert np.allclose(client.camera.up_direction, -frontal[1, :3], atol=1e-3)
         head = _pixel(client, viewer._center)
         before = _settled(page)
         assert _ink(before, head) > 20, "no avatar drawn at the head's position"
@@ -284,7 +306,6 @@ def test_page_draws_avatar_and_u_slider_drives_expression(viewer, browser):
         _choose(page, "Capture camera", "222200037")             # jump to a capture camera
         target = run.camera("222200037").viewmat.double().numpy()
         end = time.monotonic() + 20
-        from npga_taichi.viewer.app import camera_from_client
         while not np.allclose(camera_from_client(client).viewmat.double().numpy(), target, atol=1e-3):
             assert time.monotonic() < end, "the camera did not move to the capture camera"
             time.sleep(0.05)

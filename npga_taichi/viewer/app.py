@@ -109,8 +109,19 @@ class Viewer:
         self._browser_bg_cleared: set[int] = set()
         self._next_tick = 0.0
         self._soon: float | None = None  # monotonic time by which the worker should step again
+        self._warm_up()
         self._worker = threading.Thread(target=self._work, name="npga-view-worker", daemon=True)
         self._worker.start()
+
+    def _warm_up(self) -> None:
+        """Render each avatar once, small, on the constructing thread. Taichi's CPU backend may
+        create a field (an SNode tree) the first time a kernel variant runs, and it allows that
+        only on the thread that first materialised Taichi's fields — in `npga view` and in a
+        test session the main thread, not the worker. After this every later render only
+        launches kernels, which any one thread at a time may do."""
+        cam = resized_keep_fov(self.runs[0].camera(self._frontal_serial), 32)
+        for k, run in enumerate(self.runs):
+            run.render(self.source.gaussians(self._state, None, k), cam)
 
     # ------------------------------------------------------------------ layout of the scene
     def _layout(self) -> None:
