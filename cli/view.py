@@ -31,7 +31,7 @@ def command(runs, host, port, fps, out, max_side, device):
     ssh -L 8080:127.0.0.1:8080 HOST). Ctrl-C stops the server.
 
     \b
-    In the viewer:
+    In the viewer (drag to orbit, right-drag to pan, scroll to zoom):
       Mode          Tracked: pick a sequence, scrub or play its frames.
                     Interpolation: NPGA's pad - drag the cursor (or the u/v sliders) to blend
                     four corner expressions bilinearly; the head pose stays at a reference frame.
