@@ -457,21 +457,29 @@ def test_view_command_errors_help_and_ctrl_c(run_dir, tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "npga_taichi.cli.main", "view", str(run_dir), "--port", "0",
                              "--out", str(tmp_path / "o")], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True)
+    import queue
+    import threading
+
+    lines: queue.Queue = queue.Queue()
+    reader = threading.Thread(target=lambda: [lines.put(line) for line in proc.stdout], daemon=True)
+    reader.start()
     try:
-        url = None
+        url, seen = None, []
         end = time.monotonic() + 120
-        lines = []
-        while url is None:
-            assert time.monotonic() < end, "no URL printed:\n" + "".join(lines)
-            line = proc.stdout.readline()
-            assert line or proc.poll() is None, "".join(lines)
-            lines.append(line)
-            if line.startswith("open http://127.0.0.1:"):
-                url = line.split()[1]
+        while url is None:  # a hung process fails the test instead of blocking it
+            assert time.monotonic() < end and proc.poll() is None, "no URL printed:\n" + "".join(seen)
+            try:
+                seen.append(lines.get(timeout=1.0))
+            except queue.Empty:
+                continue
+            if seen[-1].startswith("open http://127.0.0.1:"):
+                url = seen[-1].split()[1]
         with urllib.request.urlopen(url, timeout=10) as response:
             assert response.status == 200
         proc.send_signal(signal.SIGINT)
-        out, _ = proc.communicate(timeout=30)
+        proc.wait(timeout=30)
+        reader.join(timeout=10)  # everything it printed, up to end of file
+        out = "".join(seen) + "".join(lines.get() for _ in range(lines.qsize()))
         assert proc.returncode == 0, out
         assert "stopped" in out and "Traceback" not in out
     finally:
