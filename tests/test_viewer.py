@@ -240,7 +240,10 @@ def test_page_draws_avatar_and_u_slider_drives_expression(viewer, browser):
         from npga_taichi.viewer.app import camera_from_client
 
         frontal = viewer.runs[0].camera("222200037").viewmat.double().numpy()
-        assert np.allclose(camera_from_client(client).viewmat.double().numpy(), frontal, atol=1e-3)
+        end = time.monotonic() + 20  # the first camera message may still be the client's default
+        while not np.allclose(camera_from_client(client).viewmat.double().numpy(), frontal, atol=1e-3):
+            assert time.monotonic() < end, "the initial view is not the frontal capture camera"
+            time.sleep(0.05)
         assert np.allclose(client.camera.up_direction, -frontal[1, :3], atol=1e-3)
         head = _pixel(client, viewer._center)
         before = _settled(page)
