@@ -40,6 +40,7 @@ MM = syn.UNIT_METRES * 1000.0  # mm per canonical unit
 E = {n: i for i, n in enumerate(syn.EXPRESSION_NAMES)}
 LIDS = syn.LABEL_NAMES.index("eyelids")
 MOVES = 1.0 / MM  # a point "moves with the blink" when its backward offset exceeds 1 mm
+LID_WEIGHT = 50.0  # the eyelid weight of the region-weighted tracking loss the diagnosis tries
 
 
 def blink_of(expr) -> float:
@@ -57,13 +58,15 @@ def blink_moves(head, posed, expr) -> torch.Tensor:
     return (head.backward(posed, expr) - head.backward(posed, without_blink(expr))).norm(dim=1) > MOVES
 
 
-def closed_lid_points(head, expr, n=3000, seed=0):
-    """Posed surface points of the closed lids: eyelid label, moved > 1 mm by the blink."""
+def closed_lid_points(head, expr, n=20000, seed=0):
+    """Posed surface points where the closed lid covers the open eye's slit: eyelid label, moved
+    > 1 mm by the blink, and > 1 mm from the open-eyed truth's surface (the lid shell is a sphere
+    about the eye centre that the blink maps onto itself: only the slit it closes changes)."""
     pts = head.sample_surface(n, expr=expr, seed=seed)
     can = head.backward(pts, expr)
-    keep = (head.surface_label(can) == LIDS) & blink_moves(head, pts, expr)
-    # how far the open-eyed truth's surface is from these points (an avatar that never blinks)
-    return pts[keep], can[keep], head.posed_sdf(pts[keep], without_blink(expr)).abs(), pts
+    open_abs = head.posed_sdf(pts, without_blink(expr)).abs()
+    keep = (head.surface_label(can) == LIDS) & blink_moves(head, pts, expr) & (open_abs > MOVES)
+    return pts[keep], can[keep], open_abs[keep], pts
 
 
 def data_stats(n_heads=2, seed=0):
@@ -102,6 +105,7 @@ def capture_stats(pdir: Path, points_per_frame=1500):
     """Eyelid share of each frame's point cloud (at the true pose), per sequence."""
     from npga_taichi.data.nersemble import NersembleCapture
     from npga_taichi.fidelity import SyntheticTruth
+    from npga_taichi.prior.tracking import TrackingConfig, pseudo_huber
 
     truth = SyntheticTruth(pdir)
     cap = NersembleCapture(pdir)
@@ -118,10 +122,22 @@ def capture_stats(pdir: Path, points_per_frame=1500):
             can = head.backward(posed, e)
             proj, _, _ = head.project_to_surface(can)  # the cloud is noisy (1 mm): label its surface
             lid = (head.surface_label(proj) == LIDS).float().mean().item()
-            moving = blink_moves(head, posed, e).float().mean().item()
+            moved = blink_moves(head, posed, e)
+            moving = moved.float().mean().item()
+            # the tracker's data term (mean pseudo-Huber |SDF| / delta) at the true expression and
+            # at the same expression with open eyes: how much a closed lid lowers the loss
+            delta = TrackingConfig().robust_delta
+            ph_true = pseudo_huber(head.posed_sdf(posed, e), delta) / delta
+            ph_open = pseudo_huber(head.posed_sdf(posed, without_blink(e)), delta) / delta
+            loss_true, loss_open = ph_true.mean().item(), ph_open.mean().item()
+            # the same with eyelid points weighted LID_WEIGHT x (what a region-weighted tracker sees)
+            w = 1.0 + (LID_WEIGHT - 1.0) * (head.surface_label(proj) == LIDS).float()
+            wloss_true, wloss_open = (w * ph_true).sum().item(), (w * ph_open).sum().item()
             rows.append({"t": t, "blink": blink_of(e), "lid_share": lid,
                          "lid_points_in_subsample": lid * points_per_frame,
-                         "blink_moved_share": moving, "blink_moved_points_in_subsample": moving * points_per_frame})
+                         "blink_moved_share": moving, "blink_moved_points_in_subsample": moving * points_per_frame,
+                         "tracking_loss_true": loss_true, "tracking_loss_open_eyes": loss_open,
+                         "weighted_loss_true": wloss_true, "weighted_loss_open_eyes": wloss_open})
         blink_rows = [r for r in rows if r["blink"] > 0.5]
         out[seq] = {"frames": len(rows), "blink_frames": len(blink_rows),
                     "median_lid_points_in_subsample": float(np.median([r["lid_points_in_subsample"] for r in rows])),
@@ -130,6 +146,12 @@ def capture_stats(pdir: Path, points_per_frame=1500):
                     "median_blink_moved_points_in_subsample_blink_frames":
                         float(np.median([r["blink_moved_points_in_subsample"] for r in blink_rows]))
                         if blink_rows else None,
+                    "median_relative_tracking_loss_increase_open_eyes_blink_frames":
+                        float(np.median([r["tracking_loss_open_eyes"] / r["tracking_loss_true"] - 1.0
+                                         for r in blink_rows])) if blink_rows else None,
+                    f"same_with_eyelid_points_weighted_x{LID_WEIGHT:g}":
+                        float(np.median([r["weighted_loss_open_eyes"] / r["weighted_loss_true"] - 1.0
+                                         for r in blink_rows])) if blink_rows else None,
                     "per_frame": rows}
     return out
 
