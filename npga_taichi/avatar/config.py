@@ -20,20 +20,20 @@ class AvatarConfig(DictConfig):
     num_init_gaussians: int = 6000      # Gaussians sampled on the prior's zero level set at init
     max_gaussians: int = 16000          # hard cap on the count during densification
     latent_dim: int = 32                # per-Gaussian latent feature f_i (paper: "lifting" input of F and G)
-    use_latents: bool = True            # False = ablation --no-latents (no f_i anywhere)
+    use_latents: bool = True            # per-Gaussian latent features f_i in F and G (off: the --no-latents ablation)
     sh_degree: int = 3                  # SH degree of view-dependent colour (ignored with use_cnn)
     use_cnn: bool = False               # render features and turn them into RGB with a screen-space CNN
     cnn_feature_dim: int = 16           # rendered feature channels when use_cnn
     cnn_hidden: int = 32                # hidden channels of the screen-space CNN
     cnn_layers: int = 3                 # 3x3 conv layers of the screen-space CNN
-    use_detail: bool = True             # False = ablation --no-detail (no detail network G)
+    use_detail: bool = True             # the detail network G (off: the --no-detail ablation)
     detail_hidden: int = 128            # hidden width of G
     detail_layers: int = 3              # hidden layers of G
     detail_pos_freqs: int = 4           # sin/cos frequencies of the canonical position fed to G
-    use_prior_field: bool = True        # False = ablation --no-prior (F learned from scratch)
+    use_prior_field: bool = True        # F distilled from the prior (off, --no-prior: F learned from scratch)
     scratch_field_hidden: int = 128     # hidden width of F when learned from scratch
     scratch_field_layers: int = 4       # hidden layers of F when learned from scratch
-    static: bool = False                # True = ablation --static (no F, no G: only the rigid pose moves)
+    static: bool = False                # the --static ablation: no F, no G, only the rigid head pose moves
     knn_k: int = 8                      # neighbours per Gaussian in the canonical Laplacian graph
     init_opacity: float = 0.1           # opacity of freshly initialised Gaussians
     init_scale_mult: float = 1.0        # initial scale = mult * mean distance to the 3 nearest neighbours
@@ -79,7 +79,7 @@ class TrainConfig(DictConfig):
     lambda_lap_dynamics: float = 1e-1   # Laplacian regulariser on the predicted per-Gaussian dynamics
     lambda_detail_l2: float = 1e-3      # small L2 pull of G's position offsets towards 0 (F explains motion)
     lambda_alpha: float = 0.05          # L1 between rendered alpha and the matte (keeps the silhouette)
-    use_laplacian: bool = True          # False = ablation --no-laplacian
+    use_laplacian: bool = True          # Laplacian regularisers on the kNN graph (off: the --no-laplacian ablation)
     lr_means: float = 4e-4              # Adam LR of canonical positions (canonical units), decays to 1%
     lr_quats: float = 1e-3              # Adam LR of canonical rotations
     lr_scales: float = 5e-3             # Adam LR of log-scales
