@@ -12,10 +12,11 @@ Stages measured (each only when its input is given):
   generator's own surface labels at the true pose and expression).
 * ``prior`` (``--prior``): does B close the lids? For training (identity, expression) pairs
   with a blink > 0.8, the prior's posed SDF |f(x; z_pair)| at the true closed-lid surface
-  points (the lid points the blink moves by > 1 mm), against the open-eyed truth's distance
-  at the same points (an avatar of a head that never blinks) and the prior's own |f| on
-  ordinary surface points (its noise floor); and the error of B on those points against the
-  analytic offsets (and the "doing nothing" error).
+  points that cover the open eye's slit (eyelid label, moved > 1 mm by the blink and > 1 mm
+  from the open-eyed surface: the rest of the lid shell is a sphere the blink maps onto
+  itself), against the open-eyed truth's distance at the same points (a head that never
+  blinks) and the prior's own |f| on ordinary surface points (its noise floor); and the error
+  of B on those points against the analytic offsets (and the "doing nothing" error).
 * ``tracking`` (``--tracking``, a folder of ``<SEQ>.npz``): the same closed-lid test with the
   tracked codes and tracked pose of each blink frame: do tracked codes decode to closed lids?
 

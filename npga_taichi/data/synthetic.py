@@ -465,9 +465,11 @@ def blink_safe_distance(x, v, e, idp):
     ball of radius s (a ball of radius min(s, v / L(s)) is free: f cannot fall from v to 0 within
     it). Equals v where no blink acts; trying smaller balls keeps a far-away ramp from shrinking
     the steps of rays that never reach it."""
-    best = 0.0
-    s = v
-    for _ in ti.static(range(7)):
+    best = v / blink_lipschitz(x, v, e, idp)  # s = v (== v wherever no blink reaches the ball)
+    s = 0.5 * v
+    for _ in range(6):
+        if best >= s:  # no smaller ball can do better
+            break
         best = ti.max(best, ti.min(s, v / blink_lipschitz(x, s, e, idp)))
         s *= 0.5
     return best
