@@ -9,6 +9,7 @@ import contextlib
 import json
 import os
 import pickle
+import pickletools
 import re
 import shutil
 import stat
@@ -156,6 +157,17 @@ def write_text_atomic(text: str, path: str | os.PathLike) -> Path:
     return Path(path)
 
 
+def _pickle_calls_code(path: Path) -> bool:
+    """Whether ``path`` is a plain pickle that imports or calls something (read with
+    ``pickletools``, which parses opcodes and executes nothing)."""
+    calling = {"GLOBAL", "STACK_GLOBAL", "INST", "OBJ", "REDUCE", "NEWOBJ", "NEWOBJ_EX", "BUILD"}
+    try:
+        with open(path, "rb") as handle:
+            return any(op.name in calling for op, _, _ in pickletools.genops(handle))
+    except Exception:  # not a pickle at all: garbage or a torn file
+        return False
+
+
 class UnsafeCheckpointError(ValueError):
     """A checkpoint that holds pickled Python objects, refused because loading would run code."""
 
@@ -179,8 +191,11 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         with torch.serialization.safe_globals(list(allow_globals)):
             obj = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
-        # torch's message names the refused global, e.g. "Unsupported global: GLOBAL os.system".
-        refused = re.search(r"(?:Unsupported global|GLOBAL)[: ]+(?:GLOBAL )?([\w.]+)", str(err))
+        # weights_only refusals say "Weights only load failed" and name the global, e.g.
+        # "Unsupported global: GLOBAL posix.system"; other unpickling errors mean a torn file.
+        refused = re.search(r"unsupported (?:global: )?GLOBAL ([\w.]+)", str(err), re.IGNORECASE)
+        if refused is None and not _pickle_calls_code(path):
+            raise ValueError(f"cannot read checkpoint {path}: not a torch checkpoint or truncated") from None
         what = f" ({refused.group(1)})" if refused else ""
         raise UnsafeCheckpointError(
             f"refused to load {path}: it stores pickled Python objects{what}, and unpickling them "
