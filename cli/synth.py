@@ -33,8 +33,10 @@ from npga_taichi.data.capture import SEQUENCE_CATALOGUE
 def command(out, identity_seed, participant, preset, downscale, frames, sequences, samples, force, as_json, quiet):
     """Render one procedural identity from 16 NeRSemble-like cameras into OUT/<pid>/.
 
-    Per frame: images-<k>x/cam_<serial>.png, alpha_map/cam_<serial>.png and
-    colmap/pointclouds/pointcloud_16.pcd (noisy visible-surface points, world metres).
+    Per frame: images-<k>x/cam_<serial>.png, alpha_map/cam_<serial>.png,
+    colmap/pointclouds/pointcloud_16.pcd (noisy visible-surface points, world metres) and
+    labels/cam_<serial>.png (what each pixel shows, uint8: 0 background, 1 skin, 2 hair,
+    3 brows, 4 eyelids, 5 lips, 6 eyes, 7 teeth, 8 mouth interior; for grading by `npga eval`).
     calibration/camera_params.json holds world->camera OpenCV extrinsics and the shared
     full-resolution intrinsics; groundtruth/groundtruth.json holds the identity, per-frame
     expression and rigid pose (for grading only). An interrupted run resumes when re-run
