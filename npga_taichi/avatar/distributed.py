@@ -51,7 +51,8 @@ class DistContext:
     def share(self, count: int) -> slice:
         """This rank's contiguous share of ``count`` items (``count`` divisible by ``world``)."""
         if count % self.world:
-            raise ValueError(f"--views-per-step {count} must be a multiple of the number of ranks ({self.world})")
+            raise ValueError(f"the step's {count} frame groups (--views-per-step / --cameras-per-frame) must be "
+                             f"a multiple of the number of ranks ({self.world})")
         per = count // self.world
         return slice(self.rank * per, (self.rank + 1) * per)
 

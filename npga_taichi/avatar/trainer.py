@@ -49,6 +49,8 @@ from npga_taichi.training_curve import plot_runs
 from npga_taichi.checkpoint import load_checkpoint, save_checkpoint, write_text_atomic
 
 CHECKPOINT_FORMAT = "npga-avatar-train-v2"
+# Loss terms a training step reports (summed over views and ranks, each divided by the view count).
+STEP_TERMS = ("loss", "mse", "l1", "dssim", "lap_latent", "lap_dynamics", "detail_l2", "silhouette", "nonfinite")
 IMAGE_CACHE_ENTRIES = 4096  # decoded training images kept in memory (uint8)
 
 
@@ -381,62 +383,53 @@ class Trainer:
         self.timings[key] = self.timings.get(key, 0.0) + now - start
         return now
 
-    def sample_views(self) -> list[View]:
-        """The step's views, drawn identically on every rank from the view sampler.
+    def sample_views(self) -> list[list[View]]:
+        """The step's views in frame groups, drawn identically on every rank by the view sampler.
 
-        ``cameras_per_frame`` = 1: views uniformly at random. Otherwise views_per_step /
-        cameras_per_frame frames, each seen by that many distinct training cameras (consecutive
-        in the list, so one deformation serves them all).
+        ``cameras_per_frame`` = 1: views uniformly at random, one group each. Otherwise
+        views_per_step / cameras_per_frame frames, each seen by that many distinct training
+        cameras (one group: one deformation serves them all).
         """
         cfg, views = self.cfg, self.data.train_views
         if cfg.cameras_per_frame == 1:
-            return [views[int(i)] for i in self.sampler.integers(0, len(views), size=cfg.views_per_step)]
+            return [[views[int(i)]] for i in self.sampler.integers(0, len(views), size=cfg.views_per_step)]
         frames = self.data.frames()
-        picked = []
+        groups = []
         for i in self.sampler.integers(0, len(frames), size=cfg.views_per_step // cfg.cameras_per_frame):
             frame_views = frames[int(i)]
             take = self.sampler.choice(len(frame_views), size=min(cfg.cameras_per_frame, len(frame_views)),
                                        replace=False)
-            picked += [frame_views[int(j)] for j in take]
-        return picked
+            groups.append([frame_views[int(j)] for j in take])
+        return groups
 
     def train_step(self) -> dict[str, Any]:
         """One optimisation step over ``views_per_step`` training views (this rank's share of them).
 
         Each view's loss is divided by the step's total view count; gradients, ADC statistics and
         loss terms are summed over ranks in one collective (see :mod:`.distributed`), so any
-        number of ranks takes the step a single process would.
+        number of ranks takes the step a single process would (ranks take whole frame groups).
         """
         cfg, avatar, dist_ctx = self.cfg, self.avatar, self.dist
         self.optimizer.zero_grad(set_to_none=True)
         record: dict[str, Any] = {"step": self.step + 1}
-        all_views = self.sample_views()
-        total = len(all_views)
-        views = all_views[dist_ctx.share(total)]
+        all_groups = self.sample_views()
+        total = sum(len(g) for g in all_groups)
+        groups = all_groups[dist_ctx.share(len(all_groups))]
         n = len(avatar.gaussians)
         grad_sum = torch.zeros(n, dtype=torch.float64, device=self.device)
         grad_count = torch.zeros(n, dtype=torch.float64, device=self.device)
         terms: dict[str, torch.Tensor] = {}
-        nonfinite = torch.zeros((), dtype=torch.float64, device=self.device)
         collect_stats = self.step + 1 < cfg.densify_until
-        start = 0
-        while start < len(views):
-            # Views of one frame are consecutive: deform once, render into each of its cameras.
-            stop = start + 1
-            while stop < len(views) and (views[stop].sequence, views[stop].frame_index) == (
-                    views[start].sequence, views[start].frame_index):
-                stop += 1
+        for group in groups:
             t0 = time.perf_counter()
-            frame = self.data.frame(views[start])
-            posed = avatar.deform(frame)
+            posed = avatar.deform(self.data.frame(group[0]))
             t0 = self._time("deform_forward", t0)
             if not _posed_finite(posed):  # the rasterizer rejects non-finite input: skip the step
                 terms["nonfinite"] = terms.get("nonfinite", 0.0) + 1.0
-                start = len(views)
                 break
             loss = posed.means.new_zeros(())
             rendered_views = []
-            for view in views[start:stop]:
+            for view in group:
                 t0 = time.perf_counter()
                 target, alpha = self.data.target(view)
                 camera = self.data.camera(view.serial)
@@ -461,25 +454,37 @@ class Trainer:
                                                               camera.width, camera.height)
                     grad_sum += d_sum
                     grad_count += d_count
-            start = stop
         t0 = time.perf_counter()
         params = [p for group in self.optimizer.param_groups for p in group["params"]]
-        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
-        names = sorted(terms)
-        scalars = torch.stack([torch.as_tensor(terms[k], dtype=torch.float64, device=self.device) for k in names])
+        # Every rank sends every term (absent ones as 0 with a presence flag), so the buffers match
+        # even when a rank stopped early at a non-finite frame.
+        values_local = [torch.as_tensor(terms.get(k, 0.0), dtype=torch.float64, device=self.device)
+                        for k in STEP_TERMS]
+        present = torch.tensor([k in terms for k in STEP_TERMS], dtype=torch.float64, device=self.device)
+        scalars = torch.cat([torch.stack(values_local), present])
         nonfinite = (~torch.isfinite(scalars)).any().to(torch.float64)
-        # One collective per step: gradients, ADC statistics, loss terms, the finiteness flag.
-        flat = torch.cat([g.reshape(-1).to(torch.float64) for g in grads]
-                         + [grad_sum, grad_count, scalars, nonfinite.reshape(1)])
+        flat = nonfinite.reshape(1)
+        names = STEP_TERMS
         if dist_ctx.active:
+            # One collective per step: gradients, which parameters have one (Adam skips a
+            # parameter without a gradient, but would step a zero one with its momentum), the
+            # ADC statistics, the loss terms and the finiteness flag.
+            grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+            has_grad = torch.tensor([p.grad is not None for p in params], dtype=torch.float64, device=self.device)
+            flat = torch.cat([g.reshape(-1).to(torch.float64) for g in grads]
+                             + [has_grad, grad_sum, grad_count, scalars, nonfinite.reshape(1)])
             all_reduce_sum(dist_ctx, flat)
+            offset = sum(g.numel() for g in grads)
+            has_grad = flat[offset:offset + len(params)] > 0
             offset = 0
-            for p, g in zip(params, grads):
-                p.grad = flat[offset:offset + g.numel()].view_as(g).to(g.dtype)
+            for p, g, used in zip(params, grads, has_grad.tolist()):
+                p.grad = flat[offset:offset + g.numel()].view_as(g).to(g.dtype) if used else None
                 offset += g.numel()
+            offset += len(params)
             grad_sum, grad_count = flat[offset:offset + n], flat[offset + n:offset + 2 * n]
-            scalars = flat[offset + 2 * n:offset + 2 * n + len(names)]
-        values = dict(zip(names, scalars.tolist()))   # the step's one host synchronisation
+            scalars = flat[offset + 2 * n:offset + 2 * n + 2 * len(names)]
+        reduced = scalars.tolist()   # the step's one host synchronisation
+        values = {k: v for k, v, here in zip(names, reduced, reduced[len(names):]) if here > 0}
         finite = (flat[-1].item() == 0 and values.pop("nonfinite", 0.0) == 0
                   and all(np.isfinite(v) for v in values.values()))
         finite = finite and all(torch.isfinite(p.grad).all() for p in params if p.grad is not None)
