@@ -28,11 +28,13 @@ import click
               help="Number of lowest-PSNR images in OUT/worst.png.")
 @click.option("--out", "-o", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Output folder [default: RUN/eval].")
+@click.option("--curves", "compare_runs", multiple=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Another run whose training curve to draw beside RUN's in OUT/curves.png (repeatable).")
 @click.option("--device", default="cpu", help="Torch device of the avatar (cpu, cuda).")
 @click.option("--force", is_flag=True, help="Overwrite existing outputs in OUT.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON instead of a table.")
-def command(run_dir, sequences, camera_spec, stride, max_frames, no_lpips, no_fidelity, n_worst, out, device,
-            force, as_json):
+def command(run_dir, sequences, camera_spec, stride, max_frames, no_lpips, no_fidelity, n_worst, out, compare_runs,
+            device, force, as_json):
     """Measure avatar RUN on held-out sequences and cameras.
 
     Writes OUT/metrics.csv (one row per frame and camera), OUT/summary.json, OUT/worst.png
@@ -49,13 +51,14 @@ def command(run_dir, sequences, camera_spec, stride, max_frames, no_lpips, no_fi
     Examples:
       npga eval runs/me                       # FREE sequence, held-out cameras -> runs/me/eval/
       npga eval runs/me --cameras all --stride 5 --json
+      npga eval runs/me --curves runs/static   # also OUT/curves.png: both training curves
     """
     from npga_taichi.evaluation import evaluate_run, format_table, json_safe
 
     try:
         summary = evaluate_run(run_dir, out or run_dir / "eval", list(sequences), camera_spec, stride, max_frames,
                                  not no_lpips, n_worst, device, force, progress=not as_json,
-                                 expression_fidelity=not no_fidelity)
+                                 expression_fidelity=not no_fidelity, compare_runs=compare_runs)
     except (ValueError, FileNotFoundError, FileExistsError) as err:
         raise click.ClickException(str(err)) from None
     if as_json:
@@ -65,5 +68,7 @@ def command(run_dir, sequences, camera_spec, stride, max_frames, no_lpips, no_fi
         click.echo(f"per-frame metrics: {summary['outputs']['csv']}")
         if summary["outputs"]["worst"]:
             click.echo(f"worst frames:      {summary['outputs']['worst']}")
+        if summary["outputs"].get("curves"):
+            click.echo(f"training curves:   {summary['outputs']['curves']}")
         if summary["outputs"]["expressions"]:
             click.echo(f"expression crops:  {summary['outputs']['expressions']} (truth | avatar | truth without)")

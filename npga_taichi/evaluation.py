@@ -442,13 +442,15 @@ def eval_items(run, sequences: list[str], serials: list[str], stride: int, max_f
 
 def evaluate_run(run_dir, out, sequences=None, camera_spec="holdout", stride=1, max_frames=None,
                    use_lpips=True, n_worst=4, device="cpu", force=False, progress=True,
-                   expression_fidelity=True) -> dict:
+                   expression_fidelity=True, compare_runs=()) -> dict:
     """Evaluate avatar run ``run_dir``; write metrics.csv, summary.json, worst.png into ``out``.
 
     Returns the summary (also in summary.json). Raises FileExistsError (outputs exist and not
     ``force``), and ValueError / FileNotFoundError naming the file or argument (an unknown
     ``camera_spec`` serial, a missing capture, ...) for anything else wrong.
     ``expression_fidelity=False`` skips the re-rendered expression ratios of synthetic captures.
+    ``compare_runs``: further run folders whose training curves are drawn beside this run's
+    into ``out/curves.png`` (held-out PSNR against wall time and step).
     """
     from npga_taichi.data.nersemble import select_cameras
     from npga_taichi.reenactment import LoadedRun
@@ -485,6 +487,14 @@ def evaluate_run(run_dir, out, sequences=None, camera_spec="holdout", stride=1, 
     crops = write_feature_crops(result, out / "expressions.png")
     summary["outputs"] = {"csv": str(out / "metrics.csv"), "summary": str(out / "summary.json"),
                           "worst": str(worst) if worst else None, "expressions": str(crops) if crops else None}
+    if compare_runs:
+        from npga_taichi.training_curve import plot_runs
+
+        runs = {Path(r).name if Path(r).name not in ("", ".") else str(r): Path(r)
+                for r in [run_dir, *compare_runs]}
+        if len(runs) != 1 + len(compare_runs):  # two runs with the same folder name: full paths
+            runs = {str(r): Path(r) for r in [run_dir, *compare_runs]}
+        summary["outputs"]["curves"] = str(plot_runs(runs, out / "curves.png", "held-out PSNR"))
     summary["expression_crops"] = [
         {"feature": f, "sequence": s.sequence, "timestep": s.timestep, "camera": s.camera, "ratio": s.ratios[f][0]}
         for f in fidelity.FEATURES if f in result.feature_crops for s in [result.feature_crops[f][0]]]
