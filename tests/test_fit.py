@@ -313,6 +313,10 @@ def test_fit_cli_ablation_flags_and_errors(tmp_path, demo_out):
     no_field = _fit([demo_out / "capture", "--out", tmp_path / "y", "--prior", demo_out / "prior",
                      "--field", tmp_path / "nofield", "--preset", "tiny"])
     assert no_field.exit_code != 0 and "--no-prior" in no_field.output
+    bad = _fit([demo_out / "capture", "--out", tmp_path / "z", "--views-per-step", "3", "--cameras-per-frame", "2"])
+    assert bad.exit_code != 0 and "cameras_per_frame" in bad.output and not (tmp_path / "z").exists()
+    nothing = _fit([demo_out / "capture", "--out", tmp_path / "w", "--resume"])
+    assert nothing.exit_code != 0 and "no checkpoint to resume" in nothing.output
 
 
 def test_fit_process_leaves_its_kernels_in_the_offline_cache(tmp_path, demo_out):

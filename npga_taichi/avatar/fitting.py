@@ -138,6 +138,9 @@ def _prepare_run_dir(run_dir: Path, resume: bool, force: bool) -> None:
         raise ValueError(f"--out {run_dir} exists and is not a folder")
     if resume and force:
         raise ValueError("--resume and --force contradict each other: pick one")
+    if resume and not (run_dir / "checkpoints" / "latest.pt").is_file():
+        raise ValueError(f"--resume: no checkpoint to resume from in {run_dir / 'checkpoints'} "
+                         "(start the run without --resume)")
     if run_dir.is_dir() and any(run_dir.iterdir()) and not resume:
         if not force:
             raise ValueError(f"{run_dir} already holds files; use --resume to continue or --force to start over")
@@ -199,6 +202,14 @@ def fit_avatar(data: str | os.PathLike, run_dir: str | os.PathLike, participant:
     run_dir = Path(run_dir)
     root, pid = resolve_participant(data, participant)
     pdir = root / pid
+    if not resume:  # bad options fail before anything is written
+        avatar_cfg, train_cfg = preset_configs(preset)
+        a_over = dict(avatar_overrides or {})
+        if "max_gaussians" in a_over and a_over["max_gaussians"] < avatar_cfg.num_init_gaussians:
+            a_over.setdefault("num_init_gaussians", a_over["max_gaussians"])
+        avatar_cfg = dataclasses.replace(avatar_cfg, **a_over).validate()
+        train_cfg = dataclasses.replace(train_cfg, **(train_overrides or {})).validate()
+        extra = {}
     ctx = init_from_env(device)  # torchrun: join the process group, one device per rank
     device = str(ctx.device)
     try:
@@ -213,14 +224,6 @@ def fit_avatar(data: str | os.PathLike, run_dir: str | os.PathLike, participant:
         steps = (train_overrides or {}).get("steps")
         if steps is not None:
             train_cfg = dataclasses.replace(train_cfg, steps=int(steps)).validate()
-    else:
-        avatar_cfg, train_cfg = preset_configs(preset)
-        a_over = dict(avatar_overrides or {})
-        if "max_gaussians" in a_over and a_over["max_gaussians"] < avatar_cfg.num_init_gaussians:
-            a_over.setdefault("num_init_gaussians", a_over["max_gaussians"])
-        avatar_cfg = dataclasses.replace(avatar_cfg, **a_over).validate()
-        train_cfg = dataclasses.replace(train_cfg, **(train_overrides or {})).validate()
-        extra = {}
     tracking_dir = Path(tracking) if tracking else pdir / "annotations" / "tracking"
     field_dir = Path(field) if field else pdir / "annotations" / "forward_field"
     prior_dir = _find_prior(pdir, prior or extra.get("prior"), load_trackings(tracking_dir))
