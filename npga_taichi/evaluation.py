@@ -49,16 +49,14 @@ OUTPUT_NAMES = ("metrics.csv", "summary.json", "worst.png", "expressions.png")
 
 def psnr_value(pred: torch.Tensor, gt: torch.Tensor) -> float:
     """PSNR in dB as a float; exactly ``inf`` for identical images (no epsilon clamp)."""
-    err = float(metrics.mse(pred, gt))
-    return math.inf if err == 0.0 else 10.0 * math.log10(1.0 / err)
+    return metrics.psnr_report(float(metrics.mse(pred, gt)))
 
 
 def masked_psnr_value(pred: torch.Tensor, gt: torch.Tensor, mask: torch.Tensor) -> float:
     """Alpha-weighted PSNR as a float (``inf`` when identical inside the mask, nan if mask empty)."""
     if float(mask.sum()) <= 0:
         return math.nan
-    err = float(metrics.masked_mse(pred, gt, mask))
-    return math.inf if err == 0.0 else 10.0 * math.log10(1.0 / err)
+    return metrics.psnr_report(float(metrics.masked_mse(pred, gt, mask)))
 
 
 def composite(image: torch.Tensor, alpha: torch.Tensor, background: torch.Tensor) -> torch.Tensor:

@@ -104,8 +104,7 @@ def region_psnr(pred: torch.Tensor, gt: torch.Tensor, weight: torch.Tensor) -> f
     """PSNR (dB) over the weighted region; inf when identical there, nan when the region is empty."""
     if float(weight.sum()) < 1.0:  # less than one pixel of the region in view
         return math.nan
-    err = float(metrics.masked_mse(pred, gt, weight.to(pred.dtype)))
-    return math.inf if err == 0.0 else metrics.psnr_from_mse(err)
+    return metrics.psnr_report(float(metrics.masked_mse(pred, gt, weight.to(pred.dtype))))
 
 
 def region_ssim(pred: torch.Tensor, gt: torch.Tensor, weight: torch.Tensor) -> float:

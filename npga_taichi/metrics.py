@@ -139,3 +139,9 @@ def l1_loss(img1: torch.Tensor, img2: torch.Tensor, mask: torch.Tensor | None = 
 def psnr_from_mse(value: float, data_range: float = 1.0) -> float:
     """Plain-float PSNR for logging."""
     return 10.0 * math.log10(data_range ** 2 / max(value, 1e-20))
+
+
+def psnr_report(value: float, data_range: float = 1.0) -> float:
+    """PSNR of an MSE for reports (``npga eval``): exactly ``inf`` for identical images, where
+    :func:`psnr_from_mse` (training logs) clamps the error at 1e-20."""
+    return math.inf if value == 0.0 else psnr_from_mse(value, data_range)

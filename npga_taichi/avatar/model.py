@@ -125,16 +125,19 @@ class NPGAAvatar(nn.Module):
             return posed.colors[:, None, :], self.sh_degree
         return torch.cat([posed.colors[:, None, :], posed.sh_rest], dim=1), self.sh_degree
 
+    def raster_inputs(self, posed: PosedGaussians) -> dict[str, Any]:
+        """Posed Gaussians as the rasterize keyword dict of the module docstring."""
+        colors, sh_degree = self.raster_colors(posed)
+        return {"means": posed.means, "quats": posed.quats, "scales": posed.scales,
+                "opacities": posed.opacities, "colors": colors, "sh_degree": sh_degree}
+
     def gaussians_for_frame(self, z_exp: torch.Tensor, rot: torch.Tensor, trans: torch.Tensor,
                             scale: Any) -> dict[str, Any]:
         """World-space rasterize inputs of one frame (see the module docstring)."""
         device = self.gaussians.means.device
         frame = FrameCode(torch.as_tensor(z_exp).reshape(-1), torch.as_tensor(rot), torch.as_tensor(trans),
                           _scale_value(scale)).to(device)
-        posed = self.deform(frame)
-        colors, sh_degree = self.raster_colors(posed)
-        return {"means": posed.means, "quats": posed.quats, "scales": posed.scales,
-                "opacities": posed.opacities, "colors": colors, "sh_degree": sh_degree}
+        return self.raster_inputs(self.deform(frame))
 
 
 def raster_background(avatar: NPGAAvatar, background: torch.Tensor | None, channels: int,
@@ -172,10 +175,7 @@ def render_posed(avatar: NPGAAvatar, posed: PosedGaussians, camera: Camera,
                  background: torch.Tensor | None = None,
                  rasterizer: Callable[..., RasterOutput] | None = None) -> RenderResult:
     """Render already deformed Gaussians (``avatar.deform(frame)``) through :func:`render_gaussians`."""
-    colors, sh_degree = avatar.raster_colors(posed)
-    gaussians = {"means": posed.means, "quats": posed.quats, "scales": posed.scales,
-                 "opacities": posed.opacities, "colors": colors, "sh_degree": sh_degree}
-    image, out = render_gaussians(avatar, gaussians, camera, background, rasterizer)
+    image, out = render_gaussians(avatar, avatar.raster_inputs(posed), camera, background, rasterizer)
     return RenderResult(image=image, raster=out, posed=posed)
 
 

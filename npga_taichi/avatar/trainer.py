@@ -231,8 +231,13 @@ def regularizers(avatar: NPGAAvatar, posed, raster_alpha: torch.Tensor, alpha: t
 
 
 # -------------------------------------------------------------------------------------- trainer
-def _grads_finite(params) -> bool:
-    return all(p.grad is None or bool(torch.isfinite(p.grad).all()) for p in params)
+def _nonfinite_grads(params, device) -> torch.Tensor:
+    """1.0 when any gradient holds NaN or Inf, else 0.0, as a float64 tensor on ``device`` (a
+    tensor, so the check joins the step's one host synchronisation)."""
+    flags = [(~torch.isfinite(p.grad)).any() for p in params if p.grad is not None]
+    if not flags:
+        return torch.zeros((), dtype=torch.float64, device=device)
+    return torch.stack(flags).any().to(device, torch.float64)
 
 
 def _posed_finite(posed) -> bool:
@@ -462,17 +467,15 @@ class Trainer:
                         for k in STEP_TERMS]
         present = torch.tensor([k in terms for k in STEP_TERMS], dtype=torch.float64, device=self.device)
         scalars = torch.cat([torch.stack(values_local), present])
-        nonfinite = (~torch.isfinite(scalars)).any().to(torch.float64)
-        flat = nonfinite.reshape(1)
         names = STEP_TERMS
         if dist_ctx.active:
             # One collective per step: gradients, which parameters have one (Adam skips a
             # parameter without a gradient, but would step a zero one with its momentum), the
-            # ADC statistics, the loss terms and the finiteness flag.
+            # ADC statistics and the loss terms (a NaN on any rank stays NaN in the sum).
             grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
             has_grad = torch.tensor([p.grad is not None for p in params], dtype=torch.float64, device=self.device)
             flat = torch.cat([g.reshape(-1).to(torch.float64) for g in grads]
-                             + [has_grad, grad_sum, grad_count, scalars, nonfinite.reshape(1)])
+                             + [has_grad, grad_sum, grad_count, scalars])
             all_reduce_sum(dist_ctx, flat)
             offset = sum(g.numel() for g in grads)
             has_grad = flat[offset:offset + len(params)] > 0
@@ -483,11 +486,11 @@ class Trainer:
             offset += len(params)
             grad_sum, grad_count = flat[offset:offset + n], flat[offset + n:offset + 2 * n]
             scalars = flat[offset + 2 * n:offset + 2 * n + 2 * len(names)]
-        reduced = scalars.tolist()   # the step's one host synchronisation
-        values = {k: v for k, v, here in zip(names, reduced, reduced[len(names):]) if here > 0}
-        finite = (flat[-1].item() == 0 and values.pop("nonfinite", 0.0) == 0
+        # The step's one host synchronisation (besides the per-frame check of the deformation).
+        reduced = torch.cat([scalars, _nonfinite_grads(params, self.device).reshape(1)]).tolist()
+        values = {k: v for k, v, here in zip(names, reduced, reduced[len(names):2 * len(names)]) if here > 0}
+        finite = (reduced[-1] == 0 and values.pop("nonfinite", 0.0) == 0
                   and all(np.isfinite(v) for v in values.values()))
-        finite = finite and all(torch.isfinite(p.grad).all() for p in params if p.grad is not None)
         self._time("sync", t0)
         if not finite:
             # Nothing of this step reaches the parameters, the Adam moments or the ADC statistics.

@@ -12,18 +12,14 @@ import math
 import numpy as np
 import torch
 
-from npga_taichi.cameras import Camera
+from npga_taichi.avatar.rotations import quat_to_rotmat
+from npga_taichi.cameras import Camera, camera_center
 from npga_taichi.render_run import DEFAULT_CAMERA as FRONTAL_SERIAL  # NeRSemble's frontal upper-row camera
 
 
 def quat_wxyz_to_matrix(wxyz) -> np.ndarray:
     """(4,) unit quaternion w, x, y, z -> (3, 3) rotation matrix."""
-    w, x, y, z = np.asarray(wxyz, dtype=np.float64) / np.linalg.norm(wxyz)
-    return np.array([
-        [1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y)],
-        [2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x)],
-        [2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)],
-    ])
+    return quat_to_rotmat(torch.as_tensor(np.asarray(wxyz, dtype=np.float64))).numpy()
 
 
 def viewer_camera(wxyz, position, fov: float, width: int, height: int, serial: str = "viewer") -> Camera:
@@ -53,7 +49,7 @@ def camera_pose(camera) -> dict:
                    dtype=np.float64)
     K = np.asarray(camera.K.detach().cpu() if isinstance(camera.K, torch.Tensor) else camera.K, dtype=np.float64)
     R = v[:3, :3]
-    return {"position": -R.T @ v[:3, 3], "forward": R[2].copy(), "up": -R[1].copy(), "right": R[0].copy(),
+    return {"position": camera_center(v), "forward": R[2].copy(), "up": -R[1].copy(), "right": R[0].copy(),
             "fov": 2.0 * math.atan(0.5 * int(camera.height) / K[1, 1])}
 
 

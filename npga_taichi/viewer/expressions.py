@@ -74,9 +74,7 @@ def canonical_gaussians(avatar, rot, trans, scale) -> dict:
         posed = deform_canonical(avatar.gaussians, None, None, z, avatar.config.use_latents)
         posed = apply_rigid_pose(posed, torch.as_tensor(rot).to(means), torch.as_tensor(trans).to(means),
                                  float(torch.as_tensor(scale).reshape(-1)[0]))
-        colors, sh_degree = avatar.raster_colors(posed)
-        return normalise_gaussians({"means": posed.means, "quats": posed.quats, "scales": posed.scales,
-                                    "opacities": posed.opacities, "colors": colors, "sh_degree": sh_degree})
+        return normalise_gaussians(avatar.raster_inputs(posed))
 
 
 class ExpressionSource:
