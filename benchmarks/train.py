@@ -7,6 +7,13 @@ distilled field's default architecture), then times each component in isolation.
 
     python benchmarks/train.py --out benchmarks/results/train.json   # default preset
     python benchmarks/train.py --preset tiny --steps 20 --json
+
+``--curve DEMO`` instead trains the avatar of a finished default demo folder (its capture, prior,
+tracking and distilled F) twice in one run, with the schedule before issue 16
+(:data:`OLD_SCHEDULE`) and with today's default preset, and draws held-out PSNR against training
+wall time and step for both in one figure (``--curve-out``/curve.png, beside curve.json):
+
+    python benchmarks/train.py --curve demo/ --curve-out benchmarks/results/train_curve
 """
 from __future__ import annotations
 
@@ -24,13 +31,19 @@ import torch
 
 from npga_taichi import metrics
 from npga_taichi.avatar.config import preset as get_preset
-from npga_taichi.avatar.deformation import FrameCode
 from npga_taichi.avatar.density_control import GradientStats, densify_and_prune
 from npga_taichi.avatar.model import NPGAAvatar, get_rasterizer
 from npga_taichi.cameras import Camera
 from npga_taichi.avatar.trainer import AvatarData, Trainer, View, regularizers
 
 WIDTH, HEIGHT = 275, 401   # the default synthetic capture's image size
+
+# The default avatar schedule before issue 16 (29 min 41 s of fit, 31.69 dB held out on 31337):
+# the fields today's default preset changes, with their values then. `--curve` trains it as "old".
+OLD_SCHEDULE: dict[str, dict] = {
+    "avatar": {},
+    "train": {},
+}
 EXP_DIM = 16               # the distilled field's default expression size
 
 
@@ -112,6 +125,40 @@ def time_steps(avatar_cfg, train_cfg, views_per_step: int, cameras_per_frame: in
             "share": {k: v / total for k, v in trainer.timings.items()}}, trainer, data, views
 
 
+def train_curves(demo: Path, out: Path, reuse_old: Path | None = None, device: str = "cpu") -> dict:
+    """Train the avatar of finished demo folder ``demo`` with OLD_SCHEDULE and with today's default
+    preset (runs in ``out``/old and ``out``/new), draw both curves into ``out``/curve.png and
+    return their figures. ``reuse_old``: an existing old-schedule run folder instead of training one."""
+    from npga_taichi.avatar.fitting import fit_avatar
+    from npga_taichi.training_curve import plot_runs, read_curve
+
+    runs = {"old schedule": reuse_old or out / "old", "new schedule": out / "new"}
+    for (label, run), overrides in zip(runs.items(), (OLD_SCHEDULE, {"avatar": {}, "train": {}})):
+        if label == "old schedule" and reuse_old is not None:
+            continue
+        fit_avatar(demo / "capture", run, prior=demo / "prior", field=demo / "distill", preset="default",
+                   avatar_overrides=overrides["avatar"], train_overrides=overrides["train"], force=True,
+                   device=device, progress=True)
+    plot_runs(runs, out / "curve.png", title="held-out masked PSNR: schedule before issue 16 vs today's default")
+    results = {"old_schedule": OLD_SCHEDULE, "runs": {}}
+    for label, run in runs.items():
+        c = read_curve(run)
+        summary = json.loads((Path(run) / "summary.json").read_text())
+        results["runs"][label] = {
+            "run": str(run), "steps": summary["step"], "train_time_s": summary["train_time_s"],
+            "final_val_masked_psnr": float(c["val_masked_psnr"][-1]) if len(c["step"]) else None,
+            "curve": {"step": c["step"].tolist(), "elapsed_s": c["elapsed"].tolist(),
+                      "val_masked_psnr": c["val_masked_psnr"].tolist()}}
+    old, new = results["runs"]["old schedule"], results["runs"]["new schedule"]
+    if old["final_val_masked_psnr"] is not None:
+        # When the new schedule first reaches the old one's final held-out PSNR (None: never).
+        reach = [t for t, v in zip(new["curve"]["elapsed_s"], new["curve"]["val_masked_psnr"])
+                 if v >= old["final_val_masked_psnr"]]
+        results["new_reaches_old_final_psnr_after_s"] = reach[0] if reach else None
+    (out / "curve.json").write_text(json.dumps(results, indent=2))
+    return results
+
+
 @click.command()
 @click.option("--preset", type=click.Choice(["tiny", "default"]), default="default", show_default=True)
 @click.option("--steps", type=int, default=30, show_default=True, help="Trainer steps timed.")
@@ -120,13 +167,26 @@ def time_steps(avatar_cfg, train_cfg, views_per_step: int, cameras_per_frame: in
               help="Views per step for the multi-view comparison (one frame per view vs one frame for all).")
 @click.option("--out", type=click.Path(dir_okay=False), default=None, help="Also write the results as JSON here.")
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
-def main(preset, steps, repeats, views_per_step, out, as_json):
+@click.option("--curve", "curve_demo", type=click.Path(file_okay=False, exists=True), default=None,
+              help="Instead of timing steps: train this finished default demo folder's avatar with the old "
+                   "and the new schedule and plot held-out PSNR against wall time (slow: both full fits).")
+@click.option("--curve-out", type=click.Path(file_okay=False), default="benchmarks/results/train_curve",
+              show_default=True, help="Folder for --curve's runs, curve.png and curve.json.")
+@click.option("--reuse-old", type=click.Path(file_okay=False, exists=True), default=None,
+              help="With --curve: a finished old-schedule run folder of the same demo, instead of training one.")
+def main(preset, steps, repeats, views_per_step, out, as_json, curve_demo, curve_out, reuse_old):
     """Time training steps and their components at a preset's default settings.
 
     Three step kinds are timed in the same run: the preset's (1 view per step), VIEWS views per
     step each from its own frame (one deformation per view: the baseline), and VIEWS views of one
     frame (one deformation rendered into VIEWS cameras).
     """
+    if curve_demo:
+        results = train_curves(Path(curve_demo), Path(curve_out), Path(reuse_old) if reuse_old else None)
+        print(json.dumps({k: v for k, v in results.items() if k != "runs"}
+                         | {label: {k: r[k] for k in ("steps", "train_time_s", "final_val_masked_psnr")}
+                            for label, r in results["runs"].items()}, indent=2))
+        return
     avatar_cfg, train_cfg = get_preset(preset)
     train_cfg = dataclasses.replace(train_cfg, steps=10 ** 6, val_interval=10 ** 6, checkpoint_interval=10 ** 6,
                                     log_interval=10 ** 6, densify_from=10 ** 6)

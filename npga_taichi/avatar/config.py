@@ -39,6 +39,7 @@ class AvatarConfig(DictConfig):
     init_scale_mult: float = 1.0        # initial scale = mult * mean distance to the 3 nearest neighbours
     init_latent_std: float = 0.05       # std of the random initial latents (zero would be a saddle)
     init_surface_band: float = 0.002    # |SDF| tolerance (canonical units, 0.5 mm) for accepted surface samples
+    init_colors_from_images: bool = True  # initial colours read from the first training frame's images (off: prior albedo)
     exp_dim: int = 0                    # expression code size (filled from the tracking at init)
 
     def validate(self) -> "AvatarConfig":

@@ -90,6 +90,8 @@ def prepare_training(run_dir: str | os.PathLike, root: str | os.PathLike, partic
         torch.manual_seed(train_cfg.seed)
         avatar = create_avatar(avatar_cfg, prior, z_geo, z_app, exp_dim, field,
                                tuple(train_cfg.background), seed=train_cfg.seed).to(device)
+        if avatar_cfg.init_colors_from_images:
+            paint_from_first_frame(avatar, data)
     trainer = Trainer(run_dir, avatar, data, avatar_cfg, train_cfg, extra, resume=resume,
                       rasterizer=get_rasterizer(rasterizer), progress=progress, dist=dist)
     if trainer.dist.active:
@@ -104,6 +106,21 @@ def prepare_training(run_dir: str | os.PathLike, root: str | os.PathLike, partic
 
 # Files `npga fit` writes into RUN; `--force` removes these and nothing else.
 RUN_OUTPUTS = ("checkpoints", "val", "config.json", "log.jsonl", "summary.json", "curve.png")
+
+
+@torch.no_grad()
+def paint_from_first_frame(avatar: NPGAAvatar, data: AvatarData) -> int:
+    """Colour the Gaussians the first training frame's cameras see as those images show them
+    (:func:`.color_init.colors_from_views`); returns how many were repainted."""
+    from npga_taichi.avatar.color_init import colors_from_views
+
+    views = data.frames()[0]
+    posed = avatar.deform(data.frame(views[0]))
+    targets = [data.target(v) for v in views]
+    rgb, seen = colors_from_views(posed.means, [data.camera(v.serial) for v in views],
+                                  [t[0] for t in targets], [t[1] for t in targets])
+    avatar.gaussians.set_rgb(rgb[seen], seen, tuple(data.background.tolist()))
+    return int(seen.sum())
 
 
 def _find_prior(pdir: Path, prior: str | os.PathLike | None, trackings: dict[str, Any]) -> Path | None:

@@ -88,6 +88,22 @@ class CanonicalGaussians(nn.Module):
         return torch.sigmoid(self.opacity_logits)
 
     @torch.no_grad()
+    def set_rgb(self, rgb: torch.Tensor, which: torch.Tensor | None = None,
+                background: tuple[float, float, float] = (1.0, 1.0, 1.0)) -> None:
+        """Make the Gaussians ``which`` (bool (N,), default all) render as RGB ``rgb`` (M, 3) in
+        [0, 1] seen head-on: SH DC (higher bands untouched), or RGB - background in the first three
+        feature channels (the rest zeroed) for the screen CNN (see :mod:`.screen_cnn`)."""
+        dtype, device = self.colors.dtype, self.colors.device
+        which = torch.ones(len(self), dtype=torch.bool, device=device) if which is None else which.to(device)
+        rgb = rgb.to(device, dtype).clamp(0.0, 1.0)
+        if self.sh_degree is not None:
+            self.colors.data[which] = rgb_to_sh_dc(rgb)
+        else:
+            features = torch.zeros(int(which.sum()), self.colors.shape[1], dtype=dtype, device=device)
+            features[:, :3] = rgb - torch.tensor(background, dtype=dtype, device=device)
+            self.colors.data[which] = features
+
+    @torch.no_grad()
     def initialize(self, points: torch.Tensor, colors: torch.Tensor, init_opacity: float,
                    scale_mult: float = 1.0, latent_std: float = 0.0,
                    generator: torch.Generator | None = None,
@@ -108,12 +124,7 @@ class CanonicalGaussians(nn.Module):
         self.quats.data.zero_()
         self.quats.data[:, 0] = 1
         self.opacity_logits.data.fill_(math.log(init_opacity / (1 - init_opacity)))
-        rgb = colors.to(dtype).clamp(0.0, 1.0)
-        if self.sh_degree is not None:
-            self.colors.data.copy_(rgb_to_sh_dc(rgb))
-        else:
-            self.colors.data.zero_()
-            self.colors.data[:, :3] = rgb - torch.tensor(background, dtype=dtype, device=device)
+        self.set_rgb(colors, background=background)
         if "latents" in self.names and latent_std > 0:
             self.latents.data.copy_(latent_std * torch.randn(n, self.latent_dim, generator=generator,
                                                              dtype=dtype).to(device))
