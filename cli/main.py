@@ -24,6 +24,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("demo", "Run the whole pipeline on the embedded synthetic capture."),
     "upgrade": ("upgrade", "Convert old (pickled) avatar checkpoints you made to the safe format."),
     "view": ("view", "Interactive browser viewer: orbit, scrub, drag the expression pad."),
+    "drive": ("drive", "Drive an avatar with codes and head poses tracked from a (monocular) video."),
 }
 
 

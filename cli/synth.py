@@ -27,10 +27,27 @@ from npga_taichi.data.capture import SEQUENCE_CATALOGUE
                    + ", ".join(SEQUENCE_CATALOGUE) + ". [default: from the preset]")
 @click.option("--samples", type=click.IntRange(1, 8), default=None,
               help="Antialiasing: n -> n*n samples per pixel. [default: 2, i.e. 4 spp]")
-@click.option("--force", is_flag=True, help="Overwrite an existing capture in OUT/<participant>.")
+@click.option("--monocular", is_flag=True,
+              help="Instead of the 16-camera capture, write a monocular video of one sequence into OUT "
+                   "(see below): one hand-held-like camera, the capture plan's expressions and head poses.")
+@click.option("--sequence", "mono_sequence", default="FREE", show_default=True,
+              help="--monocular: the sequence the video shows (added to the plan if --sequences lacks it).")
+@click.option("--camera-seed", type=int, default=0, show_default=True,
+              help="--monocular: seed of the hand-held camera path (its mean direction, drift and shake).")
+@click.option("--distance", type=click.FloatRange(0.2, 10.0, min_open=True), default=1.0, show_default=True,
+              help="--monocular: mean camera distance from the head in metres.")
+@click.option("--fov", type=click.FloatRange(1.0, 150.0), default=None,
+              help="--monocular: vertical field of view in degrees. [default: the capture rig's focal length]")
+@click.option("--static-camera", is_flag=True, help="--monocular: hold the first frame's camera (a tripod).")
+@click.option("--no-mattes", is_flag=True, help="--monocular: do not write OUT/mattes/.")
+@click.option("--fps", type=click.FloatRange(0.1, 240.0), default=25.0, show_default=True,
+              help="--monocular: frame rate of OUT/video.mp4.")
+@click.option("--force", is_flag=True, help="Overwrite an existing capture in OUT/<participant> "
+                                            "(--monocular: the video files in OUT).")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary on stdout.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def command(out, identity_seed, participant, preset, downscale, frames, sequences, samples, force, as_json, quiet):
+def command(out, identity_seed, participant, preset, downscale, frames, sequences, samples, monocular, mono_sequence,
+            camera_seed, distance, fov, static_camera, no_mattes, fps, force, as_json, quiet):
     """Render one procedural identity from 16 NeRSemble-like cameras into OUT/<pid>/.
 
     Per frame: images-<k>x/cam_<serial>.png, alpha_map/cam_<serial>.png,
@@ -41,6 +58,17 @@ def command(out, identity_seed, participant, preset, downscale, frames, sequence
     full-resolution intrinsics; groundtruth/groundtruth.json holds the identity, per-frame
     expression and rigid pose (for grading only). An interrupted run resumes when re-run
     with the same options.
+
+    \b
+    --monocular writes one sequence seen by one moving camera into OUT itself:
+      video.mp4, frames/frame_<i>.png (lossless), mattes/frame_<i>.png (8-bit alpha),
+      landmarks.json (true 2D landmarks: named canonical surface points of the head, projected;
+      with a visibility flag), cameras.json (per-frame K and world->camera viewmat, OpenCV),
+      groundtruth.json (expressions, head poses, also as a static camera would see them; for
+      grading only) and monocular.json (the settings).
+    The expressions and poses are the capture plan's for the same --identity / --preset /
+    --frames / --sequences, so `npga synth OUT --monocular --preset tiny --identity 11` shows the
+    very frames the capture `npga synth CAP --preset tiny --identity 11` holds for FREE.
     """
     from npga_taichi.data.capture import CaptureConfig, write_capture
 
@@ -56,13 +84,27 @@ def command(out, identity_seed, participant, preset, downscale, frames, sequence
         raise click.ClickException(str(err)) from None
     start = time.perf_counter()
     try:
-        summary = write_capture(out, config, force=force, progress=not quiet and not as_json)
-    except FileExistsError as err:
+        if monocular:
+            from npga_taichi.data.monocular import MonocularConfig, write_monocular
+
+            if mono_sequence not in config.sequences:
+                config.sequences = tuple(config.sequences) + (mono_sequence,)
+            mono = MonocularConfig(capture=config, sequence=mono_sequence, camera_seed=camera_seed,
+                                   distance=distance, fov_degrees=fov, static=static_camera, mattes=not no_mattes,
+                                   fps=fps)
+            summary = write_monocular(out, mono, force=force, progress=not quiet and not as_json)
+        else:
+            summary = write_capture(out, config, force=force, progress=not quiet and not as_json)
+    except (FileExistsError, ValueError) as err:
         raise click.ClickException(str(err)) from None
     summary["seconds"] = round(time.perf_counter() - start, 2)
+    size = f"{summary['image_size'][0]}x{summary['image_size'][1]}"
     if as_json:
         click.echo(json.dumps(summary))
+    elif monocular:
+        click.echo(f"wrote {summary['frames']} frames of {summary['sequence']} ({size}, identity "
+                   f"{summary['identity_seed']}, {summary['landmarks_visible']} visible landmarks) to {out} "
+                   f"in {summary['seconds']} s")
     else:
         click.echo(f"wrote {summary['frames_written']} of {summary['frames']} frames x {summary['cameras']} cameras "
-                   f"({summary['image_size'][0]}x{summary['image_size'][1]}) to {summary['participant_dir']} "
-                   f"in {summary['seconds']} s")
+                   f"({size}) to {summary['participant_dir']} in {summary['seconds']} s")
