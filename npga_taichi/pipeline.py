@@ -109,7 +109,7 @@ def _tracking_done(p: DemoPaths) -> bool:
 # prints and records (config field -> option). Settings without an option are listed beside it.
 CLI_FLAGS: dict[str, dict[str, str]] = {
     "capture": {"preset": "--preset", "samples_per_side": "--samples", "frames_per_sequence": "--frames",
-                "downscale": "--downscale"},
+                "downscale": "--downscale", "sequences": "--sequences"},
     "prior": {"preset": "--preset", "steps": "--steps", "n_identities": "--identities",
               "n_expressions": "--expressions", "seed": "--seed"},
     "track": {"steps_first": "--steps-first", "steps": "--steps", "points": "--points"},
@@ -123,6 +123,11 @@ def stage_settings(preset: str, stage: str) -> dict:
     return {**preset_overrides(preset, stage), **preset_overrides(preset, "demo").get(stage, {})}
 
 
+def _flag_value(value) -> str:
+    """An option value as typed: sequences comma-separated."""
+    return ",".join(map(str, value)) if isinstance(value, (tuple, list)) else str(value)
+
+
 def _as_flags(settings: dict, flags: dict[str, str] | None) -> tuple[list[str], list[str]]:
     """(npga options, names of settings that have none); ``flags=None``: fields are options."""
     argv, missing = [], []
@@ -132,13 +137,12 @@ def _as_flags(settings: dict, flags: dict[str, str] | None) -> tuple[list[str], 
             if flag is None:
                 missing.append(name)
             else:
-                argv += [flag, str(value)]
+                argv += [flag, _flag_value(value)]
         elif isinstance(value, bool):  # `npga fit`'s switches: --x / --no-x (use_x -> x)
             base = (name[4:] if name.startswith("use_") else name).replace("_", "-")
             argv.append(("--" if value else "--no-") + base)
         else:
-            argv += ["--" + name.replace("_", "-"), ",".join(map(str, value)) if isinstance(value, (tuple, list))
-                     else str(value)]
+            argv += ["--" + name.replace("_", "-"), _flag_value(value)]
     return argv, missing
 
 
