@@ -17,8 +17,14 @@ Stages measured (each only when its input is given):
   itself), against the open-eyed truth's distance at the same points (a head that never
   blinks) and the prior's own |f| on ordinary surface points (its noise floor); and the error
   of B on those points against the analytic offsets (and the "doing nothing" error).
-* ``tracking`` (``--tracking``, a folder of ``<SEQ>.npz``): the same closed-lid test with the
-  tracked codes and tracked pose of each blink frame: do tracked codes decode to closed lids?
+  The same for both parts (``lids``: blinks, ``mouth``: jaw_open on lips / teeth / mouth
+  interior): the median error of B with the pair's own training code on the points the part
+  moves (``*_B_error_mm``) against doing nothing (``*_doing_nothing_mm``).
+* ``tracking`` (``--tracking``, a folder of ``<SEQ>.npz``; ``--sequences`` to choose): per frame
+  and part, the closure of the tracked prior at the points the fully active part covers (1 =
+  closed lids / open mouth, 0 = not) against the truth's own closure at that frame, their
+  correlation over the frames (``*_closure_correlation``: do tracked codes follow blinks and the
+  jaw?), and B's error with the tracked code and pose on the part's points of active frames.
 
 "closure" = 1 - median|f_prior| / median|f_open| at the closed-lid points: 1 = the prior's
 surface passes through the closed lids, 0 = it stays where open lids are.
@@ -70,21 +76,69 @@ def closed_lid_points(head, expr, n=20000, seed=0):
     return pts[keep], can[keep], open_abs[keep], pts
 
 
+# The two expressive parts measured: expression parameters that drive them, and the surface
+# labels of their points (the jaw opens the mouth: lips, teeth and mouth interior).
+PARTS = {"lids": (("blink_left", "blink_right"), ("eyelids",)),
+         "mouth": (("jaw_open",), ("lips", "teeth", "mouth_interior"))}
+
+
+def part_amount(expr, part) -> float:
+    return float(max(expr[E[n]] for n in PARTS[part][0]))
+
+
+def part_off(expr, part) -> np.ndarray:
+    """``expr`` with the part's parameters set to 0 (open eyes / closed jaw)."""
+    e = np.array(expr, np.float32)
+    e[[E[n] for n in PARTS[part][0]]] = 0.0
+    return e
+
+
+def part_full(expr, part) -> np.ndarray:
+    """``expr`` with the part's parameters set to 1 (closed eyes / fully open jaw)."""
+    e = np.array(expr, np.float32)
+    e[[E[n] for n in PARTS[part][0]]] = 1.0
+    return e
+
+
+def part_points(head, expr, part, n=20000, seed=0):
+    """Posed surface points of ``expr`` on the part (its labels) that the part's parameters move
+    by > 1 mm and that lie > 1 mm from the surface without the part's motion (the slit a blink
+    covers, the opening of the mouth). Returns (points, B_gt(points), |sdf| of the part-off head)."""
+    labels = torch.tensor([syn.LABEL_NAMES.index(x) for x in PARTS[part][1]])
+    pts = head.sample_surface(n, expr=expr, seed=seed)
+    can = head.backward(pts, expr)
+    off = part_off(expr, part)
+    moved = (can - head.backward(pts, off)).norm(dim=1) > MOVES
+    off_abs = head.posed_sdf(pts, off).abs()
+    keep = torch.isin(head.surface_label(can), labels) & moved & (off_abs > MOVES)
+    return pts[keep], can[keep], off_abs[keep]
+
+
+def pearson(a, b):
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    if len(a) < 3 or a.std() == 0 or b.std() == 0:
+        return None
+    return float(np.corrcoef(a, b)[0, 1])
+
+
 def data_stats(n_heads=2, seed=0):
-    """Share of the prior's surface samples on the lids / moving with a blink."""
+    """Share of the prior's surface samples on the lids / moving with a blink (the samples of
+    ``npga prior fit``'s own sampler, :func:`npga_taichi.prior.training.sample_shapes`)."""
     from npga_taichi.prior.config import PriorTrainConfig
+    from npga_taichi.prior.training import sample_shapes
 
     cfg = PriorTrainConfig()
     rng = np.random.default_rng(cfg.seed)
-    out = {"pairs": 0, "pairs_blink_gt_0.5": 0, "surface_points": 0, "lid_points": 0,
-           "moving_lid_points": 0, "moving_points": 0}
+    out = {"moving_share": cfg.moving_share, "pairs": 0, "pairs_blink_gt_0.5": 0, "surface_points": 0,
+           "lid_points": 0, "moving_lid_points": 0, "moving_points": 0}
     for i in range(n_heads):
         head = syn.SyntheticHead.from_seed(cfg.identity_seed_base + i)
         exprs = [syn.SyntheticHead.neutral_expression()] + [syn.SyntheticHead.random_expression(rng)
                                                             for _ in range(cfg.n_expressions)]
+        samples = sample_shapes([head], [exprs], cfg, seed + i, progress=False)
         for k, e in enumerate(exprs):
-            pts = head.sample_surface(cfg.points_surface, expr=e, seed=seed * 100003 + k)
-            can = head.backward(pts, e)
+            pts = samples.points[k, :cfg.points_surface]
+            can = samples.canonical[k, :cfg.points_surface]
             lid = head.surface_label(can) == LIDS
             moving = blink_moves(head, pts, e)
             out["pairs"] += 1
@@ -166,7 +220,9 @@ def closure(prior_sdf_abs, open_abs, floor_abs):
 
 @torch.no_grad()
 def prior_stats(prior_dir: Path, n_pairs=6):
-    """B with training blink codes: does the prior's posed surface pass through closed lids?"""
+    """B with its own training codes: does the prior's posed surface pass through closed lids,
+    and does B map lid (blink pairs) and mouth (jaw-open pairs) points to their true canonical
+    positions? ``B_error_*`` vs ``doing_nothing_*``: a B that learned nothing scores equal."""
     from npga_taichi.prior.config import PriorTrainConfig
     from npga_taichi.prior.model import load_prior
 
@@ -174,14 +230,15 @@ def prior_stats(prior_dir: Path, n_pairs=6):
     cfg = PriorTrainConfig.from_dict(json.loads((Path(prior_dir) / "train_config.json").read_text())["training"])
     rng = np.random.default_rng(cfg.seed)
     rows = []
+    part_rows = {part: [] for part in PARTS}
     k = 0
     for i in range(cfg.n_identities):
         head = syn.SyntheticHead.from_seed(cfg.identity_seed_base + i)
         exprs = [syn.SyntheticHead.neutral_expression()] + [syn.SyntheticHead.random_expression(rng)
                                                             for _ in range(cfg.n_expressions)]
         for e in exprs:
+            z_exp, z_geo = model.codes_exp.weight[k], model.codes_geo.weight[i]
             if blink_of(e) > 0.8 and len(rows) < n_pairs:
-                z_exp, z_geo = model.codes_exp.weight[k], model.codes_geo.weight[i]
                 lid, lid_can, open_abs, surface = closed_lid_points(head, e, seed=k)
                 f = model.posed_sdf(lid, z_exp, z_geo).abs()
                 floor = model.posed_sdf(surface, z_exp, z_geo).abs()
@@ -190,24 +247,45 @@ def prior_stats(prior_dir: Path, n_pairs=6):
                              **closure(f, open_abs, floor),
                              "B_error_on_lid_points_mm": float(b_err.median()) * MM,
                              "doing_nothing_error_mm": float((lid - lid_can).norm(dim=1).median()) * MM})
+            for part, prow in part_rows.items():
+                if part_amount(e, part) > 0.8 and len(prow) < n_pairs:
+                    pts, can, _ = part_points(head, e, part, seed=k)
+                    if len(pts):
+                        err = (model.backward(pts, z_exp, z_geo) - can).norm(dim=1)
+                        prow.append({"pair": k, "amount": part_amount(e, part), "points": len(pts),
+                                     "B_error_mm": float(err.median()) * MM,
+                                     "doing_nothing_mm": float((pts - can).norm(dim=1).median()) * MM})
             k += 1
-    return {"pairs": rows,
-            "median_closure": float(np.median([r["closure"] for r in rows])) if rows else None}
+    out = {"pairs": rows,
+           "median_closure": float(np.median([r["closure"] for r in rows])) if rows else None}
+    for part, prow in part_rows.items():
+        out[f"{part}_pairs"] = prow
+        out[f"{part}_B_error_mm_median"] = float(np.median([r["B_error_mm"] for r in prow])) if prow else None
+        out[f"{part}_doing_nothing_mm_median"] = (float(np.median([r["doing_nothing_mm"] for r in prow]))
+                                                  if prow else None)
+    return out
 
 
 @torch.no_grad()
-def tracking_stats(prior_dir: Path, tracking_dir: Path, pdir: Path):
-    """Tracked codes and pose of blink frames: do they decode to closed lids?"""
+def tracking_stats(prior_dir: Path, tracking_dir: Path, pdir: Path, sequences=None):
+    """Tracked codes and pose of every frame: do they decode to closed lids / an open mouth?
+
+    Per frame and part: ``closure`` at the points the part covers when fully active (blinks = 1,
+    jaw_open = 1): 1 − median|f_tracked| / median|f_part-off truth| for the tracked prior, and the
+    same for the truth itself at the frame's expression; their correlation over the frames says
+    whether the tracked codes follow the part. Frames with the part > 0.5 also report the error
+    of tracked B on the frame's own part points (vs. doing nothing)."""
     from npga_taichi.fidelity import SyntheticTruth
     from npga_taichi.prior.model import load_prior
     from npga_taichi.prior.tracking import load_tracking, world_to_posed
 
     model = load_prior(prior_dir)
     truth = SyntheticTruth(pdir)
+    head = truth.head
     out = {}
     for path in sorted(Path(tracking_dir).glob("*.npz")):
         seq = path.stem
-        if seq not in truth.plan["sequences"]:
+        if seq not in truth.plan["sequences"] or (sequences and seq not in sequences):
             continue
         tr = load_tracking(path)
         data = truth.plan["sequences"][seq]
@@ -215,9 +293,6 @@ def tracking_stats(prior_dir: Path, tracking_dir: Path, pdir: Path):
         for row, t in enumerate(np.asarray(tr.timesteps).tolist()):
             k = data["timesteps"].index(int(t))
             e = np.asarray(data["expression"][k], np.float32)
-            if blink_of(e) <= 0.5:
-                continue
-            lid, _, open_abs, surface = closed_lid_points(truth.head, e, seed=int(t))
             R = torch.tensor(data["rotation"][k], dtype=torch.float32)
             tt = torch.tensor(data["translation"][k], dtype=torch.float32)
             to_tracked = lambda x: world_to_posed(truth.scale * x @ R.T + tt, torch.as_tensor(tr.rot[row]).float(),  # noqa: E731
@@ -225,11 +300,38 @@ def tracking_stats(prior_dir: Path, tracking_dir: Path, pdir: Path):
                                                   float(np.asarray(tr.scale).reshape(-1)[0]))
             z_exp = torch.as_tensor(tr.z_exp[row]).float().reshape(-1)
             z_geo = torch.as_tensor(tr.z_geo).float().reshape(-1)
-            f = model.posed_sdf(to_tracked(lid), z_exp, z_geo).abs()
-            floor = model.posed_sdf(to_tracked(surface), z_exp, z_geo).abs()
-            rows.append({"t": int(t), "blink": blink_of(e), "lid_points": len(lid), **closure(f, open_abs, floor)})
-        if rows:
-            out[seq] = {"blink_frames": rows, "median_closure": float(np.median([r["closure"] for r in rows]))}
+            r = {"t": int(t)}
+            for part in PARTS:
+                r[part] = part_amount(e, part)
+                full = part_full(e, part)
+                pts, _, off_abs = part_points(head, full, part, seed=int(t))
+                if len(pts) >= 3:
+                    med_off = float(off_abs.median())
+                    f_tr = model.posed_sdf(to_tracked(pts), z_exp, z_geo).abs()
+                    f_true = head.posed_sdf(pts, e).abs()
+                    r[f"{part}_closure_tracked"] = 1.0 - float(f_tr.median()) / med_off
+                    r[f"{part}_closure_true"] = 1.0 - float(f_true.median()) / med_off
+                if r[part] > 0.5:
+                    pts, can, _ = part_points(head, e, part, seed=int(t) + 1)
+                    if len(pts):
+                        err = (model.backward(to_tracked(pts), z_exp, z_geo) - can).norm(dim=1)
+                        r[f"{part}_B_error_mm"] = float(err.median()) * MM
+                        r[f"{part}_doing_nothing_mm"] = float((pts - can).norm(dim=1).median()) * MM
+            rows.append(r)
+        summ = {"frames": rows}
+        for part in PARTS:
+            have = [r for r in rows if f"{part}_closure_tracked" in r]
+            summ[f"{part}_closure_correlation"] = pearson([r[f"{part}_closure_tracked"] for r in have],
+                                                          [r[f"{part}_closure_true"] for r in have])
+            summ[f"{part}_amount_correlation"] = pearson([r[f"{part}_closure_tracked"] for r in have],
+                                                         [r[part] for r in have])
+            errs = [r for r in rows if f"{part}_B_error_mm" in r]
+            summ[f"{part}_active_frames"] = len(errs)
+            if errs:
+                summ[f"{part}_B_error_mm_median"] = float(np.median([r[f"{part}_B_error_mm"] for r in errs]))
+                summ[f"{part}_doing_nothing_mm_median"] = float(np.median([r[f"{part}_doing_nothing_mm"]
+                                                                           for r in errs]))
+        out[seq] = summ
     return out
 
 
@@ -238,22 +340,26 @@ def main(argv=None):
     ap.add_argument("--capture", type=Path, help="synthetic capture participant folder (CAP/<pid>)")
     ap.add_argument("--prior", type=Path, help="prior directory (npga prior fit --out)")
     ap.add_argument("--tracking", type=Path, help="folder of tracked <SEQ>.npz (needs --prior and --capture)")
+    ap.add_argument("--sequences", help="comma-separated sequences for --tracking (default: all tracked)")
     ap.add_argument("--no-data", action="store_true", help="skip the prior-training-data statistics")
+    ap.add_argument("--no-capture", action="store_true", help="skip the capture point-cloud statistics")
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args(argv)
     result = {}
     if not args.no_data:
         result["data"] = data_stats()
-    if args.capture:
+    if args.capture and not args.no_capture:
         result["capture"] = capture_stats(args.capture)
     if args.prior:
         result["prior"] = prior_stats(args.prior)
     if args.tracking and args.prior and args.capture:
-        result["tracking"] = tracking_stats(args.prior, args.tracking, args.capture)
+        result["tracking"] = tracking_stats(args.prior, args.tracking, args.capture,
+                                           args.sequences.split(",") if args.sequences else None)
     args.out.write_text(json.dumps(result, indent=1))
     def brief(v):
         if isinstance(v, dict):
-            return {k: brief(x) for k, x in v.items() if k not in ("per_frame", "pairs", "blink_frames")}
+            return {k: brief(x) for k, x in v.items()
+                    if k not in ("per_frame", "pairs", "frames", "lids_pairs", "mouth_pairs")}
         return v
 
     print(json.dumps(brief(result), indent=1, default=str))

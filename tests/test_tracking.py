@@ -185,3 +185,87 @@ def test_tracking_recovers_surface_and_pose():
         assert tracking.residual[i] < 1.0
     # The expression code follows the true stretch (monotone over the frames).
     assert tracking.z_exp[2, 0] > tracking.z_exp[1, 0] > tracking.z_exp[0, 0] - 0.02
+
+
+# ---------------------------------------------------------------------- region weighting, early stop
+class BumpBackward(MonoNPHM):
+    """Tiny prior whose backward field is analytic: expression code dim 0 moves points near
+    ``CENTRE`` along y by z[0] · exp(−|x − CENTRE|² / σ²) and leaves everything else still (an
+    "eyelid" in a static head). Training codes: z[0] = 0, 0.1, ..., 0.9."""
+
+    CENTRE = torch.tensor([0.2, 0.1, 0.4])
+    SIGMA = 0.05
+
+    def __init__(self):
+        cfg = preset("tiny")
+        super().__init__(cfg, torch.zeros(cfg.n_anchors, 3), n_identities=1, n_expressions=10)
+        with torch.no_grad():
+            self.codes_exp.weight.zero_()
+            self.codes_exp.weight[:, 0] = torch.arange(10) * 0.1
+
+    def bump(self, x):
+        return torch.exp(-(x - self.CENTRE).square().sum(-1) / self.SIGMA ** 2)
+
+    def backward(self, x, z_exp, z_geo):
+        z = z_exp.expand(x.shape[0], -1) if z_exp.dim() == 1 else z_exp
+        return x + torch.stack([0 * x[:, 0], z[:, 0] * self.bump(x), 0 * x[:, 0]], dim=-1)
+
+
+def test_expressivity_is_the_rms_motion_over_training_codes():
+    from npga_taichi.prior.tracking import FrameFitter
+
+    model = BumpBackward()
+    cfg = TrackingConfig(region_codes=10)
+    fitter = FrameFitter(model, cfg)
+    x = torch.cat([BumpBackward.CENTRE + 0.02 * torch.randn(20, 3), torch.randn(50, 3) * 0.3 + 1.0])
+    got = fitter.expressivity(x)
+    # closed form: RMS over the codes of |z_k0 - mean z0| * bump(x)
+    z0 = torch.arange(10) * 0.1
+    expected = (z0 - z0.mean()).square().mean().sqrt() * model.bump(x)
+    torch.testing.assert_close(got, expected, atol=1e-6, rtol=1e-5)
+    assert float(got[:20].min()) > 100 * float(got[20:].max())
+
+
+def test_region_subsample_draws_its_share_by_weight():
+    from npga_taichi.prior.tracking import FrameFitter
+
+    fitter = FrameFitter(AnalyticHead(), TrackingConfig(points_per_frame=200, region_share=0.3))
+    cloud = torch.rand(5000, 3)
+    pool = torch.cat([torch.full((10, 3), -5.0), torch.rand(90, 3)])  # 10 marked rows
+    weights = torch.cat([torch.ones(10), torch.zeros(90)])
+    sub = fitter._subsample(cloud, (pool, weights))
+    assert sub.shape == (200, 3)
+    assert int((sub[:, 0] == -5.0).sum()) == 60   # exactly the region share, all from the marked rows
+    assert int((sub[:, 0] == -5.0).sum()) == int((sub < 0).any(-1).sum())
+    # region_share = 0: uniform only
+    fitter0 = FrameFitter(AnalyticHead(), TrackingConfig(points_per_frame=200, region_share=0.0))
+    assert int((fitter0._subsample(cloud, None) < 0).sum()) == 0
+    # the region estimate of a frame weights the moving part: most region draws land on it
+    bump = FrameFitter(BumpBackward(), TrackingConfig(points_per_frame=400, region_share=0.5))
+    bump.trans = torch.zeros(3)
+    near = BumpBackward.CENTRE + 0.02 * torch.randn(40, 3)
+    cloud = torch.cat([near, torch.rand(3960, 3) * 2 - 1]) * 0.25  # world = 0.25 * posed
+    picked = bump._subsample(cloud, bump._region(cloud))[200:] / 0.25
+    assert float(BumpBackward().bump(picked).gt(0.1).float().mean()) > 0.8   # 1 % of the cloud
+
+
+def test_a_converged_frame_stops_early():
+    from npga_taichi.prior.tracking import FrameFitter
+
+    torch.manual_seed(0)
+    model = AnalyticHead()
+    gen = torch.Generator().manual_seed(0)
+    z_geo = torch.zeros(model.config.lat_dim_geo)
+    cloud = posed_to_world(_surface(model, torch.zeros(model.config.lat_dim_exp), z_geo, 2000, gen),
+                           torch.eye(3), torch.zeros(3), 0.25)
+    cfg = TrackingConfig(points_per_frame=300, steps_per_frame=60, first_frame_steps_known_identity=100)
+    fitter = FrameFitter(model, cfg, z_geo, torch.zeros(model.config.lat_dim_app), 0.25)
+    fitter.fit_frame(cloud, first=True)
+    assert fitter.last_steps == 100
+    fitter.fit_frame(cloud, first=False)   # warm start on the same frame: nothing left to fit
+    assert cfg.min_steps_per_frame <= fitter.last_steps < 60
+    still = FrameFitter(model, TrackingConfig(points_per_frame=300, steps_per_frame=60, converge_tol=0.0),
+                        z_geo, torch.zeros(model.config.lat_dim_app), 0.25)
+    still.rot, still.trans = fitter.rot, fitter.trans
+    still.fit_frame(cloud, first=False)
+    assert still.last_steps == 60
