@@ -14,7 +14,8 @@ import click
 COMMANDS: dict[str, tuple[str, str]] = {
     "synth": ("synth", "Generate a synthetic multi-view head capture (NeRSemble layout)."),
     "prior": ("prior", "Train or import the MonoNPHM head prior."),
-    "track": ("track", "Track expression codes and head pose per frame against point clouds."),
+    "track": ("track", "Track expression codes and head pose per frame (point clouds or, --photometric, images)."),
+    "track-video": ("track_video", "Track expression codes and head pose of a monocular video (photometric)."),
     "distill": ("distill", "Distill the forward deformation field F from the prior's backward field."),
     "fit": ("fit", "Train an NPGA avatar on a multi-view capture."),
     "render": ("render", "Render a trained avatar: re-enactment, orbits, expression interpolation."),

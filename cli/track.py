@@ -30,6 +30,11 @@ import click
 @click.option("--import-mononphm", "import_dir", type=click.Path(exists=True, file_okay=False, path_type=Path),
               default=None, help="Instead of fitting, import MonoNPHM's tracking output folder (per "
               "frame z_exp.npy, rot.npy, trans.npy, scale.npy) as sequence --sequences.")
+@click.option("--photometric", is_flag=True,
+              help="Fit the images (and alpha mattes where the capture has them) instead of point clouds: "
+                   "for captures without point clouds, e.g. NeRSemble v2 (one mp4 per camera). Same output files.")
+@click.option("--views", type=click.IntRange(min=1), default=None,
+              help="--photometric: cameras used, spread evenly over the calibration [default: all].")
 @click.option("--evaluate", is_flag=True,
               help="Synthetic captures only: grade the tracks against groundtruth/ (Chamfer, pose).")
 @click.option("--force", is_flag=True, help="Re-track sequences that already have tracking files.")
@@ -37,9 +42,10 @@ import click
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def command(data: Path, prior_dir: Path | None, participant: str | None, sequences: str | None,
             per_sequence_identity: bool, steps_first: int | None, steps: int | None,
-            points: int | None, import_dir: Path | None, evaluate: bool, force: bool,
-            as_json: bool, quiet: bool) -> None:
-    """Track every frame of the capture DATA against its point clouds.
+            points: int | None, import_dir: Path | None, photometric: bool, views: int | None, evaluate: bool,
+            force: bool, as_json: bool, quiet: bool) -> None:
+    """Track every frame of the capture DATA against its point clouds (or, with --photometric,
+    its images).
 
     Writes DATA/<pid>/annotations/tracking/<SEQ>.npz (+ .json summary) with expression codes,
     identity codes, rotation, translation, scale and the fit residual per frame. Sequences whose
@@ -52,10 +58,18 @@ def command(data: Path, prior_dir: Path | None, participant: str | None, sequenc
         if not quiet and not as_json:
             click.echo(_line(seq, summary), err=True)
 
+    if photometric and import_dir is not None:
+        raise click.UsageError("--photometric and --import-mononphm exclude each other")
+    if views is not None and not photometric:
+        raise click.UsageError("--views needs --photometric")
     try:
-        result = track_capture(data, prior_dir, participant, sequences.split(",") if sequences else None,
-                               per_sequence_identity, steps_first, steps, points, import_dir, evaluate, force,
-                               progress=not quiet, on_sequence=report)
+        if photometric:
+            result = _track_photometric(data, prior_dir, participant, sequences, per_sequence_identity, steps_first,
+                                        steps, points, views, evaluate, force, quiet, report)
+        else:
+            result = track_capture(data, prior_dir, participant, sequences.split(",") if sequences else None,
+                                   per_sequence_identity, steps_first, steps, points, import_dir, evaluate, force,
+                                   progress=not quiet, on_sequence=report)
     except (ValueError, FileNotFoundError, FileExistsError) as err:
         raise click.ClickException(str(err)) from None
     if as_json:
@@ -66,14 +80,31 @@ def command(data: Path, prior_dir: Path | None, participant: str | None, sequenc
     if import_dir is not None:
         click.echo(f"imported {import_dir} -> {result['tracking_dir']}")
         return
-    res = [s["residual_mm_mean"] for s in result["sequences"].values() if s.get("residual_mm_mean") is not None]
-    mean = f"{sum(res) / len(res):.3f} mm" if res else "n/a"
+    key, unit = ("photometric_l1_x1000_mean", "/1000 (photometric L1)") if photometric else ("residual_mm_mean", " mm")
+    res = [s[key] for s in result["sequences"].values() if s.get(key) is not None]
+    mean = f"{sum(res) / len(res):.3f}{unit}" if res else "n/a"
     click.echo(f"tracked {len(result['sequences'])} sequence(s) into {result['tracking_dir']} in "
                f"{result['seconds']:.0f} s; mean residual {mean}")
 
 
+def _track_photometric(data, prior_dir, participant, sequences, per_sequence_identity, steps_first, steps, points,
+                       views, evaluate, force, quiet, report) -> dict:
+    from npga_taichi.prior.photometric import PhotometricConfig, track_capture_photometric
+
+    cfg = PhotometricConfig()
+    for name, value in (("first_frame_steps", steps_first), ("steps_per_frame", steps), ("num_points", points)):
+        if value is not None:
+            setattr(cfg, name, value)
+    return track_capture_photometric(data, prior_dir, participant, sequences.split(",") if sequences else None,
+                                     per_sequence_identity, cfg, views, evaluate, force, progress=not quiet,
+                                     on_sequence=report)
+
+
 def _line(seq: str, s: dict) -> str:
-    residual = "n/a" if s.get("residual_mm_mean") is None else f"{s['residual_mm_mean']:.3f} mm"
+    if s.get("photometric_l1_x1000_mean") is not None:
+        residual = f"photometric L1 {s['photometric_l1_x1000_mean']:.1f}/1000"
+    else:
+        residual = "n/a" if s.get("residual_mm_mean") is None else f"{s['residual_mm_mean']:.3f} mm"
     text = f"{seq}: {s['frames']} frames, residual {residual}"
     if s.get("nonfinite_points_dropped"):
         text += f"; dropped {s['nonfinite_points_dropped']} points with NaN/Inf"
