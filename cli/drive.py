@@ -23,10 +23,10 @@ from npga_taichi.render_run import DEFAULT_CAMERA
 @click.option("--neutral", default=None, metavar="SEQ:T",
               help="--relative: the avatar's tracked frame that is its neutral face [default: the first frame "
                    "of its first tracked sequence].")
-@click.option("--pose", type=click.Choice(["tracked", "relative", "fixed"]), default="tracked",
-              help="Head pose: the tracked one (the video's camera is in the avatar capture's world, e.g. "
-                   "synthetic videos), the driver's motion since its first frame applied to the avatar's own "
-                   "pose (videos filmed elsewhere), or the avatar's pose held fixed.")
+@click.option("--pose", type=click.Choice(["relative", "tracked", "fixed"]), default="relative",
+              help="Head pose: the driver's motion since its first frame applied to the avatar's own pose "
+                   "(any video), the tracked pose as is (the tracking's camera is in the avatar capture's world, "
+                   "e.g. a synthetic video tracked with its true camera), or the avatar's pose held fixed.")
 @click.option("--video", "-v", type=click.Path(path_type=Path), default=None,
               help="The driving video (mp4, PNG folder, or an `npga synth --monocular` folder), shown left of "
                    "the avatar.")
@@ -59,7 +59,7 @@ def command(run_dir, tracking, relative, neutral, pose, video, video_camera, cam
       npga synth vid --monocular --identity 7            # a synthetic monocular video
       npga track-video vid --prior PRIOR --out vid.npz   # its codes and poses
       npga drive runs/me --tracking vid.npz --video vid --relative
-      npga drive runs/me --tracking vid.npz --orbit --pose relative
+      npga drive runs/me --tracking vid.npz --orbit --pose fixed
     """
     from npga_taichi.driving import drive_run
     from npga_taichi.render_run import OptionError

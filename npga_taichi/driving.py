@@ -17,16 +17,17 @@ Expressions
     video and ``z_0 = z_n`` it equals the absolute transfer.
 
 Head pose (``pose=``)
-    ``"tracked"`` (default): ``P'_t = P_t`` — right when the tracking's camera lives in the
-        avatar capture's world frame (synthetic videos, the avatar's own rig).
-    ``"relative"``: ``P'_t = P_ref ∘ P_0⁻¹ ∘ P_t`` — the driver's head motion since its first
-        frame, applied to the avatar's reference pose (its first tracked pose): for videos filmed
-        anywhere else.
+    ``"relative"`` (default): ``P'_t = P_ref ∘ P_0⁻¹ ∘ P_t`` — the driver's head motion since its
+        first frame, applied to the avatar's reference pose (its first tracked pose): right for
+        any video (``npga track-video`` puts its camera at the world origin, far from the
+        avatar's capture cameras).
+    ``"tracked"``: ``P'_t = P_t`` — right when the tracking's camera lives in the avatar
+        capture's world frame (a synthetic video tracked with its true camera, the avatar's rig).
     ``"fixed"``: ``P'_t = P_ref``, the avatar holds still.
 
 Views
-    The *driving camera* (the video's camera, from ``video_camera`` or the tracking's
-    ``meta["camera"]``) sees the avatar as the video saw the driver: when the avatar's pose is not
+    The *driving camera* (the video's camera, from ``video_camera``, a monocular folder, or the
+    tracking's meta, see :func:`tracking_camera`) sees the avatar as the video saw the driver: when the avatar's pose is not
     the tracked one, the camera is moved with it, ``V'_t = V ∘ P_t ∘ P'_t⁻¹`` (a similarity; its
     scale only changes depths, never the image). The *other view* is a capture camera
     (``camera=SERIAL``, default the frontal 222200037) or an orbit around the head (``orbit``).
@@ -119,18 +120,25 @@ def read_camera_file(path: str | os.PathLike):
                          '{"K": 3x3, "viewmat": 4x4, "width": W, "height": H})') from None
 
 
-def tracking_camera(tracking):
-    """The camera recorded in a tracking's ``meta["camera"]`` (same keys as a camera file), or None."""
+def tracking_camera(tracking, size: tuple[int, int] | None = None):
+    """The camera a tracking was made with, or None: ``meta["camera"]`` (same keys as a camera
+    file), else ``meta["K"]`` (``npga track-video``: a JSON 3x3, the camera at the world origin
+    with OpenCV axes) at ``size`` (width, height; default twice the principal point)."""
     from npga_taichi.cameras import Camera
 
-    cam = tracking.meta.get("camera") if isinstance(tracking.meta, dict) else None
-    if not isinstance(cam, dict):
-        return None
+    meta = tracking.meta if isinstance(tracking.meta, dict) else {}
     try:
-        return Camera("video", np.asarray(cam["viewmat"], np.float64), np.asarray(cam["K"], np.float64),
-                      int(cam["width"]), int(cam["height"]))
-    except (KeyError, TypeError, ValueError):
+        cam = meta.get("camera")
+        if isinstance(cam, dict):
+            return Camera("video", np.asarray(cam["viewmat"], np.float64), np.asarray(cam["K"], np.float64),
+                          int(cam["width"]), int(cam["height"]))
+        if "K" in meta:
+            K = np.asarray(json.loads(meta["K"]) if isinstance(meta["K"], str) else meta["K"], np.float64)
+            width, height = size or (round(2 * K[0, 2]), round(2 * K[1, 2]))
+            return Camera("video", np.eye(4), K, int(width), int(height))
+    except (KeyError, TypeError, ValueError, IndexError):
         return None
+    return None
 
 
 def read_driving_video(path: str | os.PathLike) -> tuple[np.ndarray, object]:
@@ -175,7 +183,7 @@ def relative_codes(z_exp: torch.Tensor, z_neutral: torch.Tensor) -> torch.Tensor
     return z_exp - z_exp[:1] + z_neutral.to(z_exp).reshape(1, -1)
 
 
-def driven_drive(run, tracking, relative: bool = False, neutral: str | None = None, pose: str = "tracked",
+def driven_drive(run, tracking, relative: bool = False, neutral: str | None = None, pose: str = "relative",
                  source: str = "tracking"):
     """The :class:`~npga_taichi.reenactment.Drive` of avatar ``run`` (a LoadedRun) under
     ``tracking`` (module docstring: expressions and pose). Raises ValueError naming ``source``
@@ -241,7 +249,7 @@ def side_by_side(panels: list[torch.Tensor], gap: int = 2) -> torch.Tensor:
 
 # ------------------------------------------------------------------------ the command
 def drive_run(run_dir: str | os.PathLike, tracking_path: str | os.PathLike, out: str | os.PathLike | None = None, *,
-              relative: bool = False, neutral: str | None = None, pose: str = "tracked",
+              relative: bool = False, neutral: str | None = None, pose: str = "relative",
               video: str | os.PathLike | None = None, video_camera: str | os.PathLike | None = None,
               camera: str | None = None, orbit: bool = False, stride: int = 1, max_frames: int | None = None,
               png: bool = False, fps: float = 25.0, device: str = "cpu", force: bool = False,
@@ -274,8 +282,9 @@ def drive_run(run_dir: str | os.PathLike, tracking_path: str | os.PathLike, out:
         raise FileNotFoundError(f"RUN {run_dir} is not a folder; train one with `npga fit`")
     tracking = load_driving_tracking(tracking_path)
     frames_in, cam_from_video = read_driving_video(video) if video is not None else (None, None)
+    size = None if frames_in is None else (frames_in.shape[2], frames_in.shape[1])
     drive_cam = read_camera_file(video_camera) if video_camera is not None else (cam_from_video or
-                                                                                 tracking_camera(tracking))
+                                                                                 tracking_camera(tracking, size))
     try:
         run = LoadedRun(run_dir, device=device)
         drive, tracked = driven_drive(run, tracking, relative, neutral, pose, source=f"tracking file {tracking_path}")

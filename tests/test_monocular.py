@@ -1,0 +1,149 @@
+"""``npga synth OUT --monocular``: the synthetic monocular video (npga_taichi/data/monocular.py).
+
+One video (identity and plan of the session's tiny demo capture, FREE, 3 frames at 137x200) is
+written once per module and checked against things the writer does not compute itself: the
+renderer's matte, the head's analytic SDF, the capture's ground truth, the camera algebra.
+"""
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from npga_taichi.cli.main import cli
+from npga_taichi.data import synthetic as syn
+from npga_taichi.data.capture import CaptureConfig
+from npga_taichi.data.monocular import (MonocularConfig, apparent_pose, handheld_path, load_monocular,
+                                        world_pose)
+from npga_taichi.prior.tracking import world_to_posed
+
+
+@pytest.fixture(scope="module")
+def video(tiny_demo, tmp_path_factory) -> tuple[Path, dict, Path]:
+    """(video folder, the CLI's JSON summary, the demo's capture participant folder)."""
+    pdir = next((tiny_demo["out"] / "capture").glob("[0-9][0-9][0-9]"))
+    cfg = json.loads((pdir / "synthetic_capture.json").read_text())
+    out = tmp_path_factory.mktemp("mono") / "video"
+    args = ["synth", str(out), "--monocular", "--identity", str(cfg["identity_seed"]), "--preset", "tiny",
+            "--frames", str(cfg["frames_per_sequence"]), "--samples", str(cfg["samples_per_side"]),
+            "--sequences", ",".join(cfg["sequences"]), "--camera-seed", "3", "--json"]
+    result = CliRunner().invoke(cli, args, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return out, json.loads(result.stdout.strip().splitlines()[-1]), pdir
+
+
+def test_outputs_and_frame_count(video):
+    from npga_taichi.video import read_video
+
+    out, summary, pdir = video
+    frames = json.loads((pdir / "synthetic_capture.json").read_text())["frames_per_sequence"]
+    assert summary["frames"] == frames and summary["sequence"] == "FREE"
+    assert len(sorted((out / "frames").glob("frame_*.png"))) == frames
+    assert len(sorted((out / "mattes").glob("frame_*.png"))) == frames
+    mp4 = read_video(out / "video.mp4")
+    v = load_monocular(out)
+    assert mp4.shape == (frames, v.frames.shape[1] + v.frames.shape[1] % 2, v.frames.shape[2] + v.frames.shape[2] % 2, 3)
+    assert v.frames.shape == (frames, 200, 137, 3) and v.mattes.shape == (frames, 200, 137)
+    # the mp4 is the PNGs, lossily encoded
+    assert np.abs(mp4[:, :200, :137] / 255.0 - v.frames).mean() < 0.03
+
+
+def test_same_plan_as_the_capture(video):
+    """The video shows the capture's FREE: same expressions and head poses as its ground truth."""
+    out, _, pdir = video
+    capture_gt = json.loads((pdir / "groundtruth" / "groundtruth.json").read_text())["sequences"]["FREE"]
+    gt = load_monocular(out).groundtruth["sequences"]["FREE"]
+    for key in ("expression", "rotation", "translation", "timesteps"):
+        np.testing.assert_array_equal(np.asarray(gt[key]), np.asarray(capture_gt[key]))
+
+
+def test_cameras_look_at_the_head_from_off_the_rig(video):
+    out, _, pdir = video
+    v = load_monocular(out)
+    rig = json.loads((pdir / "calibration" / "camera_params.json").read_text())["world_2_cam"]
+    rig_centres = np.array([-np.asarray(m)[:3, :3].T @ np.asarray(m)[:3, 3] for m in rig.values()])
+    centres = np.array([c.center().double().numpy() for c in v.cameras])
+    assert np.all(np.abs(np.linalg.norm(centres, axis=1) - 1.0) < 0.1)  # --distance 1 m (+-4 % drift)
+    assert np.linalg.norm(centres[:, None] - rig_centres[None], axis=2).min() > 0.01  # not a rig camera
+    assert np.abs(np.diff(centres, axis=0)).max() > 1e-4  # hand-held: it moves
+    np.testing.assert_allclose(v.static_camera.viewmat.numpy(), v.cameras[0].viewmat.numpy())
+    for cam, matte in zip(v.cameras, v.mattes):  # the head is in every frame, near the middle
+        rows, cols = np.nonzero(matte > 0.5)
+        assert len(rows) > 0.1 * matte.size
+        assert abs(cols.mean() - cam.width / 2) < cam.width / 4
+
+
+def test_landmarks_lie_on_the_head(video):
+    """Visible landmarks project where the renderer's matte shows the head, lie on the posed
+    surface of the analytic head, and cameras.json projects the world landmarks onto them."""
+    out, _, _ = video
+    v = load_monocular(out)
+    gt = v.groundtruth
+    head = syn.SyntheticHead(np.asarray(gt["identity"], np.float32))
+    seq = gt["sequences"]["FREE"]
+    world = np.asarray(gt["landmarks_world"])
+    assert v.visible.mean() > 0.6
+    for t, cam in enumerate(v.cameras):
+        uv, _ = cam.project(torch.as_tensor(world[t]))
+        np.testing.assert_allclose(uv.numpy(), v.landmarks[t], atol=1e-3)
+        vis = v.visible[t]
+        cols, rows = np.floor(v.landmarks[t][vis]).astype(int).T
+        assert np.all(v.mattes[t][rows, cols] > 0.5)
+        posed = world_to_posed(torch.as_tensor(world[t][vis], dtype=torch.float32),
+                               torch.tensor(seq["rotation"][t]), torch.tensor(seq["translation"][t]), gt["scale"])
+        sdf = head.posed_sdf(posed.contiguous(), np.asarray(seq["expression"][t], np.float32))
+        assert float(sdf.abs().max()) * gt["scale"] < 3e-4  # metres
+    written = json.loads((out / "landmarks.json").read_text())
+    hidden = ~v.visible
+    assert all(written["landmarks"][t][k] is None for t, k in zip(*np.nonzero(hidden)))
+
+
+def test_apparent_pose_is_what_the_static_camera_sees(video):
+    out, _, _ = video
+    v = load_monocular(out)
+    seq = v.groundtruth["sequences"]["FREE"]
+    scale = v.groundtruth["scale"]
+    x = torch.randn(50, 3, dtype=torch.float64) * 0.2
+    for t, cam in enumerate(v.cameras):
+        rot, trans = np.asarray(seq["rotation"][t]), np.asarray(seq["translation"][t])
+        app_r, app_t = np.asarray(seq["apparent_rotation"][t]), np.asarray(seq["apparent_translation"][t])
+        true_px, _ = cam.project(scale * x @ torch.as_tensor(rot).T + torch.as_tensor(trans))
+        seen_px, _ = v.static_camera.project(scale * x @ torch.as_tensor(app_r).T + torch.as_tensor(app_t))
+        np.testing.assert_allclose(seen_px.numpy(), true_px.numpy(), atol=1e-3)  # float32 cameras
+        back_r, back_t = world_pose(app_r, app_t, cam.viewmat.double().numpy(), v.static_camera.viewmat.double().numpy())
+        np.testing.assert_allclose(back_r, rot, atol=1e-6)  # the JSON holds float32 values
+        np.testing.assert_allclose(back_t, trans, atol=1e-7)
+    r, t = apparent_pose(np.eye(3), np.zeros(3), v.cameras[0].viewmat.double().numpy(),
+                         v.static_camera.viewmat.double().numpy())
+    np.testing.assert_allclose(r, np.eye(3), atol=1e-6)
+
+
+def test_static_camera_path_holds_still():
+    cfg = MonocularConfig(capture=CaptureConfig.preset("tiny"), static=True, camera_seed=4)
+    views = handheld_path(cfg, 5)
+    np.testing.assert_allclose(views, np.repeat(views[:1], 5, 0))
+    moving = handheld_path(MonocularConfig(capture=CaptureConfig.preset("tiny"), camera_seed=4), 5)
+    np.testing.assert_allclose(moving[0][:3, :3] @ moving[0][:3, :3].T, np.eye(3), atol=1e-12)
+
+
+def test_bad_inputs_name_the_file(video, tmp_path):
+    import shutil
+
+    out, _, _ = video
+    result = CliRunner().invoke(cli, ["synth", str(out), "--monocular", "--preset", "tiny"])
+    assert result.exit_code != 0 and "--force" in result.output and str(out) in result.output
+    result = CliRunner().invoke(cli, ["synth", str(tmp_path / "v"), "--monocular", "--preset", "tiny",
+                                      "--sequences", "EXP-1", "--sequence", "NOPE"])
+    assert result.exit_code != 0 and "NOPE" in result.output and "Traceback" not in result.output
+    broken = tmp_path / "broken"
+    shutil.copytree(out, broken)
+    (broken / "frames" / "frame_00001.png").unlink()
+    with pytest.raises(FileNotFoundError, match="frame_00001.png"):
+        load_monocular(broken)
+    (broken / "cameras.json").write_text("{not json")
+    with pytest.raises(ValueError, match="cameras.json"):
+        load_monocular(broken)
+    with pytest.raises(FileNotFoundError, match="nowhere"):
+        load_monocular(tmp_path / "nowhere")
