@@ -35,8 +35,9 @@ Nothing a method may use contains the ground truth; ``groundtruth/`` exists only
 from __future__ import annotations
 
 import json
+import multiprocessing
 import shutil
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -224,6 +225,9 @@ def _write_frame(fdir: Path, image_folder: str, serials: list, rgba8: np.ndarray
                  viewmats: np.ndarray, Ks: np.ndarray) -> None:
     """Write one frame's images, alpha maps, label maps and (last, marking the frame done) point cloud.
 
+    rgba8 (C, H, W, 4) uint8; hits (C, H, W, 6) or its rows flattened to (N, 6), NaN rows = miss
+    (only finite rows are used, in order); labels (C, H, W) ids; rng draws the subset and noise.
+
     The cloud keeps visible-surface hits that every camera sees inside its image (the common
     capture volume: the neck leaves the lower cameras' frames), subsampled, plus noise."""
     for folder in (image_folder, "alpha_map", LABEL_FOLDER, "colmap/pointclouds"):
@@ -333,25 +337,30 @@ def write_capture(out_root, config: CaptureConfig, force: bool = False, progress
     lighting = Lighting(**config.lighting)
     image_folder = "images" if config.downscale == 1 else f"images-{config.downscale}x"
     jobs = [(name, t) for name in config.sequences for t in range(config.frames_per_sequence)]
+    todo = [(name, t) for name, t in jobs
+            if not (frame_dir(pdir, name, t) / "colmap" / "pointclouds" / POINTCLOUD_NAME).exists()]
     written = 0
-    # One writer thread encodes frame k's PNGs and point cloud while frame k + 1 renders.
-    with ThreadPoolExecutor(max_workers=1) as pool:
+    # A writer *process* encodes frame k's PNGs and point cloud while frame k + 1 renders: the
+    # Taichi kernel holds the GIL for its whole run, so a writer thread only ran between
+    # kernels (the writes were serial with the render). Spawned, not forked: the parent runs
+    # Taichi's and torch's thread pools. At most one frame is in flight.
+    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
         pending = None
-        for name, t in tqdm(jobs, desc=f"synth {pdir.name}", unit="frame", disable=not progress):
-            fdir = frame_dir(pdir, name, t)
-            if (fdir / "colmap" / "pointclouds" / POINTCLOUD_NAME).exists():
-                continue
+        for name, t in tqdm(todo, desc=f"synth {pdir.name}", unit="frame", disable=not progress):
             seq = plan["sequences"][name]
-            rgba, hits, labels = render_head(head, np.asarray(seq["expression"][t], np.float32), viewmats, Ks, width, height,
-                                     rotation=seq["rotation"][t], translation=seq["translation"][t],
-                                     scale=syn.UNIT_METRES, samples_per_side=config.samples_per_side,
-                                     lighting=lighting, seed=t)
+            rgba, hits, labels = render_head(head, np.asarray(seq["expression"][t], np.float32), viewmats, Ks,
+                                             width, height, rotation=seq["rotation"][t],
+                                             translation=seq["translation"][t], scale=syn.UNIT_METRES,
+                                             samples_per_side=config.samples_per_side, lighting=lighting, seed=t)
             rgba8 = (rgba.clamp(0, 1) * 255.0 + 0.5).to(torch.uint8).cpu().numpy()
+            labels8 = labels.to(torch.uint8).cpu().numpy()  # ids < NUM_LABELS: exact
+            hits = hits.cpu().numpy().reshape(-1, 6)
+            hits = hits[np.isfinite(hits[:, 0])]  # what _write_frame keeps anyway: a third to send
             rng = np.random.default_rng([config.identity_seed, config.sequences.index(name), t, 11])
             if pending is not None:
-                pending.result()  # surface write errors; at most one frame in flight
-            pending = pool.submit(_write_frame, fdir, image_folder, serials, rgba8, hits.cpu().numpy(),
-                                  labels.cpu().numpy(), rng, config.points_per_frame, config.point_noise,
+                pending.result()  # surface write errors
+            pending = pool.submit(_write_frame, frame_dir(pdir, name, t), image_folder, serials, rgba8, hits,
+                                  labels8, rng, config.points_per_frame, config.point_noise,
                                   viewmats.numpy(), Ks.numpy())
             written += 1
         if pending is not None:
