@@ -1,0 +1,346 @@
+"""The synthetic monocular benchmark (issue 15, item 3): drive an avatar from one camera's video.
+
+Protocol (person A: the avatar RUN's capture; person B: ``--driver``, another synthetic capture):
+
+* **self-driving** — A's held-out FREE, seen by one hand-held camera (``npga synth --monocular``
+  with A's capture plan, so the video shows exactly the capture's FREE frames), is tracked
+  photometrically (:func:`npga_taichi.prior.photometric.track_video`, with A's prior, assuming a
+  static camera: frame 0's); the tracked (apparent) head poses are mapped back to the capture's
+  world with the video's camera path (:func:`npga_taichi.data.monocular.world_pose`; the tracker
+  never sees it); A's avatar, driven by those codes and poses, is compared with the capture's
+  images from the run's held-out cameras — PSNR / masked PSNR / SSIM computed by
+  :func:`npga_taichi.evaluation.evaluate` exactly as ``npga eval`` does.
+* **cross-identity** — B's FREE video, tracked with A's prior, drives A; the truth is A rendered
+  by the synthetic head (:func:`npga_taichi.data.head_render.render_head`, A's identity, B's true
+  expressions and head poses, the held-out cameras at the run's resolution; the synthetic
+  expression space is shared by every identity). Transfer absolute (``z_t``) and relative
+  (``z_t − z_0 + z_neutral``, :func:`npga_taichi.driving.relative_codes`).
+* each is reported as the **share of the gap closed** between a floor (the zero code — the
+  prior's neutral — with the monocular-tracked pose) and a ceiling (multi-view point-cloud-tracked
+  codes and poses: the run's own FREE tracking for self-driving; B's capture tracked with A's prior
+  for cross-identity, transferred the same way): ``(mono − floor) / (ceiling − floor)`` in PSNR;
+* plus the tracked head's rotation error (degrees) and translation error (mm; in the image plane
+  of the video's camera and along its axis), the Chamfer distance of the tracked geometry to the
+  true surface (:func:`npga_taichi.prior.tracking.evaluate_against_groundtruth`), expression
+  jitter (mean ‖z_{t+1} − 2 z_t + z_{t−1}‖, beside the multi-view codes'), seconds per frame;
+  with and without the true 2D landmarks.
+
+Usage (tiny, CI-sized; the real measurement uses default-preset runs)::
+
+    npga demo /tmp/a --preset tiny --identity 11 && npga demo /tmp/b --preset tiny --identity 12
+    python benchmarks/monocular.py --run /tmp/a/run --driver /tmp/b/capture/012 --quick \\
+        --work /tmp/mono_work --out benchmarks/results/monocular_tiny.json --markdown /tmp/mono.md
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from npga_taichi import evaluation
+from npga_taichi.data.capture import CaptureConfig
+from npga_taichi.data.monocular import MonocularConfig, load_monocular, world_pose, write_monocular
+
+QUICK_PHOTOMETRIC = {"num_points": 1500, "first_frame_steps": 30, "steps_per_frame": 6, "views_per_step": 1}
+QUICK_POINTCLOUD = {"first_frame_steps": 40, "steps_per_frame": 5, "points_per_frame": 400}
+
+
+# ----------------------------------------------------------------------------- inputs
+def capture_config(pdir: Path) -> CaptureConfig:
+    """The CaptureConfig a synthetic capture was written with (its synthetic_capture.json)."""
+    path = pdir / "synthetic_capture.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing: --run / --driver must be synthetic captures (npga synth)")
+    data = json.loads(path.read_text())
+    data.pop("complete", None)
+    data["sequences"] = tuple(data["sequences"])
+    return CaptureConfig(**data)
+
+
+def video_for(pdir: Path, work: Path, camera_seed: int, static: bool) -> Path:
+    """The monocular FREE video of a capture's plan under ``work`` (written once, then reused)."""
+    cfg = MonocularConfig(capture=capture_config(pdir), sequence="FREE", camera_seed=camera_seed, static=static)
+    out = work / f"video_{pdir.name}_seed{camera_seed}{'_static' if static else ''}"
+    meta = out / "monocular.json"
+    if meta.is_file():
+        old = json.loads(meta.read_text())
+        if old.get("complete") and MonocularConfig.from_dict(old) == cfg:
+            return out
+    write_monocular(out, cfg, force=True, progress=False)
+    return out
+
+
+# ----------------------------------------------------------------------------- tracking
+def track_monocular(video, prior, landmarks: bool, quick: bool) -> tuple[object, float]:
+    """(Tracking with poses mapped to the capture's world, seconds per frame)."""
+    from npga_taichi.prior.photometric import PhotometricConfig, track_video
+
+    cfg = PhotometricConfig(**(QUICK_PHOTOMETRIC if quick else {}))
+    lmk = None
+    if landmarks:
+        lmk = torch.from_numpy(np.where(video.visible[..., None], video.landmarks, np.nan).astype(np.float32))[:, None]
+    start = time.perf_counter()
+    tracking = track_video(torch.from_numpy(video.frames)[:, None], [video.static_camera], prior,
+                           mattes=None if video.mattes is None else torch.from_numpy(video.mattes)[:, None],
+                           landmarks=lmk, config=cfg, sequence=video.sequence, progress=False)
+    seconds = (time.perf_counter() - start) / len(video.frames)
+    views = np.stack([c.viewmat.double().numpy() for c in video.cameras])
+    rot, trans = world_pose(tracking.rot, tracking.trans, views, video.static_camera.viewmat.double().numpy())
+    apparent = (np.asarray(tracking.rot), np.asarray(tracking.trans))
+    tracking = replace(tracking, rot=rot.astype(np.float32), trans=trans.astype(np.float32),
+                       meta={**tracking.meta, "apparent": apparent})
+    return tracking, seconds
+
+
+def track_pointclouds(pdir: Path, prior, quick: bool):
+    """B's FREE tracked against its point clouds with A's prior (the cross-identity ceiling)."""
+    from npga_taichi.data.nersemble import NersembleCapture
+    from npga_taichi.prior.tracking import TrackingConfig, track_sequence
+
+    capture = NersembleCapture(pdir.parent, pdir.name)
+    cfg = TrackingConfig(**(QUICK_POINTCLOUD if quick else {}))
+    return track_sequence(prior, "FREE", capture.timesteps("FREE"), lambda t: capture.load_pointcloud("FREE", t), cfg,
+                          progress=False)
+
+
+# ----------------------------------------------------------------------------- grading
+def pose_errors(tracking, video) -> dict:
+    """Rotation (deg) and translation (mm: in the video camera's image plane and along its axis)
+    errors of the apparent (static-camera) pose against the truth."""
+    seq = video.groundtruth["sequences"][video.sequence]
+    r_true, t_true = np.asarray(seq["apparent_rotation"]), np.asarray(seq["apparent_translation"])
+    r_est, t_est = tracking.meta["apparent"]
+    cos = (np.einsum("tij,tij->t", r_true, r_est) - 1.0) / 2.0
+    rot = np.degrees(np.arccos(np.clip(cos, -1.0, 1.0)))
+    err_cam = (t_est - t_true) @ video.static_camera.viewmat.double().numpy()[:3, :3].T * 1000.0
+    plane, depth = np.linalg.norm(err_cam[:, :2], axis=1), np.abs(err_cam[:, 2])
+    return {"rotation_deg_mean": float(rot.mean()), "rotation_deg_max": float(rot.max()),
+            "translation_inplane_mm_mean": float(plane.mean()), "translation_inplane_mm_max": float(plane.max()),
+            "translation_depth_mm_mean": float(depth.mean()), "translation_depth_mm_max": float(depth.max())}
+
+
+def jitter(z_exp) -> float:
+    """Mean ‖z_{t+1} − 2 z_t + z_{t−1}‖ (0 for fewer than 3 frames)."""
+    z = np.asarray(z_exp, np.float64)
+    return float(np.linalg.norm(z[2:] - 2 * z[1:-1] + z[:-2], axis=1).mean()) if len(z) >= 3 else 0.0
+
+
+def make_drive(run, timesteps, z_exp, rot, trans, scale):
+    from npga_taichi.reenactment import Drive
+
+    as_t = lambda x: torch.as_tensor(np.asarray(x), dtype=torch.float32, device=run.device)  # noqa: E731
+    t = len(timesteps)
+    return Drive("FREE", np.asarray(timesteps, np.int64), as_t(z_exp), as_t(rot), as_t(trans),
+                 as_t(np.broadcast_to(np.asarray(scale, np.float32).reshape(-1)[:1], (t,))))
+
+
+def score(run, drive, truth, serials) -> dict:
+    """npga eval's numbers (its masking, PSNR and SSIM) of ``drive`` against ``truth(t, serial)``
+    -> (image, alpha) over the run's held-out cameras."""
+    def items():
+        for i in range(len(drive)):
+            g = run.gaussians(drive.frame(i))
+            t = int(drive.timesteps[i])
+            for serial in serials:
+                gt, alpha = truth(t, serial)
+                yield evaluation.EvalItem("FREE", t, serial, run.render(g, run.camera(serial)), gt, alpha)
+
+    result = evaluation.evaluate(items(), background=run.background.tolist(), use_lpips=False, n_worst=0,
+                                 progress=False)
+    summary = result.summary()
+    return {k: summary[k] for k in ("psnr", "psnr_masked", "ssim", "num_images")}
+
+
+def gap_closed(mono: dict, floor: dict, ceiling: dict, key: str = "psnr") -> float | None:
+    span = ceiling[key] - floor[key]
+    return None if abs(span) < 1e-9 else (mono[key] - floor[key]) / span
+
+
+def synthetic_truth(run, pdir_a: Path, groundtruth_b: dict):
+    """truth(t, serial) -> (image, alpha) of A with B's true expression and pose of FREE frame t,
+    rendered by the synthetic head at the run's resolution (cached per frame)."""
+    from npga_taichi.data import synthetic as syn
+    from npga_taichi.data.head_render import Lighting, render_head
+
+    cfg = capture_config(pdir_a)
+    head = syn.SyntheticHead.from_seed(cfg.identity_seed)
+    seq = groundtruth_b["sequences"]["FREE"]
+    index = {int(t): i for i, t in enumerate(seq["timesteps"])}
+    serials = run.heldout_cameras()
+    cache: dict[int, dict] = {}
+
+    def truth(t: int, serial: str):
+        if t not in cache:
+            cams = [run.camera(s) for s in serials]
+            i = index[t]
+            rgba, _, _ = render_head(head, np.asarray(seq["expression"][i], np.float32),
+                                     torch.stack([c.viewmat.float() for c in cams]), torch.stack([c.K.float() for c in cams]),
+                                     cams[0].width, cams[0].height, rotation=seq["rotation"][i],
+                                     translation=seq["translation"][i], samples_per_side=cfg.samples_per_side,
+                                     lighting=Lighting(**cfg.lighting), seed=t)
+            cache[t] = {s: (rgba[k, ..., :3].to(run.device), rgba[k, ..., 3:].to(run.device))
+                        for k, s in enumerate(serials)}
+        return cache[t][serial]
+
+    return truth
+
+
+# ----------------------------------------------------------------------------- the benchmark
+def run_benchmark(run_dir, driver: Path | None, work: Path, quick: bool = False, camera_seed: int = 0,
+                  static: bool = False, landmark_modes=(True, False), log=print) -> dict:
+    from npga_taichi.prior.model import load_prior
+    from npga_taichi.prior.tracking import evaluate_against_groundtruth
+    from npga_taichi.reenactment import LoadedRun, ground_truth
+
+    run = LoadedRun(run_dir)
+    pdir_a = run.capture_root / run.participant
+    prior_dir = run.extra.get("prior")
+    if not prior_dir:
+        raise ValueError(f"{run_dir}/config.json names no prior (extra.prior)")
+    prior = load_prior(prior_dir)
+    serials = run.heldout_cameras()
+    work.mkdir(parents=True, exist_ok=True)
+    results: dict = {"run": str(run_dir), "capture": str(pdir_a), "driver": str(driver) if driver else None,
+                     "prior": str(prior_dir), "cameras": serials, "quick": quick, "camera_seed": camera_seed,
+                     "static_camera": static, "torch_threads": torch.get_num_threads()}
+    zero = np.zeros(run.avatar.exp_dim, np.float32)
+
+    # ---- self-driving
+    video_a = load_monocular(video_for(pdir_a, work, camera_seed, static))
+    own = run.drive("FREE")
+    truth_a = lambda t, s: ground_truth(run, "FREE", t, s)  # noqa: E731
+    ceiling = score(run, own, truth_a, serials)
+    results["self"] = {"frames": len(video_a.frames), "ceiling": ceiling, "ceiling_jitter": jitter(own.z_exp.cpu())}
+    log(f"self ceiling (multi-view tracked): {ceiling}")
+    for lm in landmark_modes:
+        tag = "with_landmarks" if lm else "without_landmarks"
+        tracking, spf = track_monocular(video_a, prior, lm, quick)
+        t = tracking.timesteps
+        mono = score(run, make_drive(run, t, tracking.z_exp, tracking.rot, tracking.trans, tracking.scale), truth_a,
+                     serials)
+        floor = score(run, make_drive(run, t, np.broadcast_to(zero, tracking.z_exp.shape), tracking.rot,
+                                      tracking.trans, tracking.scale), truth_a, serials)
+        geometry = evaluate_against_groundtruth(prior, replace(tracking, meta={}), video_a.groundtruth)
+        results["self"][tag] = {
+            "mono": mono, "floor": floor, "gap_closed": gap_closed(mono, floor, ceiling),
+            "gap_closed_ssim": gap_closed(mono, floor, ceiling, "ssim"),
+            "pose": pose_errors(tracking, video_a), "chamfer_mm_mean": geometry["chamfer_mm_mean"],
+            "chamfer_mm_max": geometry["chamfer_mm_max"], "jitter": jitter(tracking.z_exp),
+            "seconds_per_frame": spf}
+        log(f"self {tag}: {json.dumps(results['self'][tag])}")
+
+    # ---- cross-identity
+    if driver is not None:
+        video_b = load_monocular(video_for(driver, work, camera_seed + 1, static))
+        truth_b = synthetic_truth(run, pdir_a, video_b.groundtruth)
+        multi = track_pointclouds(driver, prior, quick)
+        z_neutral = run.reference_drive().z_exp[0].cpu().numpy()
+        transfer = {"absolute": lambda z: np.asarray(z),
+                    "relative": lambda z: np.asarray(z) - np.asarray(z)[:1] + z_neutral}
+        results["cross"] = {"frames": len(video_b.frames), "ceiling_jitter": jitter(multi.z_exp)}
+        ceilings = {name: score(run, make_drive(run, multi.timesteps, f(multi.z_exp), multi.rot, multi.trans,
+                                                multi.scale), truth_b, serials) for name, f in transfer.items()}
+        results["cross"]["ceiling"] = ceilings
+        log(f"cross ceilings (B's point clouds tracked with A's prior): {ceilings}")
+        for lm in landmark_modes:
+            tag = "with_landmarks" if lm else "without_landmarks"
+            tracking, spf = track_monocular(video_b, prior, lm, quick)
+            t = tracking.timesteps
+            floor = score(run, make_drive(run, t, np.broadcast_to(zero, tracking.z_exp.shape), tracking.rot,
+                                          tracking.trans, tracking.scale), truth_b, serials)
+            entry = {"floor": floor, "pose": pose_errors(tracking, video_b), "jitter": jitter(tracking.z_exp),
+                     "seconds_per_frame": spf}
+            for name, f in transfer.items():
+                mono = score(run, make_drive(run, t, f(tracking.z_exp), tracking.rot, tracking.trans, tracking.scale),
+                             truth_b, serials)
+                entry[name] = {"mono": mono, "gap_closed": gap_closed(mono, floor, ceilings[name]),
+                               "gap_closed_ssim": gap_closed(mono, floor, ceilings[name], "ssim")}
+            geometry = evaluate_against_groundtruth(prior, replace(tracking, meta={}), video_b.groundtruth)
+            entry["chamfer_mm_mean"] = geometry["chamfer_mm_mean"]
+            results["cross"][tag] = entry
+            log(f"cross {tag}: {json.dumps(entry)}")
+    return results
+
+
+def markdown_table(results: dict) -> str:
+    """The README table: one row per (protocol, landmarks)."""
+    def f(x, d=2):
+        return "n/a" if x is None or (isinstance(x, float) and not math.isfinite(x)) else f"{x:.{d}f}"
+
+    def pct(x):
+        return "n/a" if x is None else f"{100 * x:.0f} %"
+
+    head = ("| protocol | landmarks | PSNR floor / mono / ceiling (dB) | gap closed | SSIM mono | rotation ° | "
+            "in-plane / depth mm | Chamfer mm | jitter (multi-view) | s/frame |\n|---|---|---|---|---|---|---|---|---|---|")
+    rows = [head]
+    for protocol in ("self", "cross"):
+        block = results.get(protocol)
+        if not block:
+            continue
+        for tag in ("with_landmarks", "without_landmarks"):
+            e = block.get(tag)
+            if not e:
+                continue
+            variants = [("", e, block["ceiling"])] if protocol == "self" else [
+                (f" ({name})", e[name], block["ceiling"][name]) for name in ("absolute", "relative")]
+            for suffix, m, ceil in variants:
+                p = e["pose"]
+                rows.append(
+                    f"| {protocol}{suffix} | {'yes' if tag == 'with_landmarks' else 'no'} | "
+                    f"{f(e['floor']['psnr'])} / {f(m['mono']['psnr'])} / {f(ceil['psnr'])} | {pct(m['gap_closed'])} | "
+                    f"{f(m['mono']['ssim'], 3)} | {f(p['rotation_deg_mean'])} | "
+                    f"{f(p['translation_inplane_mm_mean'], 1)} / {f(p['translation_depth_mm_mean'], 1)} | "
+                    f"{f(e['chamfer_mm_mean'])} | {f(e['jitter'], 3)} ({f(block['ceiling_jitter'], 3)}) | "
+                    f"{f(e['seconds_per_frame'], 1)} |")
+    return "\n".join(rows) + "\n"
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--run", required=True, type=Path, help="avatar RUN of person A (npga fit / npga demo)")
+    parser.add_argument("--driver", type=Path, default=None,
+                        help="capture participant folder of person B (a synthetic capture) for cross-identity")
+    parser.add_argument("--work", type=Path, default=Path("/tmp/npga_monocular"),
+                        help="folder for the monocular videos (reused when their settings match)")
+    parser.add_argument("--quick", action="store_true", help="small tracker settings (CI-sized checks)")
+    parser.add_argument("--camera-seed", type=int, default=0, help="seed of A's hand-held path (B: +1)")
+    parser.add_argument("--static", action="store_true", help="a tripod instead of the hand-held path")
+    parser.add_argument("--landmarks", choices=["both", "with", "without"], default="both")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads")
+    parser.add_argument("--out", type=Path, default=None, help="JSON results")
+    parser.add_argument("--markdown", type=Path, default=None, help="write the markdown table here too")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    for path, what in ((args.run, "--run"), (args.driver, "--driver")):
+        if path is not None and not path.is_dir():
+            parser.error(f"{what}: {path} is not a folder")
+    modes = {"both": (True, False), "with": (True,), "without": (False,)}[args.landmarks]
+    start = time.perf_counter()
+    try:
+        results = run_benchmark(args.run, args.driver, args.work, args.quick, args.camera_seed, args.static, modes,
+                                log=lambda m: print(m, file=sys.stderr))
+    except (ValueError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    results["seconds"] = time.perf_counter() - start
+    table = markdown_table(results)
+    print(table)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(evaluation.json_safe(results), indent=2) + "\n")
+    if args.markdown:
+        args.markdown.write_text(table)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
