@@ -343,6 +343,8 @@ def main(argv=None):
     ap.add_argument("--sequences", help="comma-separated sequences for --tracking (default: all tracked)")
     ap.add_argument("--no-data", action="store_true", help="skip the prior-training-data statistics")
     ap.add_argument("--no-capture", action="store_true", help="skip the capture point-cloud statistics")
+    ap.add_argument("--no-prior-stats", action="store_true",
+                    help="with --prior: skip the prior's own statistics (e.g. only --tracking)")
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args(argv)
     result = {}
@@ -350,7 +352,7 @@ def main(argv=None):
         result["data"] = data_stats()
     if args.capture and not args.no_capture:
         result["capture"] = capture_stats(args.capture)
-    if args.prior:
+    if args.prior and not args.no_prior_stats:
         result["prior"] = prior_stats(args.prior)
     if args.tracking and args.prior and args.capture:
         result["tracking"] = tracking_stats(args.prior, args.tracking, args.capture,
