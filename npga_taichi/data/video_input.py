@@ -117,11 +117,12 @@ def read_mattes(path: str | Path, count: int, height: int, width: int) -> np.nda
     return np.stack([f if f.ndim == 2 else f[:, :, 0] for f in frames]).astype(np.float32).clip(0.0, 1.0)
 
 
-def read_landmarks(path: str | Path, count: int, n_landmarks: int) -> np.ndarray:
-    """(T, L, 2) float32 landmark pixels (NaN = missing); ValueError naming the file."""
+def _read_array(path: str | Path, what: str, keys: tuple[str, ...]) -> np.ndarray:
+    """A numeric array from ``.npy`` (no pickles) or JSON (a nested list, or a dict holding it
+    under one of ``keys``; null -> NaN); ValueError / FileNotFoundError naming the file."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"landmarks file {path} does not exist")
+        raise FileNotFoundError(f"{what} file {path} does not exist")
     if path.suffix.lower() == ".npy":
         from npga_taichi.prior.tracking import load_npy
 
@@ -130,16 +131,25 @@ def read_landmarks(path: str | Path, count: int, n_landmarks: int) -> np.ndarray
         try:
             data = json.loads(path.read_text())
         except (OSError, ValueError, RecursionError) as err:
-            raise ValueError(f"cannot read landmarks {path}: {err}") from None
+            raise ValueError(f"cannot read {what} {path}: {err}") from None
         if isinstance(data, dict):
-            data = data.get("landmarks")
+            data = next((data[k] for k in keys if k in data), None)
+
+        def nan_for_null(x):
+            return np.nan if x is None else [nan_for_null(v) for v in x] if isinstance(x, list) else x
+
         try:
-            arr = np.asarray([[[np.nan if v is None else v for v in pt] for pt in frame] for frame in data],
-                             dtype=np.float64)
+            arr = np.asarray(nan_for_null(data), dtype=np.float64)
         except (TypeError, ValueError) as err:
-            raise ValueError(f"landmarks {path}: expected a list of frames of [x, y] points ({err})") from None
+            raise ValueError(f"{what} {path}: not an array of numbers ({err})") from None
     if arr.dtype.kind not in "biuf":
-        raise ValueError(f"landmarks {path}: not numeric ({arr.dtype})")
+        raise ValueError(f"{what} {path}: not numeric ({arr.dtype})")
+    return arr.astype(np.float64)
+
+
+def read_landmarks(path: str | Path, count: int, n_landmarks: int) -> np.ndarray:
+    """(T, L, 2) float32 landmark pixels (NaN = missing); ValueError naming the file."""
+    arr = _read_array(path, "landmarks", ("landmarks",))
     if arr.shape != (count, n_landmarks, 2):
         raise ValueError(f"landmarks {path}: shape {arr.shape}, expected ({count}, {n_landmarks}, 2) "
                          f"(frames, landmarks, xy)")
@@ -148,30 +158,12 @@ def read_landmarks(path: str | Path, count: int, n_landmarks: int) -> np.ndarray
     return arr.astype(np.float32)
 
 
-def read_intrinsics(path: str | Path, width: int, height: int) -> np.ndarray:
+def read_intrinsics(path: str | Path) -> np.ndarray:
     """3x3 K (pixels) from ``.npy`` or JSON; ValueError naming the file unless it is finite, of the
     form [[fx, s, cx], [0, fy, cy], [0, 0, 1]] with fx, fy > 0."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"K file {path} does not exist")
-    if path.suffix.lower() == ".npy":
-        from npga_taichi.prior.tracking import load_npy
-
-        K = load_npy(path)
-    else:
-        try:
-            data = json.loads(path.read_text())
-        except (OSError, ValueError, RecursionError) as err:
-            raise ValueError(f"cannot read K {path}: {err}") from None
-        if isinstance(data, dict):
-            data = data.get("K", data.get("intrinsics"))
-        try:
-            K = np.asarray(data, dtype=np.float64)
-        except (TypeError, ValueError) as err:
-            raise ValueError(f"K {path}: not a 3x3 matrix of numbers ({err})") from None
-    if K.dtype.kind not in "biuf" or K.shape != (3, 3):
+    K = _read_array(path, "K", ("K", "intrinsics"))
+    if K.shape != (3, 3):
         raise ValueError(f"K {path}: expected a 3x3 matrix, got shape {K.shape}")
-    K = K.astype(np.float64)
     if not np.isfinite(K).all():
         raise ValueError(f"K {path}: holds NaN/Inf")
     if not (K[0, 0] > 0 and K[1, 1] > 0) or K[1, 0] != 0 or not np.allclose(K[2], [0, 0, 1]):

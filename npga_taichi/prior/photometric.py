@@ -9,8 +9,8 @@ The proxy of the person (one per identity):
   ``SDF(x, z_geo) = 0`` (the box of :func:`npga_taichi.prior.distill.canonical_box` with the neck
   down to ``neck_cut``), spread evenly (:func:`npga_taichi.avatar.gaussians.thin_evenly`) — as
   the avatar initialises its Gaussians. Each is a flat Gaussian (``surfel_thickness`` of its
-  radius along the normal) of opacity ``surfel_opacity``, its radius the mean neighbour spacing
-  times ``surfel_radius``.
+  extent along the normal) of opacity ``surfel_opacity``, its standard deviation along the
+  surface the median neighbour spacing times ``surfel_radius``.
 * **Colour**: the prior's appearance field at the canonical point (``MonoNPHM.albedo``) times a
   lighting term — degree-2 real spherical harmonics of the world normal, 9 x 3 coefficients — then
   a global colour affine (3 x 3 matrix + bias), both fitted on the identity frames.
@@ -116,7 +116,8 @@ class PhotometricConfig:
     """Settings of the photometric tracker (``npga track --photometric``, ``npga track-video``)."""
 
     num_points: int = 6000          # surfel Gaussians on the identity's canonical zero level set
-    surfel_radius: float = 1.0      # surfel radius / mean neighbour spacing (>= 1 leaves no holes)
+    surfel_radius: float = 0.5      # Gaussian std along the surface / mean neighbour spacing (0.5
+                                    # covers evenly; larger blurs and inflates the silhouette)
     surfel_thickness: float = 0.1   # surfel extent along its normal / its radius
     surfel_opacity: float = 0.98    # opacity of every surfel
     neck_cut: float = -0.85         # canonical y below which the proxy stops and pixels are ignored
@@ -127,6 +128,7 @@ class PhotometricConfig:
     pose_only_fraction: float = 0.3  # share of the identity frames' steps that fit the pose alone
     steps_per_frame: int = 20       # expression + pose steps for each later frame
     newton_warm_iters: int = 3      # Newton iterations re-rooting B at the start of each frame
+    jacobian_every: int = 4         # steps between fresh Jacobians of B (reused in between)
     lr_exp: float = 3e-2            # expression code learning rate
     lr_rot: float = 4e-3            # axis-angle learning rate (radians)
     lr_trans: float = 1e-3          # translation learning rate (metres)
@@ -140,7 +142,7 @@ class PhotometricConfig:
     w_silhouette: float = 1.0       # |rendered alpha − matte|
     w_landmarks: float = 1.0        # mean landmark distance / image height (when landmarks given)
     w_reg_exp: float = 1e-4         # |z_exp|²
-    first_frame_exp_reg_mult: float = 10.0  # |z_exp|² weight multiplier on the identity frames
+    first_frame_exp_reg_mult: float = 100.0  # |z_exp|² weight multiplier on the identity frames
     w_reg_geo: float = 1e-4         # |z_geo|² (identity frames)
     w_reg_app: float = 1e-4         # |z_app|² (identity frames)
     w_smooth_exp: float = 1e-3      # |z_t − z_{t−1}|²
@@ -150,7 +152,7 @@ class PhotometricConfig:
     def validate(self) -> "PhotometricConfig":
         """ValueError naming the first out-of-range field."""
         positive = ("num_points", "surfel_radius", "surfel_thickness", "surfel_opacity", "image_scale",
-                    "views_per_step", "first_frame_steps", "identity_frames", "steps_per_frame", "init_scale",
+                    "views_per_step", "jacobian_every", "first_frame_steps", "identity_frames", "steps_per_frame", "init_scale",
                     "init_distance")
         for name in positive:
             value = getattr(self, name)
@@ -395,18 +397,20 @@ class PhotometricTracker:
         return x_c, ((rgb + 1) * 0.5).clamp(0, 1)
 
     def _newton_roots(self, x_p: torch.Tensor, x_c: torch.Tensor, z_exp: torch.Tensor, z_geo: torch.Tensor,
-                      differentiable: bool) -> tuple[torch.Tensor, torch.Tensor]:
+                      differentiable: bool, jac: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """One Newton step of B(x_p) = x_c: (new x_p (N, 3), Jacobian (N, 3, 3) detached).
 
-        With ``differentiable`` the result carries the implicit gradient -J^-1 ∂(B - x_c)/∂θ."""
+        With ``differentiable`` the result carries the implicit gradient -J^-1 ∂(B - x_c)/∂θ.
+        ``jac``: a recent Jacobian to reuse (a quasi-Newton step; saves three backward passes)."""
         with torch.enable_grad():
-            x = x_p.detach().requires_grad_(True)
+            x = x_p.detach().requires_grad_(jac is None)
             y = self.prior.backward(x, z_exp, z_geo)
-            rows = []
-            for i in range(3):
-                (g,) = torch.autograd.grad(y[:, i].sum(), x, retain_graph=True)
-                rows.append(g)
-        jac = torch.stack(rows, 1).detach()
+            if jac is None:
+                rows = []
+                for i in range(3):
+                    (g,) = torch.autograd.grad(y[:, i].sum(), x, retain_graph=True)
+                    rows.append(g)
+                jac = torch.stack(rows, 1).detach()
         eye = torch.eye(3, dtype=jac.dtype)
         r = y - x_c if differentiable else (y - x_c).detach()
         step = torch.linalg.solve(jac + 1e-6 * eye, r.unsqueeze(-1)).squeeze(-1)
@@ -465,10 +469,10 @@ class PhotometricTracker:
         colors = (albedo * (sh2_basis(n_w) @ light)) @ affine[:, :3].T + affine[:, 3]
         return n_w, colors.clamp(0.0, 1.0)
 
-    def _render_view(self, v: int, x_p, rot, trans, colors, background, n_w):
-        """Image (H, W, 3) and alpha (H, W, 1) of view v: surfels at posed points x_p (N, 3) with
-        world normals n_w (N, 3) and colours (N, 3) over ``background`` (3,)."""
-        cam = self.cameras[v]
+    def _render_view(self, cam: Camera | int, x_p, rot, trans, colors, background, n_w):
+        """Image (H, W, 3) and alpha (H, W, 1) in camera ``cam`` (or view index): surfels at posed
+        points x_p (N, 3) with world normals n_w (N, 3) and colours (N, 3) over ``background`` (3,)."""
+        cam = self.cameras[cam] if isinstance(cam, int) else cam
         n = x_p.shape[0]
         r = self.cfg.surfel_radius * self.spacing * self.scale
         scales = torch.tensor([r, r, r * self.cfg.surfel_thickness]).expand(n, 3).contiguous()
@@ -477,9 +481,8 @@ class PhotometricTracker:
                         cam.height, background=background)
         return out.image, out.alpha
 
-    def _valid_mask(self, v: int, rot: torch.Tensor, trans: torch.Tensor) -> torch.Tensor:
+    def _valid_mask(self, cam: Camera, rot: torch.Tensor, trans: torch.Tensor) -> torch.Tensor:
         """(H, W, 1) 1 above the posed neck cut, 0 below (see the module docstring)."""
-        cam = self.cameras[v]
         rot, trans = rot.detach(), trans.detach()
         up = rot[:, 1]
         origin = posed_to_world(torch.tensor([[0.0, self.cfg.neck_cut, 0.0]]), rot, trans, self.scale)[0]
@@ -495,11 +498,46 @@ class PhotometricTracker:
         pts_w = (pts_cam - cam.viewmat[:3, 3]) @ R  # camera -> world
         return (((pts_w - origin) @ up) > 0).float()[..., None]
 
+    def _views(self, data: FrameData, rot: torch.Tensor, trans: torch.Tensor, margin: int = 6) -> list[tuple]:
+        """Per view (camera, target (h, w, 3), matte (h, w, 1) or None, mask (h, w, 1)) cropped to
+        the box around the matte and the posed proxy (+ ``margin`` pixels): pixels farther out
+        would only add zeros to every loss, at the price of rendering them."""
+        out = []
+        world = posed_to_world(self.x_p, rot, trans, self.scale)
+        for v, cam in enumerate(self.cameras):
+            H, W = cam.height, cam.width
+            uv, z = cam.project(world)
+            uv = uv[z > 0]
+            boxes = []
+            if len(uv):
+                boxes.append((float(uv[:, 0].min()), float(uv[:, 1].min()), float(uv[:, 0].max()), float(uv[:, 1].max())))
+            if data.mattes is not None:
+                ii, jj = torch.nonzero(data.mattes[v, :, :, 0] > 0.01, as_tuple=True)
+                if len(ii):
+                    boxes.append((float(jj.min()), float(ii.min()), float(jj.max()) + 1, float(ii.max()) + 1))
+            if data.mattes is None or not boxes:
+                x0, y0, x1, y1 = 0, 0, W, H
+            else:
+                x0 = max(0, int(math.floor(min(b[0] for b in boxes))) - margin)
+                y0 = max(0, int(math.floor(min(b[1] for b in boxes))) - margin)
+                x1 = min(W, int(math.ceil(max(b[2] for b in boxes))) + margin)
+                y1 = min(H, int(math.ceil(max(b[3] for b in boxes))) + margin)
+                if x1 - x0 < 16 or y1 - y0 < 16:  # nothing seen: the whole image
+                    x0, y0, x1, y1 = 0, 0, W, H
+            K = cam.K.clone()
+            K[0, 2] -= x0
+            K[1, 2] -= y0
+            crop = Camera(cam.serial, cam.viewmat, K, x1 - x0, y1 - y0)
+            mask = self._valid_mask(crop, rot, trans)
+            target = data.images[v, y0:y1, x0:x1]
+            matte = None if data.mattes is None else data.mattes[v, y0:y1, x0:x1]
+            out.append((crop, target if matte is None else target * matte, matte, mask))
+        return out
+
     # ---- one frame
     def fit_frame(self, data: FrameData, first: bool) -> float:
         """Fit one frame; returns the final masked L1 (x 1000) over all views."""
         cfg = self.cfg
-        V = len(self.cameras)
         if self.rot is None:
             self._initial_pose(data)
         fit_identity = first and not self.identity_fixed
@@ -535,9 +573,10 @@ class PhotometricTracker:
         long = first
         steps = cfg.first_frame_steps if long else cfg.steps_per_frame
         pose_only = int(cfg.pose_only_fraction * steps) if long and self.frames_done == 0 else 0
-        valid = [self._valid_mask(v, prev_rot, prev_trans) for v in range(V)]
+        views = self._views(data, prev_rot, prev_trans)
         exp_w = cfg.w_reg_exp * (cfg.first_frame_exp_reg_mult if first else 1.0)
         x_c, albedo = self.x_c, self.albedo
+        jac = None
         for step in range(steps):
             if long:
                 f = 0.5 * (1 + math.cos(math.pi * step / steps))
@@ -546,15 +585,16 @@ class PhotometricTracker:
                     if step < pose_only and g["name"] != "pose":
                         g["lr"] = 0.0
                 if step == pose_only and pose_only:
-                    valid = [self._valid_mask(v, self.rot, self.trans) for v in range(V)]
+                    views = self._views(data, self.rot, self.trans)
             if fit_identity and step >= pose_only:
                 x_c, albedo = self._identity_step(z_geo, z_app)
             rot = axis_angle_to_matrix(omega) @ prev_rot
             trans = prev_trans + d_trans
-            x_p, jac = self._newton_roots(self.x_p, x_c, z_exp, z_geo, True)
+            x_p, jac = self._newton_roots(self.x_p, x_c, z_exp, z_geo, True,
+                                          None if step % cfg.jacobian_every == 0 else jac)
             self.x_p = x_p.detach()
             n_w, colors = self._shade(jac, rot, albedo, light, affine)
-            loss = self._image_loss(data, valid, x_p, n_w, rot, trans, colors, background)
+            loss = self._image_loss(views, x_p, n_w, rot, trans, colors, background)
             if data.landmarks is not None and self.lmk_p is not None and cfg.w_landmarks > 0:
                 lmk_p, _ = self._newton_roots(self.lmk_p, self._landmarks_canonical(z_geo), z_exp, z_geo, True)
                 self.lmk_p = lmk_p.detach()
@@ -605,24 +645,21 @@ class PhotometricTracker:
         self.lmk_c = x.detach()
         return x
 
-    def _image_loss(self, data: FrameData, valid, x_p, n_w, rot, trans, colors, background) -> torch.Tensor:
+    def _image_loss(self, views: list[tuple], x_p, n_w, rot, trans, colors, background) -> torch.Tensor:
+        """Mean over ``views_per_step`` views (cycled) of L1 + D-SSIM + silhouette (module docstring)."""
         cfg = self.cfg
-        V = len(self.cameras)
+        V = len(views)
         k = min(cfg.views_per_step, V)
-        views = [(self.view_cursor + i) % V for i in range(k)]
+        chosen = [(self.view_cursor + i) % V for i in range(k)]
         self.view_cursor = (self.view_cursor + k) % V
         total = 0.0
-        for v in views:
-            bg = torch.zeros(3) if data.mattes is not None else background
-            image, alpha = self._render_view(v, x_p, rot, trans, colors, bg, n_w)
-            mask = valid[v]
-            if data.mattes is not None:
-                matte = data.mattes[v]
-                target = data.images[v] * matte
+        for v in chosen:
+            cam, target, matte, mask = views[v]
+            image, alpha = self._render_view(cam, x_p, rot, trans, colors,
+                                             torch.zeros(3) if matte is not None else background, n_w)
+            if matte is not None:
                 sil = (mask * (alpha - matte).abs()).sum() / mask.sum().clamp_min(1.0)
                 total = total + cfg.w_silhouette * sil
-            else:
-                target = data.images[v]
             l1 = (mask * (image - target).abs()).sum() / (3 * mask.sum().clamp_min(1.0))
             total = total + cfg.w_l1 * l1
             if cfg.w_dssim > 0:
@@ -644,16 +681,15 @@ class PhotometricTracker:
 
     @torch.no_grad()
     def residual(self, data: FrameData) -> float:
-        """Masked L1 (x 1000) of the fitted frame over all views (matte-weighted with mattes)."""
+        """L1 (x 1000) of the fitted frame over all views: inside the matte (matte-weighted) when
+        there are mattes, else over the image; pixels below the neck cut excluded."""
         jac = self._newton_roots(self.x_p, self.x_c, self.z_exp, self.z_geo, False)[1]
         n_w, colors = self._shade(jac, self.rot, self.albedo, self.light, self.affine)
         errs = []
-        for v in range(len(self.cameras)):
-            mask = self._valid_mask(v, self.rot, self.trans)
-            bg = torch.zeros(3) if data.mattes is not None else self.background
-            image, _ = self._render_view(v, self.x_p, self.rot, self.trans, colors, bg, n_w)
-            target = data.images[v] * data.mattes[v] if data.mattes is not None else data.images[v]
-            w = mask * (data.mattes[v] if data.mattes is not None else 1.0)
+        for cam, target, matte, mask in self._views(data, self.rot, self.trans):
+            image, _ = self._render_view(cam, self.x_p, self.rot, self.trans, colors,
+                                         torch.zeros(3) if matte is not None else self.background, n_w)
+            w = mask * (matte if matte is not None else 1.0)
             errs.append(float((w * (image - target).abs()).sum() / (3 * w.sum().clamp_min(1.0))))
         return 1000.0 * float(np.mean(errs))
 
@@ -920,7 +956,7 @@ def track_video_file(video, prior_dir, out, *, mattes=None, landmarks=None, fov:
     frames = frames[:T]
     matte_arr = None if matte_arr is None else matte_arr[:T]
     lmk = None if lmk is None else lmk[:T]
-    Kmat = vi.camera_from_fov(float(fov), W, H) if fov is not None else vi.read_intrinsics(K, W, H)
+    Kmat = vi.camera_from_fov(float(fov), W, H) if fov is not None else vi.read_intrinsics(K)
     camera = vi.video_camera(Kmat, W, H)
     prior = load_prior(prior_dir)
     name = sequence or Path(video).stem
