@@ -41,8 +41,9 @@ WIDTH, HEIGHT = 275, 401   # the default synthetic capture's image size
 # The default avatar schedule before issue 16 (29 min 41 s of fit, 31.69 dB held out on 31337):
 # the fields today's default preset changes, with their values then. `--curve` trains it as "old".
 OLD_SCHEDULE: dict[str, dict] = {
-    "avatar": {},
-    "train": {},
+    "avatar": {"detail_hidden": 128, "detail_layers": 3, "init_colors_from_images": False},
+    "train": {"steps": 6000, "densify_from": 300, "opacity_reset_interval": 2000, "val_interval": 500,
+              "checkpoint_interval": 500},
 }
 EXP_DIM = 16               # the distilled field's default expression size
 

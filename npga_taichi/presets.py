@@ -41,6 +41,21 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         # What `npga demo --preset tiny` shrinks further: 1 sample per pixel, 3 frames, 100 steps.
         "demo": dict(capture=dict(samples_per_side=1, frames_per_sequence=3), train=dict(steps=100)),
     },
+    # The README's main job: a recognisable avatar with moving eyes and mouth in ~5 minutes on
+    # 2 cores from a fresh clone (kernel compilation included). Fewer sequences and frames at the
+    # default image size, a short prior / tracking / distillation, a short fit with fewer Gaussians.
+    "quick": {
+        "capture": dict(preset="default", frames_per_sequence=4),
+        "prior": dict(preset="small", n_identities=4, n_expressions=12, steps=600, eval_points=1000,
+                      eval_fit_steps=50, checkpoint_every=200),
+        "track": dict(steps_first=200, steps=15),
+        "distill": dict(steps=800, lr_decay_every=300, eval_codes=8, checkpoint_every=400),
+        "avatar": dict(num_init_gaussians=5000, max_gaussians=8000),
+        "train": dict(steps=800, densify_from=100, densify_interval=100, opacity_reset_interval=0,
+                      val_interval=200, checkpoint_interval=200, lr_means=8e-4, lr_quats=2e-3,
+                      lr_scales=1e-2, lr_colors=5e-3),
+        "demo": {},
+    },
     # The schedule the README's numbers come from (default synthetic capture, 2-core CPU).
     "default": {
         "capture": dict(preset="default"),
