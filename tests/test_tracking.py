@@ -258,7 +258,8 @@ def test_a_converged_frame_stops_early():
     z_geo = torch.zeros(model.config.lat_dim_geo)
     cloud = posed_to_world(_surface(model, torch.zeros(model.config.lat_dim_exp), z_geo, 2000, gen),
                            torch.eye(3), torch.zeros(3), 0.25)
-    cfg = TrackingConfig(points_per_frame=300, steps_per_frame=60, first_frame_steps_known_identity=100)
+    cfg = TrackingConfig(points_per_frame=300, steps_per_frame=60, first_frame_steps_known_identity=100,
+                         converge_tol=0.01)
     fitter = FrameFitter(model, cfg, z_geo, torch.zeros(model.config.lat_dim_app), 0.25)
     fitter.fit_frame(cloud, first=True)
     assert fitter.last_steps == 100
