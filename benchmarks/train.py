@@ -126,16 +126,20 @@ def time_steps(avatar_cfg, train_cfg, views_per_step: int, cameras_per_frame: in
             "share": {k: v / total for k, v in trainer.timings.items()}}, trainer, data, views
 
 
-def train_curves(demo: Path, out: Path, reuse_old: Path | None = None, device: str = "cpu") -> dict:
+def train_curves(demo: Path, out: Path, reuse_old: Path | None = None, reuse_new: Path | None = None,
+                 device: str = "cpu") -> dict:
     """Train the avatar of finished demo folder ``demo`` with OLD_SCHEDULE and with today's default
     preset (runs in ``out``/old and ``out``/new), draw both curves into ``out``/curve.png and
-    return their figures. ``reuse_old``: an existing old-schedule run folder instead of training one."""
+    return their figures. ``reuse_old`` / ``reuse_new``: an existing finished run of that schedule
+    on the same demo's inputs instead of training one."""
     from npga_taichi.avatar.fitting import fit_avatar
     from npga_taichi.training_curve import plot_runs, read_curve
 
-    runs = {"old schedule": reuse_old or out / "old", "new schedule": out / "new"}
+    runs = {"old schedule": reuse_old or out / "old", "new schedule": reuse_new or out / "new"}
+    reused = {"old schedule": reuse_old, "new schedule": reuse_new}
+    out.mkdir(parents=True, exist_ok=True)
     for (label, run), overrides in zip(runs.items(), (OLD_SCHEDULE, {"avatar": {}, "train": {}})):
-        if label == "old schedule" and reuse_old is not None:
+        if reused[label] is not None:
             continue
         fit_avatar(demo / "capture", run, prior=demo / "prior", field=demo / "distill", preset="default",
                    avatar_overrides=overrides["avatar"], train_overrides=overrides["train"], force=True,
@@ -175,7 +179,9 @@ def train_curves(demo: Path, out: Path, reuse_old: Path | None = None, device: s
               show_default=True, help="Folder for --curve's runs, curve.png and curve.json.")
 @click.option("--reuse-old", type=click.Path(file_okay=False, exists=True), default=None,
               help="With --curve: a finished old-schedule run folder of the same demo, instead of training one.")
-def main(preset, steps, repeats, views_per_step, out, as_json, curve_demo, curve_out, reuse_old):
+@click.option("--reuse-new", type=click.Path(file_okay=False, exists=True), default=None,
+              help="With --curve: a finished new-schedule run folder of the same demo, instead of training one.")
+def main(preset, steps, repeats, views_per_step, out, as_json, curve_demo, curve_out, reuse_old, reuse_new):
     """Time training steps and their components at a preset's default settings.
 
     Three step kinds are timed in the same run: the preset's (1 view per step), VIEWS views per
@@ -183,7 +189,8 @@ def main(preset, steps, repeats, views_per_step, out, as_json, curve_demo, curve
     frame (one deformation rendered into VIEWS cameras).
     """
     if curve_demo:
-        results = train_curves(Path(curve_demo), Path(curve_out), Path(reuse_old) if reuse_old else None)
+        results = train_curves(Path(curve_demo), Path(curve_out), Path(reuse_old) if reuse_old else None,
+                               Path(reuse_new) if reuse_new else None)
         print(json.dumps({k: v for k, v in results.items() if k != "runs"}
                          | {label: {k: r[k] for k in ("steps", "train_time_s", "final_val_masked_psnr")}
                             for label, r in results["runs"].items()}, indent=2))

@@ -48,7 +48,7 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         "capture": dict(preset="default", frames_per_sequence=4),
         "prior": dict(preset="small", n_identities=4, n_expressions=12, steps=600, eval_points=1000,
                       eval_fit_steps=50, checkpoint_every=200),
-        "track": dict(steps_first=200, steps=15),
+        "track": dict(steps=15),
         "distill": dict(steps=800, lr_decay_every=300, eval_codes=8, checkpoint_every=400),
         "avatar": dict(num_init_gaussians=5000, max_gaussians=8000),
         "train": dict(steps=800, densify_from=100, densify_interval=100, opacity_reset_interval=0,

@@ -1,0 +1,330 @@
+"""Photometric tracking (npga_taichi.prior.photometric) and its commands.
+
+The recovery test uses an analytic prior (closed-form SDF, albedo and backward field) whose
+target images come from an independent renderer: sphere tracing of the posed SDF in PyTorch
+with Lambert shading — not the tracker's surfels, Newton inversion or rasterizer.
+"""
+import json
+
+import imageio.v3 as iio
+import numpy as np
+import torch
+from click.testing import CliRunner
+from scipy.spatial.transform import Rotation
+
+from npga_taichi.cameras import Camera, look_at
+from npga_taichi.cli.main import cli
+from npga_taichi.prior.config import preset
+from npga_taichi.prior.model import MonoNPHM
+from npga_taichi.prior.photometric import (
+    LANDMARK_NAMES,
+    PhotometricConfig,
+    cast_landmarks,
+    quats_from_normals,
+    track_video,
+)
+from npga_taichi.prior.tracking import load_tracking
+
+
+class AnalyticPrior(MonoNPHM):
+    """Ellipsoid head with a nose; identity dims 0..2 scale the radii; expression dim 0 stretches
+    the lower half downwards (a jaw), dim 1 pushes the nose forward. Albedo: smooth colour bands."""
+
+    RADII = torch.tensor([0.36, 0.5, 0.42])
+
+    def __init__(self):
+        cfg = preset("tiny")
+        super().__init__(cfg, torch.zeros(cfg.n_anchors, 3), n_identities=1, n_expressions=1)
+        with torch.no_grad():
+            self.codes_geo.weight.zero_()
+            self.codes_app.weight.zero_()
+            self.codes_exp.weight.zero_()
+
+    def anchors(self, z_geo):
+        return torch.tensor([[0.0, 0.0, 0.4], [0.2, 0.1, 0.3], [-0.2, 0.1, 0.3], [0.0, 0.4, 0.0]])
+
+    def sdf(self, x, z_geo, shape_index=None):
+        x = x[:, :3]
+        radii = self.RADII * (1.0 + z_geo[:3])
+        ell = ((x / radii).norm(dim=-1) - 1.0) * radii.min()
+        nose = (x - torch.tensor([0.0, -0.05, 0.44]) * radii / self.RADII).norm(dim=-1) - 0.07
+        k = 0.03
+        h = torch.clamp(0.5 + 0.5 * (nose - ell) / k, 0.0, 1.0)
+        return nose * (1 - h) + ell * h - k * h * (1 - h)
+
+    def sdf_and_color(self, x, z_geo, z_app, shape_index=None):
+        x3 = x[:, :3]
+        rgb = torch.stack([torch.sin(9 * x3[:, 0]) * 0.5, torch.cos(7 * x3[:, 1]) * 0.5,
+                           torch.sin(6 * x3[:, 2] + 4 * x3[:, 0]) * 0.4], -1) + z_app[:3]
+        return self.sdf(x, z_geo), rgb
+
+    def backward_with_hyper(self, x, z_exp, z_geo, shape_index=None):
+        z = z_exp if z_exp.dim() == 2 else z_exp[None].expand(x.shape[0], -1)
+        lower = torch.sigmoid(-x[:, 1:2] / 0.05)  # below y = 0
+        jaw = torch.zeros_like(x)
+        jaw[:, 1:2] = lower * x[:, 1:2] * (1.0 / (1.0 + z[:, :1]) - 1.0)
+        nose = torch.zeros_like(x)
+        w = torch.exp(-((x - torch.tensor([0.0, -0.05, 0.5])) ** 2).sum(-1, keepdim=True) / 0.02)
+        nose[:, 2:3] = -w * z[:, 1:2] * 0.1
+        return torch.cat([x + jaw + nose, torch.zeros(x.shape[0], 2)], -1)
+
+
+def sphere_trace(prior, z_exp, z_geo, rot, trans, scale, cam: Camera, light=(0.3, 0.5, 0.8)):
+    """Independent renderer: image (H, W, 3) and matte (H, W) of the posed analytic head, Lambert
+    shading of the albedo with one directional light plus ambient, black background."""
+    H, W = cam.height, cam.width
+    ii, jj = torch.meshgrid(torch.arange(H) + 0.5, torch.arange(W) + 0.5, indexing="ij")
+    d_cam = torch.stack([jj, ii, torch.ones_like(ii)], -1).reshape(-1, 3) @ torch.linalg.inv(cam.K).T
+    R = cam.viewmat[:3, :3]
+    d = torch.nn.functional.normalize(d_cam @ R, dim=-1)  # world directions
+    o = cam.center().expand_as(d)
+    # into the head frame: x = Rᵀ (p − t) / s
+    o_h = (o - trans) @ rot / scale
+    d_h = d @ rot / scale
+    d_h_n = torch.nn.functional.normalize(d_h, dim=-1)
+
+    def f(x):
+        return prior.sdf(prior.backward(x, z_exp, z_geo), z_geo)
+
+    t = torch.full((len(d),), (o_h.norm(dim=-1).mean() - 0.8).item())
+    hit = torch.zeros(len(d), dtype=torch.bool)
+    with torch.no_grad():
+        for _ in range(160):
+            x = o_h + t[:, None] * d_h_n
+            v = f(x)
+            hit |= v.abs() < 1e-5
+            t = torch.where(hit, t, t + 0.6 * v)
+    x = (o_h + t[:, None] * d_h_n).detach().requires_grad_(True)
+    v = f(x)
+    (g,) = torch.autograd.grad(v.sum(), x)
+    n = torch.nn.functional.normalize(g, dim=-1) @ rot.T  # world normal
+    with torch.no_grad():
+        albedo = ((prior.sdf_and_color(prior.backward(x, z_exp, z_geo), z_geo, torch.zeros(3))[1] + 1) / 2)
+        shade = 0.35 + 0.65 * (n @ torch.nn.functional.normalize(torch.tensor(light), dim=0)).clamp_min(0)
+        img = torch.where(hit[:, None], (albedo * shade[:, None]).clamp(0, 1), torch.zeros(()))
+    return img.reshape(H, W, 3), hit.float().reshape(H, W)
+
+
+def _cameras(w=72, h=96):
+    full = [look_at([x, 0.05, 1.0], [0.0, 0.0, 0.0]) for x in (-0.5, 0.0, 0.5)]
+    f = 6600.0 * w / 2200.0  # NeRSemble's focal length at this width: the head fills ~2/3 of the height
+    return [Camera(str(i), m, [[f, 0, w / 2], [0, f, h / 2], [0, 0, 1]], w, h)
+            for i, m in enumerate(full)]
+
+
+def _truth():
+    rots = Rotation.from_euler("yxz", [[4, -2, 1], [6, -1, 2], [8, 0, 3]], degrees=True).as_matrix()
+    trans = np.array([[0.01, -0.005, 0.02], [0.014, -0.002, 0.021], [0.018, 0.001, 0.024]])
+    exps = [(0.0, 0.0), (0.12, 0.3), (0.25, 0.6)]
+    return rots, trans, exps
+
+
+def test_quaternions_from_normals_rotate_z_onto_the_normal():
+    from npga_taichi.avatar.rotations import quat_to_rotmat
+
+    n = torch.nn.functional.normalize(torch.randn(200, 3, generator=torch.Generator().manual_seed(0)), dim=-1)
+    n[0] = torch.tensor([0.0, 0.0, -1.0])
+    n[1] = torch.tensor([0.0, 0.0, 1.0])
+    assert torch.allclose(quat_to_rotmat(quats_from_normals(n))[:, :, 2], n, atol=1e-5)
+
+
+def test_photometric_tracking_recovers_pose_and_expression():
+    torch.manual_seed(0)
+    prior = AnalyticPrior()
+    cams = _cameras()
+    rots, trans, exps = _truth()
+    z_geo = torch.zeros(prior.config.lat_dim_geo)
+    frames, mattes = [], []
+    for r, t, e in zip(rots, trans, exps):
+        z = torch.zeros(prior.config.lat_dim_exp)
+        z[:2] = torch.tensor(e)
+        views = [sphere_trace(prior, z, z_geo, torch.tensor(r, dtype=torch.float32),
+                              torch.tensor(t, dtype=torch.float32), 0.25, c) for c in cams]
+        frames.append(torch.stack([v[0] for v in views]))
+        mattes.append(torch.stack([v[1] for v in views]))
+    cfg = PhotometricConfig(num_points=2000, image_scale=1.0, views_per_step=3, first_frame_steps=100,
+                            steps_per_frame=30, w_reg_exp=1e-6, w_smooth_exp=1e-6, lr_exp=2e-2)
+    # identity known (as when a capture's first sequence fixed it); lighting, pose and expression
+    # are fitted from the rough initial pose the mattes give
+    identity = (z_geo, torch.zeros(prior.config.lat_dim_app), 0.25)
+    tracking = track_video(torch.stack(frames), cams, prior, mattes=torch.stack(mattes), config=cfg,
+                           sequence="SYN", progress=False, identity=identity)
+    assert tracking.z_exp.shape == (3, prior.config.lat_dim_exp) and tracking.rot.shape == (3, 3, 3)
+    for i in range(3):
+        rot_err = np.degrees(Rotation.from_matrix(tracking.rot[i].T @ rots[i]).magnitude())
+        trans_err_mm = 1000 * np.linalg.norm(tracking.trans[i] - trans[i])
+        assert rot_err < 1.0, (i, rot_err)
+        assert trans_err_mm < 2.0, (i, trans_err_mm)
+    # the jaw stretch follows the truth (monotone, close)
+    assert tracking.z_exp[2, 0] > tracking.z_exp[1, 0] > tracking.z_exp[0, 0]
+    np.testing.assert_allclose(tracking.z_exp[:, 0], [e[0] for e in exps], atol=0.05)
+    assert tracking.meta["residual"] == "photometric L1 x 1000"
+
+
+def test_landmarks_are_cast_on_the_surface():
+    prior = AnalyticPrior()
+    z_geo = torch.zeros(prior.config.lat_dim_geo)
+    pts = cast_landmarks(lambda x: prior.sdf(x, z_geo))
+    assert pts.shape == (len(LANDMARK_NAMES), 3)
+    assert prior.sdf(pts, z_geo).abs().max() < 1e-4
+    assert (pts[:, 2] > 0).all()  # the front of the head
+
+
+# ------------------------------------------------------------------------------------ commands
+FAST = ["--steps-first", "4", "--steps", "2", "--points", "300"]
+
+
+def _participant(tiny_demo):
+    return next(p.parent for p in (tiny_demo["out"] / "capture").glob("*/calibration"))
+
+
+def _copy_sequence(pdir, dest, seq, frames=2):
+    """A capture with one sequence of ``frames`` frames (images + mattes, no point clouds)."""
+    import shutil
+
+    (dest / "calibration").mkdir(parents=True)
+    shutil.copy(pdir / "calibration" / "camera_params.json", dest / "calibration")
+    shutil.copytree(pdir / "groundtruth", dest / "groundtruth")
+    src = pdir / "sequences" / seq / "timesteps"
+    for fdir in sorted(src.iterdir())[:frames]:
+        for sub in fdir.iterdir():
+            if sub.name != "colmap":  # never read by the photometric tracker: prove it by leaving it out
+                shutil.copytree(sub, dest / "sequences" / seq / "timesteps" / fdir.name / sub.name)
+    return dest
+
+
+def _write_mp4(path, frames):
+    from npga_taichi.video import to_uint8
+    import imageio_ffmpeg
+
+    h, w = frames[0].shape[:2]
+    writer = imageio_ffmpeg.write_frames(str(path), (w, h), fps=10, codec="libx264", quality=10,
+                                         macro_block_size=1, output_params=["-pix_fmt", "yuv444p"])
+    writer.send(None)
+    for f in frames:
+        writer.send(np.ascontiguousarray(to_uint8(f)))
+    writer.close()
+
+
+def test_track_photometric_writes_the_tracking_files_without_point_clouds(tiny_demo, tmp_path):
+    pdir = _participant(tiny_demo)
+    data = _copy_sequence(pdir, tmp_path / "cap" / pdir.name, "EXP-1")
+    args = ["track", str(data), "--prior", str(tiny_demo["out"] / "prior"), "--photometric", "--views", "3",
+            "--evaluate", "--json", "--quiet", *FAST]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.output)["sequences"]["EXP-1"]
+    assert summary["frames"] == 2 and summary["photometric_l1_x1000_mean"] > 0
+    assert {"chamfer_mm_mean", "rotation_deg_mean"} <= set(summary["evaluation"])
+    tracking = load_tracking(data / "annotations" / "tracking" / "EXP-1.npz")
+    assert tracking.z_exp.shape[0] == 2 and tracking.meta["residual"] == "photometric L1 x 1000"
+    # existing files are kept (and reported as skipped) without --force
+    again = CliRunner().invoke(cli, args)
+    assert again.exit_code == 0 and json.loads(again.output)["sequences"]["EXP-1"]["skipped"] == "exists"
+    bad = CliRunner().invoke(cli, ["track", str(data), "--prior", str(tiny_demo["out"] / "prior"), "--views", "2"])
+    assert bad.exit_code != 0 and "--views needs --photometric" in bad.output
+
+
+def test_track_photometric_reads_the_nersemble_v2_layout(tiny_demo, tmp_path):
+    """One mp4 per camera, calibration only: NeRSemble v2 (no mattes, no point clouds)."""
+    from npga_taichi.data.nersemble import NersembleCapture
+
+    pdir = _participant(tiny_demo)
+    cap = NersembleCapture(pdir)
+    dest = tmp_path / "v2" / pdir.name
+    (dest / "calibration").mkdir(parents=True)
+    calib = json.loads((pdir / "calibration" / "camera_params.json").read_text())
+    serials = list(cap.cameras)[:2]
+    calib["world_2_cam"] = {s: calib["world_2_cam"][s] for s in serials}
+    (dest / "calibration" / "camera_params.json").write_text(json.dumps(calib))
+    (dest / "sequences" / "EXP-1" / "images").mkdir(parents=True)
+    for s in serials:
+        _write_mp4(dest / "sequences" / "EXP-1" / "images" / f"cam_{s}.mp4",
+                   [cap.load_image("EXP-1", t, s) for t in cap.timesteps("EXP-1")[:2]])
+    assert NersembleCapture(dest).is_video("EXP-1")
+    result = CliRunner().invoke(cli, ["track", str(dest), "--prior", str(tiny_demo["out"] / "prior"),
+                                      "--photometric", "--json", "--quiet", *FAST])
+    assert result.exit_code == 0, result.output
+    tracking = load_tracking(dest / "annotations" / "tracking" / "EXP-1.npz")
+    assert tracking.z_exp.shape[0] == 2 and tracking.meta["serials"] == ",".join(serials)
+
+
+def _video_inputs(tiny_demo, tmp_path, frames=3):
+    from npga_taichi.data.nersemble import NersembleCapture
+
+    cap = NersembleCapture(_participant(tiny_demo))
+    serial = list(cap.cameras)[0]
+    ts = cap.timesteps("EXP-1")[:frames]
+    video = tmp_path / "drive.mp4"
+    _write_mp4(video, [cap.load_image("EXP-1", t, serial) for t in ts])
+    mattes = tmp_path / "mattes"
+    mattes.mkdir()
+    for i, t in enumerate(ts):
+        iio.imwrite(mattes / f"{i:04d}.png", (cap.load_alpha("EXP-1", t, serial)[:, :, 0] * 255).astype(np.uint8))
+    K = tmp_path / "K.json"
+    K.write_text(json.dumps(cap.cameras[serial].K.tolist()))
+    return video, mattes, K, cap
+
+
+def test_track_video_writes_a_tracking_file_render_accepts(tiny_demo, tmp_path):
+    video, mattes, K, cap = _video_inputs(tiny_demo, tmp_path)
+    out = tmp_path / "track.npz"
+    args = ["track-video", str(video), "--prior", str(tiny_demo["out"] / "prior"), "--mattes", str(mattes),
+            "--K", str(K), "--out", str(out), "--json", "--quiet", *FAST]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.output)
+    assert summary["frames"] == 3 and summary["mattes"] and summary["tracking"] == str(out)
+    tracking = load_tracking(out)
+    assert tracking.z_exp.shape == (3, len(tracking.z_exp[0])) and tracking.sequence == "drive"
+    # the file drives an avatar: npga render --expressions
+    render = CliRunner().invoke(cli, ["render", str(tiny_demo["out"] / "run"), "--expressions", str(out),
+                                      "--max-frames", "1", "--out", str(tmp_path / "render"), "--json"])
+    assert render.exit_code == 0, render.output
+    # no overwrite without --force; a folder of frames and --fov work too
+    again = CliRunner().invoke(cli, args)
+    assert again.exit_code != 0 and "--force" in again.output and "Traceback" not in again.output
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    for i, t in enumerate(cap.timesteps("EXP-1")[:2]):
+        iio.imwrite(frames / f"f{i}.png", (cap.load_image("EXP-1", t, list(cap.cameras)[0]) * 255).astype(np.uint8))
+    folder = CliRunner().invoke(cli, ["track-video", str(frames), "--prior", str(tiny_demo["out"] / "prior"),
+                                      "--fov", "19", "--out", str(tmp_path / "f.npz"), "--quiet", *FAST])
+    assert folder.exit_code == 0, folder.output
+    assert load_tracking(tmp_path / "f.npz").z_exp.shape[0] == 2
+
+
+def test_track_video_bad_inputs_name_the_file(tiny_demo, tmp_path):
+    video, mattes, K, cap = _video_inputs(tiny_demo, tmp_path, frames=2)
+    prior = str(tiny_demo["out"] / "prior")
+
+    def run(*extra, src=video):
+        result = CliRunner().invoke(cli, ["track-video", str(src), "--prior", prior, "--out",
+                                          str(tmp_path / "o.npz"), "--quiet", *FAST, *extra])
+        assert result.exit_code != 0 and "Traceback" not in result.output
+        return result.output
+
+    broken = tmp_path / "broken.mp4"
+    broken.write_bytes(b"not a video at all")
+    assert "broken.mp4" in run("--fov", "20", src=broken)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert "zero frames" in run("--fov", "20", src=empty)
+    assert "exactly one of --fov" in run()
+    small = tmp_path / "small_mattes"
+    small.mkdir()
+    for i in range(2):
+        iio.imwrite(small / f"{i}.png", np.zeros((8, 8), np.uint8))
+    out = run("--fov", "20", "--mattes", str(small))
+    assert "small_mattes" in out and "size" in out
+    few = tmp_path / "few_mattes"
+    few.mkdir()
+    iio.imwrite(few / "0.png", iio.imread(next(mattes.iterdir())))
+    assert "few_mattes" in run("--fov", "20", "--mattes", str(few))
+    for name, k in (("k_bad.json", [[0, 0, 1], [0, 1, 1], [0, 0, 1]]), ("k_nan.json", [[1, 0, 1], [0, float("nan"), 1], [0, 0, 1]]),
+                    ("k_shape.json", [[1, 0], [0, 1]])):
+        (tmp_path / name).write_text(json.dumps(k))
+        assert name in run("--K", str(tmp_path / name))
+    lmk = tmp_path / "lmk.npy"
+    np.save(lmk, np.zeros((2, 3, 2), np.float32))
+    assert "lmk.npy" in run("--fov", "20", "--landmarks", str(lmk))
