@@ -117,8 +117,9 @@ def pose_errors(tracking, video) -> dict:
     seq = video.groundtruth["sequences"][video.sequence]
     r_true, t_true = np.asarray(seq["apparent_rotation"]), np.asarray(seq["apparent_translation"])
     r_est, t_est = tracking.meta["apparent"]
-    cos = (np.einsum("tij,tij->t", r_true, r_est) - 1.0) / 2.0
-    rot = np.degrees(np.arccos(np.clip(cos, -1.0, 1.0)))
+    # ||R1 - R2||_F = 2 sqrt(2) sin(angle / 2): exact near zero, where arccos of the trace is not
+    chord = np.linalg.norm(np.asarray(r_est, np.float64) - r_true, axis=(1, 2)) / (2.0 * np.sqrt(2.0))
+    rot = np.degrees(2.0 * np.arcsin(np.clip(chord, 0.0, 1.0)))
     err_cam = (t_est - t_true) @ video.static_camera.viewmat.double().numpy()[:3, :3].T * 1000.0
     plane, depth = np.linalg.norm(err_cam[:, :2], axis=1), np.abs(err_cam[:, 2])
     return {"rotation_deg_mean": float(rot.mean()), "rotation_deg_max": float(rot.max()),
@@ -135,7 +136,7 @@ def jitter(z_exp) -> float:
 def make_drive(run, timesteps, z_exp, rot, trans, scale):
     from npga_taichi.reenactment import Drive
 
-    as_t = lambda x: torch.as_tensor(np.asarray(x), dtype=torch.float32, device=run.device)  # noqa: E731
+    as_t = lambda x: torch.tensor(np.array(x, np.float32), device=run.device)  # noqa: E731 (a copy: writable)
     t = len(timesteps)
     return Drive("FREE", np.asarray(timesteps, np.int64), as_t(z_exp), as_t(rot), as_t(trans),
                  as_t(np.broadcast_to(np.asarray(scale, np.float32).reshape(-1)[:1], (t,))))
