@@ -59,6 +59,20 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
                       lr_scales=1e-2, lr_colors=5e-3),
         "demo": {},
     },
+    # The default pipeline with a 2.4x shorter avatar fit: 2500 steps, G 64 x 2 (a quarter of its
+    # cost per Gaussian), densification from step 200, one opacity reset at step 800 (off the
+    # validation steps). Identity 4242: 32.62 dB held out vs 33.15 for the default fit on the same
+    # inputs (README, *Time to an avatar*).
+    "fast": {
+        "capture": dict(preset="default"),
+        "prior": dict(preset="small"),
+        "track": {},
+        "distill": {},
+        "avatar": dict(detail_hidden=64, detail_layers=2),
+        "train": dict(steps=2500, densify_from=200, opacity_reset_interval=800, val_interval=250,
+                      checkpoint_interval=250),
+        "demo": {},
+    },
     # The schedule the README's numbers come from (default synthetic capture, 2-core CPU).
     "default": {
         "capture": dict(preset="default"),

@@ -27,8 +27,8 @@ class AvatarConfig(DictConfig):
     cnn_hidden: int = 32                # hidden channels of the screen-space CNN
     cnn_layers: int = 3                 # 3x3 conv layers of the screen-space CNN
     use_detail: bool = True             # the detail network G (off: the --no-detail ablation)
-    detail_hidden: int = 64             # hidden width of G
-    detail_layers: int = 2              # hidden layers of G
+    detail_hidden: int = 128            # hidden width of G
+    detail_layers: int = 3              # hidden layers of G
     detail_pos_freqs: int = 4           # sin/cos frequencies of the canonical position fed to G
     use_prior_field: bool = True        # F distilled from the prior (off, --no-prior: F learned from scratch)
     scratch_field_hidden: int = 128     # hidden width of F when learned from scratch
@@ -69,7 +69,7 @@ class AvatarConfig(DictConfig):
 class TrainConfig(DictConfig):
     """How the avatar is trained."""
 
-    steps: int = 2500                   # optimisation steps of the schedule
+    steps: int = 6000                   # optimisation steps of the schedule
     views_per_step: int = 1             # (camera, frame) pairs rendered and averaged per step (split over ranks)
     cameras_per_frame: int = 1          # views of a step that share one sampled frame (one deformation, several cameras)
     image_scale: float = 1.0            # extra downscale of the loaded images (1 = as stored)
@@ -92,17 +92,17 @@ class TrainConfig(DictConfig):
     lr_field: float = 1e-4              # Adam LR of F (fine-tuning a distilled field), decays to 10%
     lr_scratch_field: float = 1e-3      # Adam LR of F when learned from scratch (--no-prior)
     lr_cnn: float = 1e-3                # Adam LR of the screen-space CNN
-    densify_from: int = 200             # first step of adaptive density control
+    densify_from: int = 300             # first step of adaptive density control
     densify_until_frac: float = 0.6     # ADC stops after this fraction of the schedule
     densify_interval: int = 100         # steps between densification passes
     densify_grad_threshold: float = 2e-4  # mean |d loss / d means2d| in NDC units (3DGS) that triggers densify
     percent_dense: float = 0.01         # scale (fraction of extent) separating clone (small) from split (large)
     prune_opacity: float = 0.005        # Gaussians below this opacity are pruned
     prune_max_scale_frac: float = 0.1   # Gaussians larger than this fraction of the extent are pruned
-    opacity_reset_interval: int = 800   # steps between opacity resets while densifying (0 = never)
-    val_interval: int = 250             # steps between validation images / PSNR on held-out data
+    opacity_reset_interval: int = 2000  # steps between opacity resets while densifying (0 = never)
+    val_interval: int = 500             # steps between validation images / PSNR on held-out data
     val_views: int = 4                  # held-out (camera, frame) pairs per validation
-    checkpoint_interval: int = 250      # steps between checkpoints
+    checkpoint_interval: int = 500      # steps between checkpoints
     keep_checkpoints: int = 3           # numbered checkpoints kept (latest.pt always kept)
     log_interval: int = 10              # steps between log.jsonl records
     seed: int = 0                       # seeds torch, numpy and python RNGs
