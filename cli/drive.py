@@ -4,11 +4,11 @@ The work is :func:`npga_taichi.driving.drive_run`; this module parses and prints
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import click
 
+from npga_taichi.cli.options import run_and_report
 from npga_taichi.render_run import DEFAULT_CAMERA
 
 
@@ -62,20 +62,9 @@ def command(run_dir, tracking, relative, neutral, pose, video, video_camera, cam
       npga drive runs/me --tracking vid.npz --orbit --pose fixed
     """
     from npga_taichi.driving import drive_run
-    from npga_taichi.render_run import OptionError
 
-    try:
-        info = drive_run(run_dir, tracking, out, relative=relative, neutral=neutral, pose=pose, video=video,
-                         video_camera=video_camera, camera=camera, orbit=orbit, stride=stride, max_frames=max_frames,
-                         png=png, fps=fps, device=device, force=force, progress=not quiet and not as_json)
-    except OptionError as err:
-        if err.option:
-            raise click.BadParameter(err.message, param_hint=err.option) from None
-        raise click.UsageError(err.message) from None
-    except (ValueError, FileNotFoundError, FileExistsError) as err:
-        raise click.ClickException(str(err)) from None
-    if as_json:
-        click.echo(json.dumps(info))
-    else:
-        for kind, path in info["outputs"].items():
-            click.echo(f"{kind}: {path}")
+    run_and_report(lambda: drive_run(
+        run_dir, tracking, out, relative=relative, neutral=neutral, pose=pose, video=video,
+        video_camera=video_camera, camera=camera, orbit=orbit, stride=stride, max_frames=max_frames,
+        png=png, fps=fps, device=device, force=force, progress=not quiet and not as_json), as_json)
+

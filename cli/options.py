@@ -82,3 +82,27 @@ def collect(cls: type, params: dict[str, Any], dest_prefix: str = "") -> dict[st
         if value is not None:
             out[f.name] = value
     return out
+
+
+def run_and_report(call: Callable[[], dict], as_json: bool) -> dict:
+    """``npga render`` / ``npga drive``: run ``call`` (a library function returning a summary with
+    ``outputs``), turn its OptionError / ValueError / FileNotFoundError / FileExistsError into
+    click errors naming the option or file, then print the summary as JSON or one output per line."""
+    import json
+
+    from npga_taichi.render_run import OptionError
+
+    try:
+        info = call()
+    except OptionError as err:
+        if err.option:
+            raise click.BadParameter(err.message, param_hint=err.option) from None
+        raise click.UsageError(err.message) from None
+    except (ValueError, FileNotFoundError, FileExistsError) as err:
+        raise click.ClickException(str(err)) from None
+    if as_json:
+        click.echo(json.dumps(info))
+    else:
+        for kind, path in info["outputs"].items():
+            click.echo(f"{kind}: {path}")
+    return info

@@ -19,11 +19,11 @@ this module parses and prints.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import click
 
+from npga_taichi.cli.options import run_and_report
 from npga_taichi.render_run import DEFAULT_CAMERA
 
 
@@ -79,22 +79,12 @@ def command(run_dir, sequence, camera, orbit, orbit_yaw, orbit_pitch, full_circl
       npga render runs/me --interpolate auto --grid 4x4    # expression square as one image
       npga render runs/me --interpolate auto --frames 120  # ... as a video along the border
     """
-    from npga_taichi.render_run import OptionError, render_run
+    from npga_taichi.render_run import render_run
 
-    try:
-        info = render_run(run_dir, out, sequence=sequence, camera=camera, orbit=orbit, orbit_yaw=orbit_yaw,
-                          orbit_pitch=orbit_pitch, full_circle=full_circle, expressions=expressions,
-                          source_pose=source_pose, interpolate=interpolate, grid=grid_text, path=path_text,
-                          frames=n_frames, stride=stride, max_frames=max_frames, side_by_side=side_by_side,
-                          png=png, video=not no_video, fps=fps, device=device, force=force)
-    except OptionError as err:
-        if err.option:
-            raise click.BadParameter(err.message, param_hint=err.option) from None
-        raise click.UsageError(err.message) from None
-    except (ValueError, FileNotFoundError, FileExistsError) as err:
-        raise click.ClickException(str(err)) from None
-    if as_json:
-        click.echo(json.dumps(info))
-    else:
-        for kind, path in info["outputs"].items():
-            click.echo(f"{kind}: {path}")
+    run_and_report(lambda: render_run(
+        run_dir, out, sequence=sequence, camera=camera, orbit=orbit, orbit_yaw=orbit_yaw,
+        orbit_pitch=orbit_pitch, full_circle=full_circle, expressions=expressions, source_pose=source_pose,
+        interpolate=interpolate, grid=grid_text, path=path_text, frames=n_frames, stride=stride,
+        max_frames=max_frames, side_by_side=side_by_side, png=png, video=not no_video, fps=fps, device=device,
+        force=force), as_json)
+

@@ -103,6 +103,7 @@ from npga_taichi.prior.tracking import (
     Tracking,
     axis_angle_to_matrix,
     evaluate_against_groundtruth,
+    load_groundtruth,
     load_tracking,
     posed_to_world,
     save_tracking,
@@ -853,15 +854,7 @@ def track_capture_photometric(data, prior_dir, participant: str | None = None,
             capture.timesteps(s)  # raises naming the sequence
     if prior_dir is None:
         raise ValueError("--prior: a prior folder is required")
-    gt = None
-    if evaluate:
-        gt_path = capture.pdir / "groundtruth" / "groundtruth.json"
-        if not gt_path.is_file():
-            raise FileNotFoundError(f"--evaluate needs {gt_path} (synthetic captures only)")
-        try:
-            gt = json.loads(gt_path.read_text())
-        except (OSError, ValueError) as err:
-            raise ValueError(f"cannot parse {gt_path}: {err}") from None
+    gt = load_groundtruth(capture.pdir) if evaluate else None
     out_dir = ensure_output_dir(tracking_dir(capture.pdir), "tracking folder")
     prior = load_prior(prior_dir)
     chosen = sorted(chosen, key=lambda s: (s == "FREE", available.index(s)))

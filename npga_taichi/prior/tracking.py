@@ -632,6 +632,17 @@ def evaluate_against_groundtruth(prior: MonoNPHM, tracking: Tracking, groundtrut
 
 
 # ------------------------------------------------------------------------------------ capture
+def load_groundtruth(capture_pdir: str | os.PathLike) -> dict:
+    """A synthetic capture's ``groundtruth/groundtruth.json`` (for ``--evaluate``); errors name the file."""
+    gt_path = Path(capture_pdir) / "groundtruth" / "groundtruth.json"
+    if not gt_path.is_file():
+        raise FileNotFoundError(f"--evaluate needs {gt_path} (synthetic captures only)")
+    try:
+        return json.loads(gt_path.read_text())
+    except (OSError, ValueError) as err:
+        raise ValueError(f"cannot parse {gt_path}: {err}") from None
+
+
 def tracking_dir(capture_pdir: str | os.PathLike) -> Path:
     """``<root>/<pid>/annotations/tracking``."""
     return Path(capture_pdir) / "annotations" / "tracking"
@@ -693,15 +704,7 @@ def track_capture(data: str | os.PathLike, prior_dir: str | os.PathLike | None =
             if int(value) < 1:
                 raise ValueError(f"{name} must be >= 1, got {value}")
             setattr(cfg, name, int(value))
-    gt = None
-    if evaluate:
-        gt_path = capture.pdir / "groundtruth" / "groundtruth.json"
-        if not gt_path.is_file():
-            raise FileNotFoundError(f"--evaluate needs {gt_path} (synthetic captures only)")
-        try:
-            gt = json.loads(gt_path.read_text())
-        except (OSError, ValueError) as err:
-            raise ValueError(f"cannot parse {gt_path}: {err}") from None
+    gt = load_groundtruth(capture.pdir) if evaluate else None
     from npga_taichi.prior.model import load_prior
 
     prior = load_prior(prior_dir)
