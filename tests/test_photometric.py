@@ -129,8 +129,6 @@ def test_quaternions_from_normals_rotate_z_onto_the_normal():
     assert torch.allclose(quat_to_rotmat(quats_from_normals(n))[:, :, 2], n, atol=1e-5)
 
 
-@pytest.mark.xfail(strict=True, reason="known gap (issue 15): measured 2.4-3.8 deg, ~7 mm, jaw code -0.14 off and the "
-                   "second code's sign flipped on these 3 frames; the fit has a bias still to find")
 def test_photometric_tracking_recovers_pose_and_expression():
     torch.manual_seed(0)
     prior = AnalyticPrior()

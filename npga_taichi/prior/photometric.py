@@ -117,10 +117,12 @@ class PhotometricConfig:
     """Settings of the photometric tracker (``npga track --photometric``, ``npga track-video``)."""
 
     num_points: int = 6000          # surfel Gaussians on the identity's canonical zero level set
-    surfel_radius: float = 0.5      # Gaussian std along the surface / mean neighbour spacing (0.5
-                                    # covers evenly; larger blurs and inflates the silhouette)
+    surfel_radius: float = 0.6      # Gaussian std along the surface / mean spacing sqrt(area / N)
+                                    # (0.6 leaves no holes in a farthest-point cover)
     surfel_thickness: float = 0.1   # surfel extent along its normal / its radius
     surfel_opacity: float = 0.98    # opacity of every surfel
+    eps2d: float = 0.3              # the rasterizer's screen-space dilation (pixels²) for the proxy
+    rim_calibration: bool = True    # sink the surfels so the proxy's silhouette is not inflated
     neck_cut: float = -0.85         # canonical y below which the proxy stops and pixels are ignored
     image_scale: float = 0.5        # frames are resampled by this factor before fitting
     views_per_step: int = 4         # views rendered per optimisation step (cycled through all)
@@ -138,6 +140,7 @@ class PhotometricConfig:
     lr_light: float = 1e-2          # SH lighting and colour affine learning rate (identity frames)
     init_scale: float = 0.25        # world metres per canonical unit (fixed, as in tracking.py)
     init_distance: float = 1.0      # metres from camera to head when no matte places the head
+    init_search_degrees: float = 60.0  # monocular, no landmarks: yaw searched over ±this (0: off)
     w_l1: float = 1.0               # photometric L1 inside the matte
     w_dssim: float = 0.2            # D-SSIM of the matted images
     w_silhouette: float = 1.0       # |rendered alpha − matte|
@@ -152,7 +155,7 @@ class PhotometricConfig:
 
     def validate(self) -> "PhotometricConfig":
         """ValueError naming the first out-of-range field."""
-        positive = ("num_points", "surfel_radius", "surfel_thickness", "surfel_opacity", "image_scale",
+        positive = ("num_points", "surfel_radius", "surfel_thickness", "surfel_opacity", "eps2d", "image_scale",
                     "views_per_step", "jacobian_every", "first_frame_steps", "identity_frames", "steps_per_frame", "init_scale",
                     "init_distance")
         for name in positive:
@@ -161,6 +164,8 @@ class PhotometricConfig:
                 raise ValueError(f"photometric config: {name} must be > 0, got {value!r}")
         if not 0.0 <= self.pose_only_fraction < 1.0:
             raise ValueError(f"photometric config: pose_only_fraction must lie in [0, 1), got {self.pose_only_fraction}")
+        if not (math.isfinite(self.init_search_degrees) and 0.0 <= self.init_search_degrees <= 180.0):
+            raise ValueError(f"photometric config: init_search_degrees must lie in [0, 180], got {self.init_search_degrees}")
         if self.surfel_opacity > 1.0:
             raise ValueError(f"photometric config: surfel_opacity must be <= 1, got {self.surfel_opacity}")
         for name, value in asdict(self).items():
@@ -250,6 +255,90 @@ def quats_from_normals(normals: torch.Tensor) -> torch.Tensor:
     flip = w[:, 0] < 1e-6  # normal = −z: any half turn about a horizontal axis
     q = torch.where(flip[:, None], torch.tensor([0.0, 1.0, 0.0, 0.0], dtype=q.dtype, device=q.device), q)
     return q / q.norm(dim=-1, keepdim=True)
+
+
+def even_cover(points: torch.Tensor, num: int, seed: int = 0) -> torch.Tensor:
+    """``num`` of ``points`` (M >= num, 3) by farthest-point sampling (from a seeded random start):
+    every point is within about one spacing of a chosen one, so surfels of
+    :attr:`PhotometricConfig.surfel_radius` leave no holes (a random subset leaves gaps of a few
+    spacings that show as holes in the silhouette)."""
+    if len(points) < num:
+        raise ValueError(f"only {len(points)} surface samples for {num} surfels")
+    pts = points.detach()
+    dist = torch.full((len(pts),), float("inf"), dtype=pts.dtype, device=pts.device)
+    chosen = torch.empty(num, dtype=torch.long)
+    idx = int(torch.randint(len(pts), (1,), generator=torch.Generator().manual_seed(seed)))
+    for i in range(num):
+        chosen[i] = idx
+        dist = torch.minimum(dist, (pts - pts[idx]).square().sum(-1))
+        idx = int(dist.argmax())
+    return points[chosen.to(points.device)]
+
+
+def mean_spacing(points: torch.Tensor, k: int = 8, chunk: int = 2048) -> float:
+    """sqrt(area / N) of points (N, 3) covering a surface: the median over points of the local
+    estimate r_k sqrt(π / k) (a disc of radius r_k, the k-th neighbour's distance, holds k points)."""
+    k = min(k, len(points) - 1)
+    if k < 1:
+        raise ValueError("mean_spacing needs at least two points")
+    rk = []
+    with torch.no_grad():
+        for i in range(0, len(points), chunk):
+            d = torch.cdist(points[i:i + chunk], points)
+            rk.append(d.topk(k + 1, largest=False).values[:, k])
+    return float(torch.cat(rk).median()) * math.sqrt(math.pi / k)
+
+
+def _splat(world: torch.Tensor, normals: torch.Tensor, colors: torch.Tensor, radius: float,
+           cfg: PhotometricConfig, cam: Camera, background: torch.Tensor):
+    """Surfels (flat Gaussians of std ``radius`` across, ``surfel_thickness`` x that along the
+    normal) at world points (N, 3) with unit normals (N, 3): (image (H, W, C), alpha (H, W, 1))."""
+    n = world.shape[0]
+    scales = torch.tensor([radius, radius, radius * cfg.surfel_thickness],
+                          dtype=world.dtype, device=world.device).expand(n, 3).contiguous()
+    out = rasterize(world, quats_from_normals(normals.detach()), scales,
+                    torch.full((n,), cfg.surfel_opacity, dtype=world.dtype, device=world.device), colors,
+                    cam.viewmat, cam.K, cam.width, cam.height, background=background, eps2d=cfg.eps2d)
+    return out.image, out.alpha
+
+
+def rim_offset(cfg: PhotometricConfig, num: int, spacing: float, pixel: float, iters: int = 3,
+               seed: int = 0) -> float:
+    """How deep (world units) to sink the proxy's surfels below the surface so that its
+    silhouette is not inflated, for surfels ``spacing`` apart (world) seen at ``pixel`` world
+    units per pixel.
+
+    A splatted surface's alpha falls to 1/2 about a surfel radius (plus the rasterizer's
+    ``eps2d`` dilation) *outside* the outermost surfel centres, so a proxy on the surface has a
+    silhouette ~1 pixel too wide at the tracker's resolutions — a bias the fit can only absorb by
+    moving the head away and shrinking it with the expression code. The offset is measured, not
+    modelled: ``num`` surfels cover a sphere of the same area as the proxy the same way
+    (:func:`even_cover`), it is rendered at this pixel size, and the offset that makes its alpha's
+    area equal the exact disc's (pixel centres inside the sphere's outline) is found by a few
+    secant-free fixed-point steps (the area is linear in the offset there)."""
+    radius = spacing * math.sqrt(num / (4.0 * math.pi))
+    gen = torch.Generator().manual_seed(seed)
+    dirs = even_cover(F.normalize(torch.randn(3 * num, 3, generator=gen), dim=-1), num, seed)
+    dirs = dirs[dirs[:, 2] > -0.2]  # the back half is hidden behind the front
+    distance = 100.0 * radius
+    f = distance / pixel
+    r_px = f * radius / math.sqrt(distance ** 2 - radius ** 2)  # the outline's radius in pixels
+    size = 2 * int(math.ceil(r_px)) + 16
+    cam = Camera("rim", torch.tensor([[1.0, 0, 0, 0], [0, -1, 0, 0], [0, 0, -1, distance], [0, 0, 0, 1]]),
+                 [[f, 0, size / 2], [0, f, size / 2], [0, 0, 1]], size, size)
+    # exact outline: pixel centres whose ray passes within `radius` of the sphere's centre
+    c = (torch.arange(size, dtype=torch.float64) + 0.5 - size / 2) / f
+    yy, xx = torch.meshgrid(c, c, indexing="ij")
+    dist2 = distance ** 2 * (xx ** 2 + yy ** 2) / (1 + xx ** 2 + yy ** 2)
+    truth = float((dist2 < radius ** 2).sum())
+    sigma = cfg.surfel_radius * spacing
+    offset = 0.0
+    colors = torch.ones(len(dirs), 1)
+    for _ in range(iters):
+        with torch.no_grad():
+            alpha = _splat((radius - offset) * dirs, dirs, colors, sigma, cfg, cam, torch.zeros(1))[1]
+        offset += (float(alpha.sum()) - truth) / (2 * math.pi * r_px) * pixel
+    return offset
 
 
 def _look_rotation(forward: np.ndarray, up: np.ndarray) -> np.ndarray:
@@ -344,7 +433,6 @@ class PhotometricTracker:
 
     # ---- proxy
     def _build_proxy(self) -> None:
-        from npga_taichi.avatar.gaussians import thin_evenly
         from npga_taichi.prior.distill import canonical_box
         from npga_taichi.prior.surface import sample_level_set
 
@@ -358,14 +446,11 @@ class PhotometricTracker:
                                     generator=gen, tolerance=2e-3)
         except RuntimeError as err:
             raise ValueError(f"cannot place the tracking proxy on the prior's surface: {err}") from None
-        pts = thin_evenly(cand.float(), cfg.num_points, gen)
-        # Mean spacing of an even cover: sqrt(area / N); the area from the nearest-neighbour distance.
-        with torch.no_grad():
-            d = torch.cdist(pts[:2000], pts)
-            d[d <= 0] = float("inf")
-            nn = d.min(1).values
-        self.spacing = float(nn.median())
-        self.x_c = pts
+        pts = even_cover(cand.float(), cfg.num_points, cfg.seed)
+        self.spacing = mean_spacing(pts)  # canonical units
+        self.x_s = pts  # on the level set; the surfels sit rim_offset below (x_c)
+        self.rim_offset = 0.0  # canonical units, set by _calibrate_rim once the pose is known
+        self._rim_pixel = None
         self.x_p = pts.clone()
         self.lmk_c = None
         try:
@@ -375,27 +460,55 @@ class PhotometricTracker:
         self.lmk_p = None if self.lmk_c is None else self.lmk_c.clone()
         self._refresh_identity_terms()
 
+    @property
+    def x_c(self) -> torch.Tensor:
+        """Canonical surfel centres (N, 3): the surface points sunk by ``rim_offset`` along
+        their normals (:func:`rim_offset`)."""
+        return self.x_s - self.rim_offset * self.n_c
+
+    def _calibrate_rim(self, rot: torch.Tensor, trans: torch.Tensor) -> None:
+        """Set ``rim_offset`` for the pixel size at the head (median over the views) at this pose;
+        kept while that pixel size changes by less than 5 %."""
+        if not self.cfg.rim_calibration:
+            return
+        head = posed_to_world(self.x_s.mean(0, keepdim=True), rot, trans, self.scale)
+        pixels = []
+        for cam in self.cameras:
+            depth = float(cam.world_to_camera(head)[0, 2])
+            if depth > 0:
+                pixels.append(depth / float(0.5 * (cam.K[0, 0] + cam.K[1, 1])))
+        if not pixels:
+            return
+        pixel = float(np.median(pixels))
+        if self._rim_pixel is not None and abs(pixel / self._rim_pixel - 1) < 0.05:
+            return
+        self._rim_pixel = pixel
+        world = rim_offset(self.cfg, len(self.x_s), self.spacing * self.scale, pixel, seed=self.cfg.seed)
+        self.rim_offset = world / self.scale
+
     def _refresh_identity_terms(self) -> None:
-        """Canonical normals and albedo of the (frozen or current) identity, detached."""
+        """Canonical normals and albedo (at the surface points) of the (frozen or current)
+        identity, detached."""
         with torch.enable_grad():
-            x = self.x_c.detach().requires_grad_(True)
+            x = self.x_s.detach().requires_grad_(True)
             f, rgb = self.prior.sdf_and_color(x, self.z_geo, self.z_app)
             (g,) = torch.autograd.grad(f.sum(), x)
         self.n_c = F.normalize(g.detach(), dim=-1)
         self.albedo = ((rgb.detach() + 1) * 0.5).clamp(0, 1)
 
     def _identity_step(self, z_geo: torch.Tensor, z_app: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """One differentiable Newton step of the canonical points onto the level set of z_geo, and
-        their albedo: (x_c (N, 3), albedo (N, 3)); stores the detached points and normals."""
+        """One differentiable Newton step of the surface points onto the level set of z_geo, and
+        their albedo: (x_c (N, 3) = the surfel centres below them, albedo (N, 3)); stores the
+        detached points and normals."""
         with torch.enable_grad():
-            x0 = self.x_c.detach().requires_grad_(True)
+            x0 = self.x_s.detach().requires_grad_(True)
             f, rgb = self.prior.sdf_and_color(x0, z_geo, z_app)
             (g,) = torch.autograd.grad(f.sum(), x0, retain_graph=True)
         g = g.detach()
-        x_c = x0.detach() - (f / g.square().sum(-1).clamp_min(1e-6))[:, None] * g
-        self.x_c = x_c.detach()
+        x_s = x0.detach() - (f / g.square().sum(-1).clamp_min(1e-6))[:, None] * g
+        self.x_s = x_s.detach()
         self.n_c = F.normalize(g, dim=-1)
-        return x_c, ((rgb + 1) * 0.5).clamp(0, 1)
+        return x_s - self.rim_offset * self.n_c, ((rgb + 1) * 0.5).clamp(0, 1)
 
     def _newton_roots(self, x_p: torch.Tensor, x_c: torch.Tensor, z_exp: torch.Tensor, z_geo: torch.Tensor,
                       differentiable: bool, jac: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -474,13 +587,8 @@ class PhotometricTracker:
         """Image (H, W, 3) and alpha (H, W, 1) in camera ``cam`` (or view index): surfels at posed
         points x_p (N, 3) with world normals n_w (N, 3) and colours (N, 3) over ``background`` (3,)."""
         cam = self.cameras[cam] if isinstance(cam, int) else cam
-        n = x_p.shape[0]
-        r = self.cfg.surfel_radius * self.spacing * self.scale
-        scales = torch.tensor([r, r, r * self.cfg.surfel_thickness]).expand(n, 3).contiguous()
-        out = rasterize(posed_to_world(x_p, rot, trans, self.scale), quats_from_normals(n_w.detach()), scales,
-                        torch.full((n,), self.cfg.surfel_opacity), colors, cam.viewmat, cam.K, cam.width,
-                        cam.height, background=background)
-        return out.image, out.alpha
+        return _splat(posed_to_world(x_p, rot, trans, self.scale), n_w, colors,
+                      self.cfg.surfel_radius * self.spacing * self.scale, self.cfg, cam, background)
 
     def _valid_mask(self, cam: Camera, rot: torch.Tensor, trans: torch.Tensor) -> torch.Tensor:
         """(H, W, 1) 1 above the posed neck cut, 0 below (see the module docstring)."""
@@ -541,6 +649,7 @@ class PhotometricTracker:
         cfg = self.cfg
         if self.rot is None:
             self._initial_pose(data)
+        self._calibrate_rim(self.rot, self.trans)
         fit_identity = first and not self.identity_fixed
         fit_light = first and not self.lighting_fixed
         prev_exp = self.z_exp.clone()
