@@ -25,6 +25,8 @@ Stages measured (each only when its input is given):
   closed lids / open mouth, 0 = not) against the truth's own closure at that frame, their
   correlation over the frames (``*_closure_correlation``: do tracked codes follow blinks and the
   jaw?), and B's error with the tracked code and pose on the part's points of active frames.
+  Tracks that carry the measured eye closure (:mod:`npga_taichi.eye_closure`) also get its
+  correlation with the true blink parameters (``eye_closure_correlation``).
 
 "closure" = 1 - median|f_prior| / median|f_open| at the closed-lid points: 1 = the prior's
 surface passes through the closed lids, 0 = it stays where open lids are.
@@ -319,6 +321,10 @@ def tracking_stats(prior_dir: Path, tracking_dir: Path, pdir: Path, sequences=No
                         r[f"{part}_doing_nothing_mm"] = float((pts - can).norm(dim=1).median()) * MM
             rows.append(r)
         summ = {"frames": rows}
+        if tr.eye_closure is not None:  # npga_taichi/eye_closure.py: measured from label maps
+            true_blinks = np.array([[data["expression"][data["timesteps"].index(int(t))][E[n]]
+                                     for n in ("blink_left", "blink_right")] for t in tr.timesteps])
+            summ["eye_closure_correlation"] = pearson(np.asarray(tr.eye_closure).reshape(-1), true_blinks.reshape(-1))
         for part in PARTS:
             have = [r for r in rows if f"{part}_closure_tracked" in r]
             summ[f"{part}_closure_correlation"] = pearson([r[f"{part}_closure_tracked"] for r in have],

@@ -37,6 +37,7 @@ class Drive:
     rot:       (T, 3, 3) head rotation, world <- head
     trans:     (T, 3) head translation (metres)
     scale:     (T,) or (T, k) head scale
+    eye_closure: (T, 2) eye closure (left, right; 0 open) or None (:mod:`npga_taichi.eye_closure`)
     """
 
     sequence: str
@@ -45,26 +46,31 @@ class Drive:
     rot: torch.Tensor
     trans: torch.Tensor
     scale: torch.Tensor
+    eye_closure: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return len(self.timesteps)
 
     def frame(self, i: int) -> dict:
         """Frame ``i`` as keyword arguments of the avatar's per-frame deformation."""
-        return {"z_exp": self.z_exp[i], "rot": self.rot[i], "trans": self.trans[i], "scale": self.scale[i]}
+        return {"z_exp": self.z_exp[i], "rot": self.rot[i], "trans": self.trans[i], "scale": self.scale[i],
+                "eye_closure": None if self.eye_closure is None else self.eye_closure[i]}
 
     def select(self, indices) -> "Drive":
         idx = list(indices)
         return Drive(self.sequence, self.timesteps[idx], self.z_exp[idx], self.rot[idx],
-                     self.trans[idx], self.scale[idx])
+                     self.trans[idx], self.scale[idx], None if self.eye_closure is None else self.eye_closure[idx])
 
-    def with_codes(self, z_exp: torch.Tensor, timesteps=None, sequence: str | None = None) -> "Drive":
-        """This drive's first pose held fixed while ``z_exp (T, E)`` changes (cross / interpolation)."""
+    def with_codes(self, z_exp: torch.Tensor, timesteps=None, sequence: str | None = None,
+                   eye_closure: torch.Tensor | None = None) -> "Drive":
+        """This drive's first pose held fixed while ``z_exp (T, E)`` (and ``eye_closure (T, 2)``,
+        open eyes when None) changes (cross-reenactment / interpolation)."""
         t = len(z_exp)
         rep = lambda x: x[:1].expand(t, *x.shape[1:]).clone()  # noqa: E731
         return Drive(sequence or self.sequence,
                      np.arange(t) if timesteps is None else np.asarray(timesteps),
-                     z_exp.to(self.z_exp), rep(self.rot), rep(self.trans), rep(self.scale))
+                     z_exp.to(self.z_exp), rep(self.rot), rep(self.trans), rep(self.scale),
+                     None if eye_closure is None else eye_closure.to(self.z_exp))
 
 
 def _tensor(x, device) -> torch.Tensor:
@@ -87,6 +93,7 @@ def drive_from_tracking(tracking, device="cpu") -> Drive:
         rot=_tensor(tracking.rot, device),
         trans=_tensor(tracking.trans, device),
         scale=_tensor(scale, device),
+        eye_closure=None if tracking.eye_closure is None else _tensor(tracking.eye_closure, device),
     )
 
 
@@ -218,7 +225,7 @@ class LoadedRun:
         if source_pose:
             return other
         own = self.reference_drive()
-        return own.with_codes(other.z_exp, other.timesteps, other.sequence)
+        return own.with_codes(other.z_exp, other.timesteps, other.sequence, other.eye_closure)
 
     def tracked_sequences(self) -> list[str]:
         """The capture's sequences (in capture order) that have a tracking file."""
@@ -236,7 +243,8 @@ class LoadedRun:
     @torch.no_grad()
     def gaussians(self, frame: Mapping[str, torch.Tensor]) -> dict:
         """Deformed world-space Gaussians of one frame as rasterize keyword arrays (float32)."""
-        out = self.avatar.gaussians_for_frame(frame["z_exp"], frame["rot"], frame["trans"], frame["scale"])
+        out = self.avatar.gaussians_for_frame(frame["z_exp"], frame["rot"], frame["trans"], frame["scale"],
+                                              frame.get("eye_closure"))
         return normalise_gaussians(out)
 
     def raster_background(self, gaussians: Mapping[str, object]) -> torch.Tensor | None:

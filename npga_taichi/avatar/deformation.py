@@ -29,17 +29,20 @@ class FrameCode:
     """Everything that drives one frame: expression code and the tracked rigid head pose.
 
     z_exp: (E,) expression code; rot: (3, 3) rotation; trans: (3,) metres; scale: canonical
-    units -> metres (about 0.25).
+    units -> metres (about 0.25); eye_closure: (2,) left, right in [0, 1] (0 open) or None
+    (:mod:`npga_taichi.eye_closure`; avatars that take it read None as open eyes).
     """
 
     z_exp: torch.Tensor
     rot: torch.Tensor
     trans: torch.Tensor
     scale: float
+    eye_closure: torch.Tensor | None = None
 
     def to(self, device: torch.device | str, dtype: torch.dtype = torch.float32) -> "FrameCode":
+        closure = None if self.eye_closure is None else self.eye_closure.to(device, dtype)
         return FrameCode(self.z_exp.to(device, dtype), self.rot.to(device, dtype),
-                         self.trans.to(device, dtype), float(self.scale))
+                         self.trans.to(device, dtype), float(self.scale), closure)
 
 
 class ScratchForwardField(nn.Module):
@@ -85,8 +88,12 @@ class PosedGaussians:
 
 
 def deform_canonical(gaussians: CanonicalGaussians, field: nn.Module | None, detail: DetailNetwork | None,
-                     z_exp: torch.Tensor, use_latents: bool) -> PosedGaussians:
-    """Apply F (+ latents) and G to the canonical cloud; output stays in canonical units."""
+                     z_exp: torch.Tensor, use_latents: bool, detail_code: torch.Tensor | None = None
+                     ) -> PosedGaussians:
+    """Apply F (+ latents) and G to the canonical cloud; output stays in canonical units.
+
+    F sees the expression code ``z_exp`` (E,); G sees ``detail_code`` (E + extra inputs such as
+    the eye closure), ``z_exp`` when None."""
     x_can = gaussians.means
     latents = gaussians.latents if use_latents else None
     quats = gaussians.quats
@@ -99,7 +106,7 @@ def deform_canonical(gaussians: CanonicalGaussians, field: nn.Module | None, det
     if field is not None:
         x = field(x_can, z_exp, features=latents) if latents is not None else field(x_can, z_exp)
     if detail is not None:
-        d = detail(x_can, latents, z_exp)
+        d = detail(x_can, latents, z_exp if detail_code is None else detail_code)
         d_means = d["d_means"]
         x = x + d_means
         identity = torch.zeros(4, dtype=quats.dtype, device=quats.device)

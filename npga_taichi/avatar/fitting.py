@@ -86,7 +86,10 @@ def prepare_training(run_dir: str | os.PathLike, root: str | os.PathLike, partic
             field = load_forward_field(field_dir)
         if not avatar_cfg.use_prior_field:
             field = None
-        avatar_cfg = avatar_cfg.__class__(**{**avatar_cfg.__dict__, "exp_dim": exp_dim})
+        closure_dim = 2 if avatar_cfg.use_eye_closure and all(
+            t.eye_closure is not None for t in trackings.values()) else 0
+        avatar_cfg = avatar_cfg.__class__(**{**avatar_cfg.__dict__, "exp_dim": exp_dim,
+                                             "eye_closure_dim": closure_dim})
         torch.manual_seed(train_cfg.seed)
         avatar = create_avatar(avatar_cfg, prior, z_geo, z_app, exp_dim, field,
                                tuple(train_cfg.background), seed=train_cfg.seed).to(device)

@@ -98,7 +98,8 @@ class NPGAAvatar(nn.Module):
         elif config.feature_dim > 0:
             field.expand_feature_input(config.feature_dim)
         self.field = field
-        self.detail = (DetailNetwork(config.feature_dim, exp_dim, color_dim, config.detail_hidden,
+        self.eye_closure_dim = int(config.eye_closure_dim)
+        self.detail = (DetailNetwork(config.feature_dim, exp_dim + self.eye_closure_dim, color_dim, config.detail_hidden,
                                      config.detail_layers, config.detail_pos_freqs)
                        if config.use_detail and not config.static else None)
         self.cnn = (ScreenCNN(color_dim, config.cnn_hidden, config.cnn_layers, background)
@@ -111,10 +112,20 @@ class NPGAAvatar(nn.Module):
         self.neighbors = knn_graph(self.gaussians.means, self.config.knn_k)
 
     # ------------------------------------------------------------------------------ per frame
+    def detail_code(self, z_exp: torch.Tensor, eye_closure: torch.Tensor | None) -> torch.Tensor:
+        """G's per-frame input: z_exp (E,), then the eye closure (2,) when this avatar takes it
+        (None: open eyes, e.g. codes from a video without label maps or the viewer's sliders)."""
+        if self.eye_closure_dim == 0:
+            return z_exp
+        if eye_closure is None:
+            eye_closure = z_exp.new_zeros(self.eye_closure_dim)
+        return torch.cat([z_exp, eye_closure.to(z_exp).reshape(-1)])
+
     def deform(self, frame: FrameCode) -> PosedGaussians:
         """World-space Gaussians of one frame (differentiable w.r.t. everything trainable)."""
         z = frame.z_exp.to(self.gaussians.means)
-        posed = deform_canonical(self.gaussians, self.field, self.detail, z, self.config.use_latents)
+        posed = deform_canonical(self.gaussians, self.field, self.detail, z, self.config.use_latents,
+                                 self.detail_code(z, frame.eye_closure))
         return apply_rigid_pose(posed, frame.rot, frame.trans, _scale_value(frame.scale))
 
     def raster_colors(self, posed: PosedGaussians) -> tuple[torch.Tensor, int | None]:
@@ -132,11 +143,12 @@ class NPGAAvatar(nn.Module):
                 "opacities": posed.opacities, "colors": colors, "sh_degree": sh_degree}
 
     def gaussians_for_frame(self, z_exp: torch.Tensor, rot: torch.Tensor, trans: torch.Tensor,
-                            scale: Any) -> dict[str, Any]:
+                            scale: Any, eye_closure: torch.Tensor | None = None) -> dict[str, Any]:
         """World-space rasterize inputs of one frame (see the module docstring)."""
         device = self.gaussians.means.device
         frame = FrameCode(torch.as_tensor(z_exp).reshape(-1), torch.as_tensor(rot), torch.as_tensor(trans),
-                          _scale_value(scale)).to(device)
+                          _scale_value(scale),
+                          None if eye_closure is None else torch.as_tensor(eye_closure).reshape(-1)).to(device)
         return self.raster_inputs(self.deform(frame))
 
 

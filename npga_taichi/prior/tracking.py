@@ -115,6 +115,9 @@ class Tracking:
     scale: float                   # metres per canonical unit
     residual: np.ndarray           # (T,) mean |SDF| of the frame's points after fitting (mm)
     meta: dict = field(default_factory=dict)
+    # (T, 2) eye closure (subject's left, right), 0 open .. 1 closed, measured from label maps
+    # (npga_taichi.eye_closure); None when the capture has none
+    eye_closure: np.ndarray | None = None
 
     def summary(self) -> dict:
         """JSON-able summary; residuals are None when unknown (imported tracks store NaN)."""
@@ -130,8 +133,9 @@ class Tracking:
     def check_finite(self, where: str) -> None:
         """ValueError naming ``where`` if a code, pose or the scale is NaN/Inf (the residual may be
         NaN: MonoNPHM imports do not have one)."""
-        bad = [name for name in ("z_exp", "z_geo", "z_app", "rot", "trans")
-               if not np.isfinite(np.asarray(getattr(self, name), np.float64)).all()]
+        bad = [name for name in ("z_exp", "z_geo", "z_app", "rot", "trans", "eye_closure")
+               if getattr(self, name) is not None
+               and not np.isfinite(np.asarray(getattr(self, name), np.float64)).all()]
         if not (math.isfinite(float(self.scale)) and float(self.scale) > 0):
             bad.append("scale")
         if bad:
@@ -149,7 +153,9 @@ def save_tracking(tracking: Tracking, path: str | os.PathLike) -> Path:
                  z_exp=tracking.z_exp.astype(np.float32), z_geo=tracking.z_geo.astype(np.float32),
                  z_app=tracking.z_app.astype(np.float32), rot=tracking.rot.astype(np.float32),
                  trans=tracking.trans.astype(np.float32), scale=np.array(tracking.scale, np.float64),
-                 residual=tracking.residual.astype(np.float32), meta=np.array(json.dumps(tracking.meta)))
+                 residual=tracking.residual.astype(np.float32), meta=np.array(json.dumps(tracking.meta)),
+                 **({} if tracking.eye_closure is None
+                    else {"eye_closure": np.asarray(tracking.eye_closure, np.float32)}))
     write_text_atomic(json.dumps(tracking.summary(), indent=2), path.with_suffix(".json"))
     return path
 
@@ -219,7 +225,12 @@ def load_tracking(path: str | os.PathLike) -> Tracking:
     if arrays["timesteps"].ndim != 1:
         raise ValueError(f"tracking file {path}: timesteps has shape {arrays['timesteps'].shape}, expected (T,)")
     t = len(arrays["timesteps"])
-    for key, shape in (("z_exp", (t, None)), ("rot", (t, 3, 3)), ("trans", (t, 3)), ("residual", (t,))):
+    if "eye_closure" in arrays and arrays["eye_closure"].dtype.kind not in "biuf":
+        raise ValueError(f"tracking file {path}: eye_closure is not numeric")
+    for key, shape in (("z_exp", (t, None)), ("rot", (t, 3, 3)), ("trans", (t, 3)), ("residual", (t,)),
+                       ("eye_closure", (t, 2))):
+        if key not in arrays:
+            continue
         arr = arrays[key]
         if arr.ndim != len(shape) or any(s is not None and a != s for a, s in zip(arr.shape, shape)):
             raise ValueError(f"tracking file {path}: {key} has shape {arr.shape}, expected {shape}")
@@ -232,7 +243,8 @@ def load_tracking(path: str | os.PathLike) -> Tracking:
     tracking = Tracking(str(arrays["sequence"]), arrays["timesteps"].astype(np.int64), arrays["z_exp"],
                         arrays["z_geo"].reshape(-1), arrays["z_app"].reshape(-1), arrays["rot"], arrays["trans"],
                         float(arrays["scale"].reshape(-1)[0]), arrays["residual"],
-                        meta if isinstance(meta, dict) else {})
+                        meta if isinstance(meta, dict) else {},
+                        arrays["eye_closure"].astype(np.float32) if "eye_closure" in arrays else None)
     tracking.check_finite(f"tracking file {path}")
     return tracking
 
@@ -743,4 +755,12 @@ def track_capture(data: str | os.PathLike, prior_dir: str | os.PathLike | None =
                                  f"({type(err).__name__}: {err})") from None
         if on_sequence is not None:
             on_sequence(seq, summary[seq])
+    from npga_taichi.eye_closure import add_eye_closure
+
+    closure = add_eye_closure(capture, out_dir)  # {} when the capture has no label maps
+    for seq, mean in closure.items():
+        summary.setdefault(seq, {})["eye_closure_mean"] = mean
+    if not closure:
+        notes.append("no label maps in the capture: the tracks carry no eye closure, so avatars "
+                     "trained on them cannot blink (npga_taichi/eye_closure.py)")
     return {"tracking_dir": str(out_dir), "seconds": time.time() - t0, "sequences": summary, "warnings": notes}

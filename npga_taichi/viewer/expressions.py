@@ -160,7 +160,10 @@ class ExpressionSource:
         pose = self.pose(state, avatar_index)
         if z_exp is None:
             return canonical_gaussians(run.avatar, pose["rot"], pose["trans"], pose["scale"])
-        return run.gaussians({"z_exp": z_exp, **pose})
+        frame = {"z_exp": z_exp, **pose}
+        if state.mode == "tracked":  # the measured eye closure plays along (pad codes: open eyes)
+            frame["eye_closure"] = self.drive(state.sequence).frame(state.frame)["eye_closure"]
+        return run.gaussians(frame)
 
 
 def save_expression(path: str | os.PathLike, run: LoadedRun, z_exp, pose: dict, meta: dict) -> Path:

@@ -1,0 +1,102 @@
+"""Per-frame eye closure measured from label maps: the avatar's blink input.
+
+Why it exists: the prior cannot carry a blink. The lid is a ~1 mm shell that a blink rotates
+over an eyeball staying put 2 mm beneath it; the backward field B, an MLP on positions trained
+with a per-point distance loss, settles on the median motion there (none), so the tracked codes
+of point-cloud tracking do not follow blinks either (README, *Expression fidelity*). What does
+see a blink is the image: how much of each eye is visible.
+
+Measure: for every frame, camera and eye, the number of pixels a label map marks as ``eyes``
+(eyeball, iris), each assigned to the nearer of the two projected eye centres (tracked head pose,
+:data:`EYE_CENTRES`). Summed over cameras and divided by the same sum at the participant's
+:data:`OPEN_PERCENTILE`-th percentile frame per camera (the open eye, so no neutral frame is
+needed), it is the eye's openness; ``closure = clip(1 - openness, 0, 1)``: 0 open, 1 closed.
+
+Label maps: ``<frame>/labels/cam_<serial>.png`` (uint8 ids into
+:data:`npga_taichi.data.synthetic.LABEL_NAMES`), written by ``npga synth`` from the generator's
+own parts; for a real capture, any face parser's eye class saved in that layout serves. Captures
+without label maps get no closure (``Tracking.eye_closure`` None) and avatars trained on them
+do not take one.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+
+# Head-frame (canonical units) eye centres, subject's left (+x) first: only used to split the
+# eye pixels of an image between the two eyes, so the prior's canonical space is close enough.
+EYE_CENTRES = ((0.112, 0.045, 0.30), (-0.112, 0.045, 0.30))
+OPEN_PERCENTILE = 90.0  # per camera and eye: the pixel count of an open eye
+
+
+def has_label_maps(capture: Any, sequence: str) -> bool:
+    """Whether ``capture`` (a NersembleCapture) has a label map for the first frame of ``sequence``."""
+    from npga_taichi.fidelity import label_path
+
+    timesteps = capture.timesteps(sequence)
+    serial = next(iter(capture.cameras))
+    return bool(timesteps) and label_path(capture.frame_dir(sequence, timesteps[0]), serial).is_file()
+
+
+def eye_pixel_counts(capture: Any, tracking: Any) -> np.ndarray:
+    """(T, V, 2) float: ``eyes`` pixels near each eye (left, right) per tracked frame and camera
+    (``capture.cameras`` order). Counts are in pixels of the label maps' own resolution."""
+    from npga_taichi.data.synthetic import LABEL_NAMES
+    from npga_taichi.fidelity import label_path, load_labels
+    from npga_taichi.prior.tracking import posed_to_world
+
+    eyes = LABEL_NAMES.index("eyes")
+    centres = torch.tensor(EYE_CENTRES, dtype=torch.float32)
+    scale = float(np.asarray(tracking.scale).reshape(-1)[0])
+    counts = np.zeros((len(tracking.timesteps), len(capture.cameras), 2))
+    for i, t in enumerate(np.asarray(tracking.timesteps).tolist()):
+        world = posed_to_world(centres, torch.as_tensor(np.asarray(tracking.rot[i]), dtype=torch.float32),
+                               torch.as_tensor(np.asarray(tracking.trans[i]), dtype=torch.float32), scale)
+        frame_dir = capture.frame_dir(tracking.sequence, int(t))
+        for v, (serial, cam) in enumerate(capture.cameras.items()):
+            labels = load_labels(label_path(frame_dir, serial))
+            rows, cols = np.nonzero(labels == eyes)
+            if len(rows) == 0:
+                continue
+            uv = cam.project(world)[0].numpy() * (labels.shape[1] / cam.width)  # label-map pixels
+            d_left = (cols - uv[0, 0]) ** 2 + (rows - uv[0, 1]) ** 2
+            d_right = (cols - uv[1, 0]) ** 2 + (rows - uv[1, 1]) ** 2
+            left = int((d_left < d_right).sum())
+            counts[i, v] = (left, len(rows) - left)
+    return counts
+
+
+def closure_from_counts(counts: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Sequence -> (T, V, 2) pixel counts  to  sequence -> (T, 2) float32 closure in [0, 1].
+
+    The open reference is shared by all sequences of a participant: per camera and eye, the
+    :data:`OPEN_PERCENTILE`-th percentile of the counts over every frame given."""
+    stacked = np.concatenate([np.asarray(c, np.float64) for c in counts.values()])
+    if len(stacked) == 0:
+        raise ValueError("no frames to measure the eye closure on")
+    reference = np.percentile(stacked, OPEN_PERCENTILE, axis=0).sum(0)  # (2,)
+    if (reference <= 0).any():
+        raise ValueError("no camera shows the eyes open (no 'eyes' pixels in the label maps)")
+    return {seq: np.clip(1.0 - np.asarray(c, np.float64).sum(1) / reference, 0.0, 1.0).astype(np.float32)
+            for seq, c in counts.items()}
+
+
+def add_eye_closure(capture: Any, tracking_folder: str | Path) -> dict[str, float]:
+    """Measure the eye closure of every track in ``tracking_folder`` of ``capture`` and write it
+    into the tracks (``Tracking.eye_closure``). Returns {sequence: mean closure}; {} (nothing
+    written) when the capture has no label maps."""
+    from npga_taichi.prior.tracking import load_trackings, save_tracking, tracking_files
+
+    trackings = load_trackings(tracking_folder)
+    trackings = {seq: tr for seq, tr in trackings.items() if seq in capture.sequences()}
+    if not trackings or not all(has_label_maps(capture, seq) for seq in trackings):
+        return {}
+    closure = closure_from_counts({seq: eye_pixel_counts(capture, tr) for seq, tr in trackings.items()})
+    files = tracking_files(tracking_folder)
+    for seq, tr in trackings.items():
+        tr.eye_closure = closure[seq]
+        save_tracking(tr, files[seq])
+    return {seq: float(c.mean()) for seq, c in closure.items()}

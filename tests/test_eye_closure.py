@@ -1,0 +1,153 @@
+"""Eye closure from label maps (npga_taichi/eye_closure.py), its tracks, and the avatar input it feeds."""
+from pathlib import Path
+
+import imageio.v3 as iio
+import numpy as np
+import pytest
+import torch
+
+from npga_taichi.avatar.config import AvatarConfig
+from npga_taichi.avatar.deformation import FrameCode
+from npga_taichi.avatar.model import NPGAAvatar, avatar_from_state, avatar_state
+from npga_taichi.cameras import Camera
+from npga_taichi.data.synthetic import LABEL_NAMES
+from npga_taichi.eye_closure import (EYE_CENTRES, add_eye_closure, closure_from_counts, eye_pixel_counts,
+                                     has_label_maps)
+from npga_taichi.prior.tracking import Tracking, load_tracking, posed_to_world, save_tracking
+from npga_taichi.reenactment import drive_from_tracking
+
+EYES = LABEL_NAMES.index("eyes")
+SKIN = LABEL_NAMES.index("skin")
+
+
+class DiscCapture:
+    """A capture stand-in: two frontal-ish cameras whose label maps hold one disc of "eyes" per
+    eye, centred on the projected eye centre, of a radius the test chooses per frame and eye."""
+
+    def __init__(self, root: Path, radii: dict[str, list[tuple[float, float]]], size=(96, 128)):
+        self.root, self.size = root, size
+        h, w = size
+        K = np.array([[600.0, 0, w / 2], [0, 600.0, h / 2], [0, 0, 1]])
+        self.cameras = {}
+        for serial, yaw in (("cam_a", 0.0), ("cam_b", 0.2)):
+            c, s = np.cos(yaw), np.sin(yaw)
+            R = np.array([[c, 0, -s], [0, -1, 0], [-s, 0, -c]])  # looks at the head's face (-z world)
+            viewmat = np.eye(4)
+            viewmat[:3, :3] = R
+            viewmat[:3, 3] = -R @ np.array([1.0 * s, 0.0, 1.0 * c])
+            self.cameras[serial] = Camera(serial, viewmat, K, w, h)
+        self.radii = radii
+        self.tracks = {}
+        for seq, per_frame in radii.items():
+            t = len(per_frame)
+            self.tracks[seq] = Tracking(seq, np.arange(t), np.zeros((t, 4), np.float32), np.zeros(3, np.float32),
+                                        np.zeros(3, np.float32), np.repeat(np.eye(3)[None], t, 0).astype(np.float32),
+                                        np.zeros((t, 3), np.float32), 0.25, np.zeros(t, np.float32))
+            for i, (r_left, r_right) in enumerate(per_frame):
+                world = posed_to_world(torch.tensor(EYE_CENTRES, dtype=torch.float32), torch.eye(3), torch.zeros(3), 0.25)
+                for serial, cam in self.cameras.items():
+                    uv = cam.project(world)[0].numpy()
+                    yy, xx = np.mgrid[:h, :w]
+                    labels = np.full((h, w), SKIN, np.uint8)
+                    for (u, v), r in zip(uv, (r_left, r_right)):
+                        labels[(xx - u) ** 2 + (yy - v) ** 2 < r * r] = EYES
+                    path = self.frame_dir(seq, i) / "labels" / f"cam_{serial}.png"
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    iio.imwrite(path, labels)
+
+    def sequences(self):
+        return list(self.radii)
+
+    def timesteps(self, seq):
+        return list(range(len(self.radii[seq])))
+
+    def frame_dir(self, seq, t):
+        return self.root / seq / f"frame_{t:05d}"
+
+
+def test_closure_follows_the_visible_eye_area_per_eye(tmp_path):
+    # Left eye closes over frames 1-3 while the right stays open; the right closes in frame 4.
+    radii = {"A": [(8, 8), (6, 8), (3, 8), (0, 8), (8, 0)], "B": [(8, 8), (8, 8), (8, 8)]}
+    cap = DiscCapture(tmp_path, radii)
+    counts = eye_pixel_counts(cap, cap.tracks["A"])
+    assert counts.shape == (5, 2, 2)
+    assert counts[3, :, 0].sum() == 0 and counts[4, :, 1].sum() == 0      # a closed eye has no pixels
+    assert (counts[0, :, 0] > 150).all() and (counts[0, :, 1] > 150).all()  # each disc goes to its own eye
+    closure = closure_from_counts({"A": counts, "B": eye_pixel_counts(cap, cap.tracks["B"])})
+    left, right = closure["A"][:, 0], closure["A"][:, 1]
+    assert left[0] == pytest.approx(0.0, abs=1e-6) and left[3] == pytest.approx(1.0)
+    assert left[1] == pytest.approx(1 - counts[1, :, 0].sum() / counts[0, :, 0].sum(), abs=1e-6)
+    assert 0.0 < left[1] < left[2] < left[3]                                # monotone in the lid's progress
+    assert np.allclose(right[:4], 0.0, atol=1e-6) and right[4] == pytest.approx(1.0)
+    assert np.allclose(closure["B"], 0.0, atol=1e-6)
+
+
+def test_add_eye_closure_writes_the_tracks_and_skips_captures_without_labels(tmp_path):
+    cap = DiscCapture(tmp_path / "cap", {"A": [(8, 8), (0, 0)]})
+    folder = tmp_path / "tracking"
+    save_tracking(cap.tracks["A"], folder / "A.npz")
+    assert has_label_maps(cap, "A")
+    assert add_eye_closure(cap, folder) == {"A": pytest.approx(0.5)}
+    track = load_tracking(folder / "A.npz")
+    assert np.allclose(track.eye_closure, [[0, 0], [1, 1]], atol=1e-6)
+    drive = drive_from_tracking(track)
+    assert torch.allclose(drive.frame(1)["eye_closure"], torch.ones(2))
+    for path in (tmp_path / "cap").rglob("*.png"):
+        path.unlink()
+    assert not has_label_maps(cap, "A") and add_eye_closure(cap, folder) == {}
+
+
+def test_tracking_file_rejects_a_malformed_eye_closure(tmp_path):
+    t = 3
+    track = Tracking("S", np.arange(t), np.zeros((t, 4)), np.zeros(3), np.zeros(3), np.repeat(np.eye(3)[None], t, 0),
+                     np.zeros((t, 3)), 0.25, np.zeros(t), eye_closure=np.zeros((t, 3)))
+    path = tmp_path / "S.npz"
+    save_tracking(track, path)
+    with pytest.raises(ValueError, match="eye_closure has shape"):
+        load_tracking(path)
+    track.eye_closure = np.full((t, 2), np.nan)
+    with pytest.raises(ValueError, match="eye_closure"):
+        save_tracking(track, path)
+
+
+def _avatar(eye_closure_dim):
+    cfg = AvatarConfig(num_init_gaussians=30, max_gaussians=60, latent_dim=4, sh_degree=1, detail_hidden=16,
+                       detail_layers=2, scratch_field_hidden=16, scratch_field_layers=2, knn_k=4,
+                       eye_closure_dim=eye_closure_dim)
+    torch.manual_seed(0)
+    avatar = NPGAAvatar(cfg, None, exp_dim=5)
+    with torch.no_grad():
+        avatar.gaussians.means.copy_(torch.randn(30, 3))
+        avatar.detail.mlp.out.weight.normal_(0, 0.1)  # a trained G: its output depends on its inputs
+    return avatar
+
+
+def test_detail_network_sees_the_eye_closure_and_checkpoints_keep_it():
+    avatar = _avatar(2)
+    z = torch.randn(5)
+    assert avatar.detail.mlp.code_dim == 7
+    frame = lambda closure: FrameCode(z, torch.eye(3), torch.zeros(3), 1.0, closure)  # noqa: E731
+    open_eyes, closed = avatar.deform(frame(torch.zeros(2))), avatar.deform(frame(torch.ones(2)))
+    assert not torch.allclose(open_eyes.means, closed.means)
+    assert torch.equal(avatar.deform(frame(None)).means, open_eyes.means)  # no closure given = open eyes
+    restored = avatar_from_state(avatar_state(avatar), "test")
+    assert restored.eye_closure_dim == 2
+    assert torch.equal(restored.deform(frame(torch.ones(2))).means, closed.means)
+    # an avatar trained without the input ignores a closure it is given
+    plain = _avatar(0)
+    assert plain.detail.mlp.code_dim == 5
+    assert torch.equal(plain.deform(frame(torch.ones(2))).means, plain.deform(frame(None)).means)
+
+
+def test_tiny_demo_tracks_carry_the_eye_closure_and_the_avatar_takes_it(tiny_demo):
+    from npga_taichi.avatar.config import load_configs
+    from npga_taichi.prior.tracking import load_trackings
+
+    out = Path(tiny_demo["out"])
+    tracks = load_trackings(next(out.glob("capture/*/annotations/tracking")))
+    assert tracks and all(t.eye_closure is not None and t.eye_closure.shape == (len(t.timesteps), 2)
+                          for t in tracks.values())
+    values = np.concatenate([t.eye_closure for t in tracks.values()])
+    assert ((values >= 0) & (values <= 1)).all()
+    avatar_cfg, _, _ = load_configs(out / "run")
+    assert avatar_cfg.eye_closure_dim == 2
