@@ -5,12 +5,23 @@ Gaussian rasterizer (:func:`npga_taichi.render.rasterize`) instead of NeuS-style
 
 The proxy of the person (one per identity):
 
-* **Surfels on the canonical zero level set**: ``num_points`` canonical points on
+* **Surfels just below the canonical zero level set**: ``num_points`` canonical points on
   ``SDF(x, z_geo) = 0`` (the box of :func:`npga_taichi.prior.distill.canonical_box` with the neck
-  down to ``neck_cut``), spread evenly (:func:`npga_taichi.avatar.gaussians.thin_evenly`) — as
-  the avatar initialises its Gaussians. Each is a flat Gaussian (``surfel_thickness`` of its
-  extent along the normal) of opacity ``surfel_opacity``, its standard deviation along the
-  surface the median neighbour spacing times ``surfel_radius``.
+  down to ``neck_cut``) chosen by farthest-point sampling (:func:`even_cover`: no gaps wider than
+  about one spacing). Each is a flat Gaussian (``surfel_thickness`` of its extent along the
+  normal) of opacity ``surfel_opacity``, its standard deviation along the surface
+  ``surfel_radius`` times the mean spacing sqrt(area / N) (:func:`mean_spacing`), splatted with
+  the rasterizer's ``eps2d`` dilation.
+* **Rim offset**: a splatted surface's alpha falls to 1/2 roughly a surfel radius plus the
+  dilation *outside* its outermost centres, so surfels on the surface draw a silhouette too wide
+  by ~1.4 px at the default settings — a bias the fit absorbed (measured on the analytic test
+  head: 2.4–3.8°, 7 mm too low and away, jaw code −0.14 at the true neutral) since it cannot
+  shrink the proxy except by moving it and closing the jaw. The surfels therefore sit
+  ``rim_offset`` below the surface along the normal (``x_c = x_s − d n``; albedo, normals and
+  landmarks stay at the surface point ``x_s``). :func:`rim_offset` measures d for the views'
+  pixel size at the head (:meth:`PhotometricTracker.calibrate_rim`, every frame, kept while the
+  pixel size changes < 5 %): the same number of surfels covering a sphere of the proxy's area,
+  rendered and compared with the sphere's exact outline. ``rim_calibration=False`` turns it off.
 * **Colour**: the prior's appearance field at the canonical point (``MonoNPHM.albedo``) times a
   lighting term — degree-2 real spherical harmonics of the world normal, 9 x 3 coefficients — then
   a global colour affine (3 x 3 matrix + bias), both fitted on the identity frames.
@@ -20,8 +31,8 @@ The proxy of the person (one per identity):
   previous step's root; evaluated with B in the graph this is the *implicit gradient*
   ``dx_p/dθ = -J^-1 ∂B/∂θ`` at the root (MonoNPHM's implicit-differentiation correction). A frame
   starts with a few Newton iterations from the previous frame's roots (warm start). While the
-  identity is fitted, the canonical points follow the moving level set the same way (one Newton
-  step ``x_c <- x_c - f ∇f/|∇f|²`` per optimisation step, differentiable in ``z_geo`` through f).
+  identity is fitted, the surface points follow the moving level set the same way (one Newton
+  step ``x_s <- x_s - f ∇f/|∇f|²`` per optimisation step, differentiable in ``z_geo`` through f).
   Posed normals: ``Jᵀ n_c`` (the gradient of SDF(B(x))). World: ``x_w = s R x_p + t``
   (:mod:`npga_taichi.prior.tracking`'s convention, ``s`` fixed at ``init_scale``).
 
@@ -49,7 +60,15 @@ Initial pose: rotation = identity when there are several views (the NeRSemble wo
 face looking along +z), else the head faces the camera with the camera's up; translation from
 the mattes (triangulated centroids; monocular: along the ray through the matte centroid at the
 depth where the proxy's silhouette area matches the matte's), or ``init_distance`` in front of
-the camera without mattes.
+the camera without mattes. Then, with landmarks, the rigid pose (scale fixed) that best
+reprojects the proxy's canonical landmark points onto them in all views — robust (soft-L1) least
+squares from seven yaw starts −90…90° — and, on every later frame, the same fit started from the
+previous pose with the posed landmarks (the head may turn faster than the few steps per frame
+follow). Monocular without landmarks: a grid over yaw (±``init_search_degrees``, 10° steps) and
+pitch (−10°, 0°, 10°) about the head's own axes, each candidate shifted so its silhouette's
+centroid lands on the matte's and scored by silhouette + L1 of the albedo-coloured proxy; the
+best one starts the fit. (The video camera's azimuth is otherwise never corrected: gradient
+steps from "facing the camera" stayed ~21° off on the monocular benchmark.)
 
 **Landmarks** (optional input, shape (T, V, L, 2), pixel coordinates (x = column, y = row,
 continuous, pixel centres at +0.5) at the frames' resolution; NaN = missing). The set is
@@ -72,9 +91,12 @@ anchor-iBUG landmark pairs):
   down-weighting; the silhouette is an L1 of alpha instead of a soft IoU.
 * Landmarks are an optional input (no detector weights ship with a package we can use) with our
   own landmark set (above) instead of 68 iBUG points matched to anchors.
-* Scale fixed, as in our point-cloud tracker; no FLAME tracker for the first pose (above); Adam
-  with a fixed step count per frame (MonoNPHM: 25–125 by landmark motion); no joint refinement
-  over all frames.
+* Scale fixed, as in our point-cloud tracker; no FLAME tracker for the first pose (MonoNPHM
+  starts from a FLAME fit to landmarks): a rigid landmark fit or a silhouette grid search instead
+  (above); Adam with a fixed step count per frame (MonoNPHM: 25–125 by landmark motion); no joint
+  refinement over all frames.
+* Our surfels need the calibrated rim offset (above); volume rendering's silhouette has no such
+  bias.
 
 Outputs are :class:`npga_taichi.prior.tracking.Tracking` objects (``residual``: the final
 masked L1 per frame, x 1000, i.e. in thousandths of the colour range — not millimetres; ``meta``
@@ -144,7 +166,7 @@ class PhotometricConfig:
     w_l1: float = 1.0               # photometric L1 inside the matte
     w_dssim: float = 0.2            # D-SSIM of the matted images
     w_silhouette: float = 1.0       # |rendered alpha − matte|
-    w_landmarks: float = 1.0        # mean landmark distance / image height (when landmarks given)
+    w_landmarks: float = 10.0       # mean landmark distance / image height (when landmarks given)
     w_reg_exp: float = 1e-4         # |z_exp|²
     first_frame_exp_reg_mult: float = 100.0  # |z_exp|² weight multiplier on the identity frames
     w_reg_geo: float = 1e-4         # |z_geo|² (identity frames)
@@ -315,7 +337,7 @@ def rim_offset(cfg: PhotometricConfig, num: int, spacing: float, pixel: float, i
     modelled: ``num`` surfels cover a sphere of the same area as the proxy the same way
     (:func:`even_cover`), it is rendered at this pixel size, and the offset that makes its alpha's
     area equal the exact disc's (pixel centres inside the sphere's outline) is found by a few
-    secant-free fixed-point steps (the area is linear in the offset there)."""
+    fixed-point steps (the area is about linear in the offset)."""
     radius = spacing * math.sqrt(num / (4.0 * math.pi))
     gen = torch.Generator().manual_seed(seed)
     dirs = even_cover(F.normalize(torch.randn(3 * num, 3, generator=gen), dim=-1), num, seed)
@@ -449,7 +471,7 @@ class PhotometricTracker:
         pts = even_cover(cand.float(), cfg.num_points, cfg.seed)
         self.spacing = mean_spacing(pts)  # canonical units
         self.x_s = pts  # on the level set; the surfels sit rim_offset below (x_c)
-        self.rim_offset = 0.0  # canonical units, set by _calibrate_rim once the pose is known
+        self.rim_offset = 0.0  # canonical units, set by calibrate_rim once the pose is known
         self._rim_pixel = None
         self.x_p = pts.clone()
         self.lmk_c = None
@@ -466,9 +488,10 @@ class PhotometricTracker:
         their normals (:func:`rim_offset`)."""
         return self.x_s - self.rim_offset * self.n_c
 
-    def _calibrate_rim(self, rot: torch.Tensor, trans: torch.Tensor) -> None:
-        """Set ``rim_offset`` for the pixel size at the head (median over the views) at this pose;
-        kept while that pixel size changes by less than 5 %."""
+    def calibrate_rim(self, rot: torch.Tensor, trans: torch.Tensor) -> None:
+        """Set ``rim_offset`` (:func:`rim_offset`) for the pixel size at the head (median over the
+        views) at this pose (rot (3, 3), trans (3,)); kept while that pixel size changes by less
+        than 5 %. Every frame's fit calls it; nothing to do with ``rim_calibration=False``."""
         if not self.cfg.rim_calibration:
             return
         head = posed_to_world(self.x_s.mean(0, keepdim=True), rot, trans, self.scale)
@@ -533,6 +556,7 @@ class PhotometricTracker:
 
     # ---- pose initialisation
     def _initial_pose(self, data: FrameData) -> None:
+        """Rotation and translation before the first frame's fit (module docstring, "Initial pose")."""
         cams = self.cameras
         centers = np.stack([c.center().double().numpy() for c in cams])
         if len(cams) > 1:
@@ -563,8 +587,9 @@ class PhotometricTracker:
                 depth0 = self.cfg.init_distance
                 o, d = origins[0], dirs[0]
                 self.trans = torch.tensor(o + depth0 * d - offset, dtype=torch.float32)
+                self.calibrate_rim(self.rot, self.trans)
                 with torch.no_grad():
-                    alpha = self._render_view(0, self.x_p, self.rot, self.trans, self.albedo,
+                    alpha = self._render_view(0, self.x_c, self.rot, self.trans, self.albedo,
                                               torch.zeros(3), self.n_c @ self.rot.T)[1]
                 ratio = float(alpha.sum()) / max(areas[0], 1.0)
                 depth = depth0 * math.sqrt(max(ratio, 1e-4))
@@ -573,6 +598,100 @@ class PhotometricTracker:
             R = cams[0].viewmat[:3, :3].double().numpy()
             point = centers[0] + self.cfg.init_distance * R[2]
         self.trans = torch.tensor(point - offset, dtype=torch.float32)
+        if data.landmarks is not None and self.lmk_c is not None and \
+                self._pose_from_landmarks(data.landmarks, self.lmk_c, np.arange(-90.0, 91.0, 30.0)):
+            return
+        if len(cams) == 1 and data.mattes is not None and self.cfg.init_search_degrees > 0:
+            self._search_rotation(data, point)
+
+    def _pose_from_landmarks(self, landmarks: torch.Tensor, points: torch.Tensor, yaws: Iterable[float]) -> bool:
+        """Rigid pose (scale fixed) that best reprojects the landmark points (L, 3) (posed
+        space) onto the given ones (V, L, 2) in all views: robust least squares (scipy, soft-L1 on
+        pixels) over axis-angle and translation, started from the current pose turned by each of
+        ``yaws`` (degrees) about the head's up axis; the lowest cost wins. False (pose unchanged)
+        with fewer than 4 landmarks seen."""
+        from scipy.optimize import least_squares
+
+        lmk = points.double().numpy()
+        obs = [(cam, landmarks[v].double().numpy()) for v, cam in enumerate(self.cameras)]
+        obs = [(cam, o, np.isfinite(o).all(-1)) for cam, o in obs]
+        if sum(int(ok.sum()) for _, _, ok in obs) < 4:
+            return False
+        views = [(cam.viewmat[:3, :3].double().numpy(), cam.viewmat[:3, 3].double().numpy(),
+                  cam.K.double().numpy(), o[ok]) for cam, o, ok in obs if ok.any()]
+        idx = [np.flatnonzero(ok) for _, _, ok in obs if ok.any()]
+        R0 = self.rot.double().numpy()
+        centre = self.scale * lmk.mean(0)
+
+        def rotation(w):
+            return axis_angle_to_matrix(torch.as_tensor(w, dtype=torch.float64)).numpy()
+
+        def residuals(p, R_start):
+            R = rotation(p[:3]) @ R_start
+            world = self.scale * lmk @ R.T + p[3:]
+            out = []
+            for (Rv, tv, K, o), i in zip(views, idx):
+                cam_pts = world[i] @ Rv.T + tv
+                z = np.maximum(cam_pts[:, 2:3], 1e-6)
+                uv = (cam_pts @ K.T)[:, :2] / z
+                out.append((uv - o).ravel())
+            return np.concatenate(out)
+
+        best = None
+        for yaw in np.radians(np.asarray(list(yaws), np.float64)):
+            R_start = R0 @ rotation(np.array([0.0, yaw, 0.0]))
+            # keep the landmarks' centre where it was: t = c_world − s R_start c
+            t_start = self.trans.double().numpy() + R0 @ centre - R_start @ centre
+            sol = least_squares(residuals, np.concatenate([np.zeros(3), t_start]), args=(R_start,),
+                                loss="soft_l1", f_scale=2.0, max_nfev=200)
+            if best is None or sol.cost < best[0]:
+                best = (sol.cost, rotation(sol.x[:3]) @ R_start, sol.x[3:])
+        self.rot = torch.tensor(best[1], dtype=torch.float32)
+        self.trans = torch.tensor(best[2], dtype=torch.float32)
+        return True
+
+    def _search_rotation(self, data: FrameData, point: np.ndarray) -> None:
+        """Monocular without landmarks: the yaw (±``init_search_degrees``, 10° steps) and pitch
+        (−10°, 0°, 10°) about the head's own axes whose render best matches the first frame
+        (silhouette + L1 of the albedo-coloured proxy); each candidate is first shifted so that
+        its silhouette's centroid lands on the matte's."""
+        R0 = self.rot.double()
+        c_proxy = self.x_c.mean(0).double()
+        limit = self.cfg.init_search_degrees
+        cam, target, matte, mask = self._views(data, self.rot, self.trans, margin=12)[0]
+        if float(matte.sum()) < 4:
+            return
+        Kinv = torch.linalg.inv(cam.K.double())
+        R_cam = cam.viewmat[:3, :3].double()
+
+        def centroid(a):
+            a = a[..., 0].double()
+            ii, jj = torch.meshgrid(torch.arange(a.shape[0], dtype=torch.float64) + 0.5,
+                                    torch.arange(a.shape[1], dtype=torch.float64) + 0.5, indexing="ij")
+            return torch.stack([(a * jj).sum(), (a * ii).sum()]) / a.sum().clamp_min(1e-9)
+
+        target_uv = centroid(matte)
+        best = None
+        with torch.no_grad():
+            for pitch in (-10.0, 0.0, 10.0):
+                for yaw in np.arange(-limit, limit + 1e-6, 10.0):
+                    R = R0 @ axis_angle_to_matrix(torch.tensor([0.0, math.radians(yaw), 0.0], dtype=torch.float64)) \
+                        @ axis_angle_to_matrix(torch.tensor([math.radians(pitch), 0.0, 0.0], dtype=torch.float64))
+                    rot = R.float()
+                    trans = torch.as_tensor(point, dtype=torch.float64) - self.scale * (R @ c_proxy)
+                    n_w = self.n_c @ rot.T
+                    for _ in range(2):  # align the silhouettes' centroids, then score
+                        image, alpha = self._render_view(cam, self.x_c, rot, trans.float(), self.albedo,
+                                                         torch.zeros(3), n_w)
+                        if float(alpha.sum()) < 4:
+                            break
+                        depth = float(cam.world_to_camera(trans.float()[None])[0, 2])
+                        shift = target_uv - centroid(alpha)
+                        trans = trans + R_cam.T @ (depth * (Kinv @ torch.cat([shift, torch.zeros(1, dtype=torch.float64)])))
+                    cost = float((mask * (alpha - matte).abs()).mean() + (mask * (image - target).abs()).mean())
+                    if best is None or cost < best[0]:
+                        best = (cost, rot, trans.float())
+        self.rot, self.trans = best[1], best[2]
 
     # ---- rendering
     def _shade(self, jac: torch.Tensor, rot: torch.Tensor, albedo: torch.Tensor, light: torch.Tensor,
@@ -649,7 +768,12 @@ class PhotometricTracker:
         cfg = self.cfg
         if self.rot is None:
             self._initial_pose(data)
-        self._calibrate_rim(self.rot, self.trans)
+        elif data.landmarks is not None and self.lmk_p is not None:
+            # the head may turn faster than the few steps per frame follow: re-place it rigidly
+            # from the landmarks, from the previous pose (the expression's landmark motion is
+            # what the robust loss tolerates and the fit below corrects)
+            self._pose_from_landmarks(data.landmarks, self.lmk_p, (0.0,))
+        self.calibrate_rim(self.rot, self.trans)
         fit_identity = first and not self.identity_fixed
         fit_light = first and not self.lighting_fixed
         prev_exp = self.z_exp.clone()
@@ -809,9 +933,11 @@ class PhotometricTracker:
                 "background": self.background.tolist()}
 
     def render_views(self) -> list[torch.Tensor]:
-        """Renders (H, W, 4) (RGB + alpha) of the current state in every view (for inspection)."""
+        """Renders (H, W, 4) (RGB + alpha) of the current state (codes, pose, rim offset) in every
+        view, the posed points re-rooted first (for inspection and tests)."""
         with torch.no_grad():
-            jac = self._newton_roots(self.x_p, self.x_c, self.z_exp, self.z_geo, False)[1]
+            for _ in range(max(1, self.cfg.newton_warm_iters)):
+                self.x_p, jac = self._newton_roots(self.x_p, self.x_c, self.z_exp, self.z_geo, False)
             n_w, colors = self._shade(jac, self.rot, self.albedo, self.light, self.affine)
             out = []
             for v in range(len(self.cameras)):
