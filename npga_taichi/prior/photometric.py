@@ -8,7 +8,8 @@ The proxy of the person (one per identity):
 * **Surfels just below the canonical zero level set**: ``num_points`` canonical points on
   ``SDF(x, z_geo) = 0`` (the box of :func:`npga_taichi.prior.distill.canonical_box` with the neck
   down to ``neck_cut``) chosen by farthest-point sampling (:func:`even_cover`: no gaps wider than
-  about one spacing). Each is a flat Gaussian (``surfel_thickness`` of its extent along the
+  about one spacing; a random subset with the median nearest-neighbour distance as spacing — half
+  the mean spacing — left holes that showed through). Each is a flat Gaussian (``surfel_thickness`` of its extent along the
   normal) of opacity ``surfel_opacity``, its standard deviation along the surface
   ``surfel_radius`` times the mean spacing sqrt(area / N) (:func:`mean_spacing`), splatted with
   the rasterizer's ``eps2d`` dilation.
@@ -104,6 +105,7 @@ says ``"residual": "photometric L1 x 1000"``).
 """
 from __future__ import annotations
 
+import functools
 import json
 import math
 import time
@@ -324,6 +326,15 @@ def _splat(world: torch.Tensor, normals: torch.Tensor, colors: torch.Tensor, rad
     return out.image, out.alpha
 
 
+@functools.lru_cache(maxsize=4)
+def _sphere_cover(num: int, seed: int) -> torch.Tensor:
+    """Unit directions (M, 3): :func:`even_cover` of ``num`` points on the unit sphere, only the
+    half facing +z (and a margin past the outline): the rest is hidden behind it."""
+    gen = torch.Generator().manual_seed(seed)
+    dirs = even_cover(F.normalize(torch.randn(3 * num, 3, generator=gen), dim=-1), num, seed)
+    return dirs[dirs[:, 2] > -0.2]
+
+
 def rim_offset(cfg: PhotometricConfig, num: int, spacing: float, pixel: float, iters: int = 3,
                seed: int = 0) -> float:
     """How deep (world units) to sink the proxy's surfels below the surface so that its
@@ -339,9 +350,7 @@ def rim_offset(cfg: PhotometricConfig, num: int, spacing: float, pixel: float, i
     area equal the exact disc's (pixel centres inside the sphere's outline) is found by a few
     fixed-point steps (the area is about linear in the offset)."""
     radius = spacing * math.sqrt(num / (4.0 * math.pi))
-    gen = torch.Generator().manual_seed(seed)
-    dirs = even_cover(F.normalize(torch.randn(3 * num, 3, generator=gen), dim=-1), num, seed)
-    dirs = dirs[dirs[:, 2] > -0.2]  # the back half is hidden behind the front
+    dirs = _sphere_cover(num, seed)
     distance = 100.0 * radius
     f = distance / pixel
     r_px = f * radius / math.sqrt(distance ** 2 - radius ** 2)  # the outline's radius in pixels
