@@ -337,9 +337,9 @@ def _sphere_cover(num: int, seed: int) -> torch.Tensor:
 
 def rim_offset(cfg: PhotometricConfig, num: int, spacing: float, pixel: float, iters: int = 3,
                seed: int = 0) -> float:
-    """How deep (world units) to sink the proxy's surfels below the surface so that its
-    silhouette is not inflated, for surfels ``spacing`` apart (world) seen at ``pixel`` world
-    units per pixel.
+    """How deep (world units; negative: how high) to sink the proxy's surfels below the surface
+    so that its silhouette is neither inflated nor shrunk, for ``num`` surfels ``spacing``
+    apart (world) seen at ``pixel`` world units per pixel.
 
     A splatted surface's alpha falls to 1/2 about a surfel radius (plus the rasterizer's
     ``eps2d`` dilation) *outside* the outermost surfel centres, so a proxy on the surface has a
