@@ -41,31 +41,43 @@ def has_label_maps(capture: Any, sequence: str) -> bool:
     return bool(timesteps) and label_path(capture.frame_dir(sequence, timesteps[0]), serial).is_file()
 
 
-def eye_pixel_counts(capture: Any, tracking: Any) -> np.ndarray:
-    """(T, V, 2) float: ``eyes`` pixels near each eye (left, right) per tracked frame and camera
-    (``capture.cameras`` order). Counts are in pixels of the label maps' own resolution."""
-    from npga_taichi.data.synthetic import LABEL_NAMES
-    from npga_taichi.fidelity import label_path, load_labels
+def eye_centres_world(rot, trans, scale) -> torch.Tensor:
+    """(2, 3) world positions of :data:`EYE_CENTRES` under a tracked head pose (world = scale ·
+    rot · x + trans; rot (3, 3), trans (3,) metres, scale metres per canonical unit)."""
     from npga_taichi.prior.tracking import posed_to_world
 
-    eyes = LABEL_NAMES.index("eyes")
-    centres = torch.tensor(EYE_CENTRES, dtype=torch.float32)
-    scale = float(np.asarray(tracking.scale).reshape(-1)[0])
+    return posed_to_world(torch.tensor(EYE_CENTRES, dtype=torch.float32),
+                          torch.as_tensor(np.asarray(rot), dtype=torch.float32),
+                          torch.as_tensor(np.asarray(trans), dtype=torch.float32),
+                          float(np.asarray(scale).reshape(-1)[0]))
+
+
+def count_eye_pixels(labels: np.ndarray, camera: Any, centres_world: torch.Tensor) -> tuple[int, int]:
+    """(left, right): ``eyes`` pixels of one (H, W) label map, each given to the nearer projected
+    eye centre (``camera`` at any resolution with the label map's aspect ratio)."""
+    from npga_taichi.data.synthetic import LABEL_NAMES
+
+    rows, cols = np.nonzero(labels == LABEL_NAMES.index("eyes"))
+    if len(rows) == 0:
+        return 0, 0
+    uv = camera.project(centres_world.to(camera.viewmat))[0].cpu().numpy() * (labels.shape[1] / camera.width)
+    d_left = (cols - uv[0, 0]) ** 2 + (rows - uv[0, 1]) ** 2
+    d_right = (cols - uv[1, 0]) ** 2 + (rows - uv[1, 1]) ** 2
+    left = int((d_left < d_right).sum())
+    return left, len(rows) - left
+
+
+def eye_pixel_counts(capture: Any, tracking: Any) -> np.ndarray:
+    """(T, V, 2) float: ``eyes`` pixels near each eye (left, right) per tracked frame and camera
+    (``capture.cameras`` order), in pixels of the label maps' own resolution."""
+    from npga_taichi.fidelity import label_path, load_labels
+
     counts = np.zeros((len(tracking.timesteps), len(capture.cameras), 2))
     for i, t in enumerate(np.asarray(tracking.timesteps).tolist()):
-        world = posed_to_world(centres, torch.as_tensor(np.asarray(tracking.rot[i]), dtype=torch.float32),
-                               torch.as_tensor(np.asarray(tracking.trans[i]), dtype=torch.float32), scale)
+        world = eye_centres_world(tracking.rot[i], tracking.trans[i], tracking.scale)
         frame_dir = capture.frame_dir(tracking.sequence, int(t))
         for v, (serial, cam) in enumerate(capture.cameras.items()):
-            labels = load_labels(label_path(frame_dir, serial))
-            rows, cols = np.nonzero(labels == eyes)
-            if len(rows) == 0:
-                continue
-            uv = cam.project(world)[0].numpy() * (labels.shape[1] / cam.width)  # label-map pixels
-            d_left = (cols - uv[0, 0]) ** 2 + (rows - uv[0, 1]) ** 2
-            d_right = (cols - uv[1, 0]) ** 2 + (rows - uv[1, 1]) ** 2
-            left = int((d_left < d_right).sum())
-            counts[i, v] = (left, len(rows) - left)
+            counts[i, v] = count_eye_pixels(load_labels(label_path(frame_dir, serial)), cam, world)
     return counts
 
 

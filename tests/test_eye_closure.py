@@ -151,3 +151,69 @@ def test_tiny_demo_tracks_carry_the_eye_closure_and_the_avatar_takes_it(tiny_dem
     assert ((values >= 0) & (values <= 1)).all()
     avatar_cfg, _, _ = load_configs(out / "run")
     assert avatar_cfg.eye_closure_dim == 2
+
+
+def test_photometric_loss_weights_the_regions():
+    from npga_taichi.avatar.config import TrainConfig
+    from npga_taichi.avatar.trainer import photometric_loss
+
+    g = torch.Generator().manual_seed(0)
+    pred, target = torch.rand(8, 9, 3, generator=g), torch.rand(8, 9, 3, generator=g)
+    alpha = torch.ones(8, 9, 1)
+    cfg = TrainConfig(lambda_dssim=0.0)
+    plain, _ = photometric_loss(pred, target, alpha, cfg)
+    assert torch.allclose(photometric_loss(pred, target, alpha, cfg, torch.ones(8, 9, 1))[0], plain)
+    weight = torch.ones(8, 9, 1)
+    weight[2:4, 3:6] = 5.0
+    weighted, _ = photometric_loss(pred, target, alpha, cfg, weight)
+    diff = (pred - target).abs()
+    assert torch.allclose(weighted, (weight * diff).sum() / (weight.sum() * 3))
+
+
+def test_region_weights_and_closed_eye_sampling_on_the_tiny_capture(tiny_demo):
+    from types import SimpleNamespace
+
+    from npga_taichi.avatar.config import TrainConfig
+    from npga_taichi.avatar.fitting import split_views
+    from npga_taichi.avatar.trainer import AvatarData, Trainer
+    from npga_taichi.data.nersemble import NersembleCapture
+    from npga_taichi.fidelity import label_path, load_labels
+    from npga_taichi.prior.tracking import load_trackings
+
+    pdir = next(Path(tiny_demo["out"]).glob("capture/*/annotations")).parent
+    capture = NersembleCapture(pdir)
+    trackings = load_trackings(pdir / "annotations" / "tracking")
+    cfg = TrainConfig(region_weight=5.0, closed_eye_share=0.5)
+    train_views, val_views = split_views(capture, trackings, cfg)
+    data = AvatarData(capture, trackings, train_views, val_views, (1.0, 1.0, 1.0))
+    view = max(train_views[:40], key=lambda v: float(data.pixel_weight(v, 5.0).max()))
+    weight = data.pixel_weight(view, 5.0)
+    labels = load_labels(label_path(capture.frame_dir(view.sequence, view.timestep), view.serial))
+    assert weight.shape == (data.camera(view.serial).height, data.camera(view.serial).width, 1)
+    assert float(weight.max()) == pytest.approx(5.0) and float(weight.min()) == 1.0
+    face_parts = np.isin(labels, [LABEL_NAMES.index(n) for n in ("eyelids", "eyes", "lips", "teeth", "mouth_interior")])
+    if labels.shape == tuple(weight.shape[:2]):  # same resolution: the weight is exactly the label mask
+        assert torch.equal(weight[..., 0] > 1.0, torch.from_numpy(face_parts))
+    assert data.pixel_weight(view, 1.0) is None
+
+    # one frame with a closed eye: half the draws go to it (plus its uniform share)
+    seq = train_views[0].sequence
+    track = trackings[seq]
+    track.eye_closure = np.zeros((len(track.timesteps), 2), np.float32)
+    track.eye_closure[0, 1] = 0.9
+    for t in trackings.values():
+        if t is not track:
+            t.eye_closure = np.zeros((len(t.timesteps), 2), np.float32)
+    closed = [k for k, v in enumerate(train_views) if v.sequence == seq and v.frame_index == 0]
+    assert data.closed_eye_views() == closed
+    draws = []
+    for share, cameras_per_frame in ((0.5, 1), (0.5, 2), (0.0, 1)):
+        fake = SimpleNamespace(cfg=TrainConfig(closed_eye_share=share, views_per_step=2,
+                                               cameras_per_frame=cameras_per_frame),
+                               data=data, sampler=np.random.Generator(np.random.PCG64(0)))
+        picks = [v for _ in range(400) for group in Trainer.sample_views(fake) for v in group]
+        draws.append(np.mean([(v.sequence, v.frame_index) == (seq, 0) for v in picks]))
+    base = len(closed) / len(train_views)
+    assert draws[0] == pytest.approx(0.5 + 0.5 * base, abs=0.06)
+    assert draws[1] == pytest.approx(0.5 + 0.5 * base, abs=0.08)
+    assert draws[2] == pytest.approx(base, abs=0.05)

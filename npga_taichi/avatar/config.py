@@ -41,7 +41,7 @@ class AvatarConfig(DictConfig):
     init_surface_band: float = 0.002    # |SDF| tolerance (canonical units, 0.5 mm) for accepted surface samples
     init_colors_from_images: bool = True  # initial colours read from the first training frame's images (off: prior albedo)
     exp_dim: int = 0                    # expression code size (filled from the tracking at init)
-    use_eye_closure: bool = True        # G also sees each frame's eye closure when every training track has one
+    use_eye_closure: bool = True        # G also sees each frame's eye closure (measured from label maps by npga track) when every track has it
     eye_closure_dim: int = 0            # eye-closure inputs of G: 2 (left, right) or 0 (filled at init)
 
     def validate(self) -> "AvatarConfig":
@@ -77,6 +77,8 @@ class TrainConfig(DictConfig):
     image_scale: float = 1.0            # extra downscale of the loaded images (1 = as stored)
     background: tuple[float, float, float] = (1.0, 1.0, 1.0)  # colour the targets are composited onto
     mask_loss: bool = False             # restrict L1 to the alpha matte (SSIM always uses the whole image)
+    region_weight: float = 5.0          # L1 weight of eye and mouth pixels (capture label maps) vs the rest; 1 = uniform
+    closed_eye_share: float = 0.25      # share of steps drawn from frames with an eye closure > 0.5 (tracks that carry it)
     lambda_dssim: float = 0.2           # weight of D-SSIM = 1 - SSIM in the loss L1 + lambda * D-SSIM
     lambda_lap_latent: float = 1e-2     # Laplacian regulariser on the latent features
     lambda_lap_dynamics: float = 1e-1   # Laplacian regulariser on the predicted per-Gaussian dynamics
@@ -121,6 +123,10 @@ class TrainConfig(DictConfig):
         if self.cameras_per_frame < 1 or self.views_per_step % self.cameras_per_frame:
             raise ValueError(f"cameras_per_frame ({self.cameras_per_frame}) must be >= 1 and divide "
                              f"views_per_step ({self.views_per_step})")
+        if not self.region_weight >= 1.0:
+            raise ValueError(f"region_weight must be >= 1, got {self.region_weight}")
+        if not 0.0 <= self.closed_eye_share < 1.0:
+            raise ValueError(f"closed_eye_share must be in [0, 1), got {self.closed_eye_share}")
         if not 0 < self.image_scale <= 1:
             raise ValueError(f"image_scale must be in (0, 1], got {self.image_scale}")
         if len(self.background) != 3:

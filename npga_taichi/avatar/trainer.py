@@ -94,6 +94,7 @@ class AvatarData:
         self.background = torch.tensor(background, dtype=torch.float32, device=device)
         self.image_scale, self.device = image_scale, torch.device(device)
         self._cache: dict[View, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._regions: dict[View, torch.Tensor | None] = {}
         self._cameras: dict[str, Camera] = {}
 
     def camera(self, serial: str) -> Camera:
@@ -114,6 +115,45 @@ class AvatarData:
 
     def frame(self, view: View) -> FrameCode:
         return frame_code(self.trackings[view.sequence], view.frame_index).to(self.device)
+
+    def _eye_closed(self, view: View) -> bool:
+        closure = getattr(self.trackings[view.sequence], "eye_closure", None)
+        return closure is not None and float(np.max(closure[view.frame_index])) > 0.5
+
+    def closed_eye_views(self) -> list[int]:
+        """Indices into ``train_views`` whose frame has an eye closure > 0.5 ([] without closure)."""
+        if not hasattr(self, "_closed_views"):
+            self._closed_views = [k for k, view in enumerate(self.train_views) if self._eye_closed(view)]
+        return self._closed_views
+
+    def closed_eye_frames(self) -> list[int]:
+        """Indices into :meth:`frames` of the frames with an eye closure > 0.5."""
+        if not hasattr(self, "_closed_frames"):
+            self._closed_frames = [k for k, group in enumerate(self.frames()) if self._eye_closed(group[0])]
+        return self._closed_frames
+
+    def pixel_weight(self, view: View, region_weight: float) -> torch.Tensor | None:
+        """(H, W, 1) L1 weight: ``region_weight`` on the eye and mouth pixels of the view's label
+        map (:data:`npga_taichi.fidelity.REGIONS`, area-resampled), 1 elsewhere; None when the
+        capture has no label map for the view or the weight is 1."""
+        if region_weight == 1.0:
+            return None
+        if view not in self._regions:
+            from npga_taichi.fidelity import label_path, load_labels, region_weights
+
+            path = label_path(self.capture.frame_dir(view.sequence, view.timestep), view.serial)
+            mask = None
+            if path.is_file():
+                cam = self.camera(view.serial)
+                regions = region_weights(load_labels(path), (cam.height, cam.width))
+                mask = (sum(regions.values()).clamp(0, 1) * 255).round().to(torch.uint8)
+            if len(self._regions) < IMAGE_CACHE_ENTRIES:
+                self._regions[view] = mask
+        else:
+            mask = self._regions[view]
+        if mask is None:
+            return None
+        return 1.0 + (region_weight - 1.0) * mask.to(self.device, torch.float32) / 255
 
     def target(self, view: View) -> tuple[torch.Tensor, torch.Tensor]:
         """(image (H, W, 3) composited on the background, alpha (H, W, 1)), float32 in [0, 1]."""
@@ -199,10 +239,15 @@ def learning_rate(group: dict, step: int, total: int) -> float:
 
 # --------------------------------------------------------------------------------------- losses
 def photometric_loss(pred: torch.Tensor, target: torch.Tensor, alpha: torch.Tensor,
-                     cfg: TrainConfig) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """L1 (optionally alpha-masked) + lambda * D-SSIM on (H, W, 3) images; parts detached
-    (tensors, so logging them costs no host synchronisation)."""
-    l1 = metrics.l1_loss(pred, target, alpha if cfg.mask_loss else None)
+                     cfg: TrainConfig, weight: torch.Tensor | None = None
+                     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """L1 (optionally alpha-masked, optionally a weighted mean with ``weight`` (H, W, 1)) +
+    lambda * D-SSIM on (H, W, 3) images; parts detached (tensors, so logging them costs no host
+    synchronisation)."""
+    mask = alpha if cfg.mask_loss else None
+    if weight is not None:
+        mask = weight if mask is None else mask * weight
+    l1 = metrics.l1_loss(pred, target, mask)
     dssim = metrics.dssim_loss(pred, target) if cfg.lambda_dssim > 0 else pred.new_zeros(())
     return l1 + cfg.lambda_dssim * dssim, {"l1": l1.detach(), "dssim": dssim.detach()}
 
@@ -395,14 +440,25 @@ class Trainer:
 
         ``cameras_per_frame`` = 1: views uniformly at random, one group each. Otherwise
         views_per_step / cameras_per_frame frames, each seen by that many distinct training
-        cameras (one group: one deformation serves them all).
+        cameras (one group: one deformation serves them all). With ``closed_eye_share`` > 0 and
+        tracks that carry the eye closure, each draw is replaced by one from the closed-eye
+        frames with that probability: blinks are a few % of the frames and < 1 % of the pixels.
         """
         cfg, views = self.cfg, self.data.train_views
         if cfg.cameras_per_frame == 1:
-            return [[views[int(i)]] for i in self.sampler.integers(0, len(views), size=cfg.views_per_step)]
+            closed = self.data.closed_eye_views() if cfg.closed_eye_share > 0 else []
+            picks = []
+            for i in self.sampler.integers(0, len(views), size=cfg.views_per_step):
+                if closed and self.sampler.random() < cfg.closed_eye_share:
+                    i = closed[int(self.sampler.integers(0, len(closed)))]
+                picks.append([views[int(i)]])
+            return picks
         frames = self.data.frames()
+        closed_frames = self.data.closed_eye_frames() if cfg.closed_eye_share > 0 else []
         groups = []
         for i in self.sampler.integers(0, len(frames), size=cfg.views_per_step // cfg.cameras_per_frame):
+            if closed_frames and self.sampler.random() < cfg.closed_eye_share:
+                i = closed_frames[int(self.sampler.integers(0, len(closed_frames)))]
             frame_views = frames[int(i)]
             take = self.sampler.choice(len(frame_views), size=min(cfg.cameras_per_frame, len(frame_views)),
                                        replace=False)
@@ -443,7 +499,8 @@ class Trainer:
                 t0 = self._time("data", t0)
                 rendered = render_posed(avatar, posed, camera, self.data.background, self.rasterize)
                 t0 = self._time("raster_forward", t0)
-                photo, parts = photometric_loss(rendered.image, target, alpha, cfg)
+                photo, parts = photometric_loss(rendered.image, target, alpha, cfg,
+                                                self.data.pixel_weight(view, cfg.region_weight))
                 reg, reg_parts = regularizers(avatar, posed, rendered.raster.alpha, alpha, cfg)
                 loss = loss + (photo + reg) / total
                 for k, v in {**parts, **reg_parts, "mse": metrics.mse(rendered.image.detach(), target)}.items():
