@@ -94,16 +94,23 @@ def track_monocular(video, prior, landmarks: bool, quick: bool) -> tuple[object,
     lmk = None
     if landmarks:
         lmk = torch.from_numpy(np.where(video.visible[..., None], video.landmarks, np.nan).astype(np.float32))[:, None]
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     tracking = track_video(torch.from_numpy(video.frames)[:, None], [video.static_camera], prior,
                            mattes=None if video.mattes is None else torch.from_numpy(video.mattes)[:, None],
                            landmarks=lmk, config=cfg, sequence=video.sequence, progress=False)
     seconds = (time.perf_counter() - start) / len(video.frames)
+    # CPU seconds of this process: what one core would take, unaffected by other jobs on the machine
+    cpu_seconds = (time.process_time() - cpu_start) / len(video.frames)
+    if video.labels is not None:  # the eye closure npga track-video --labels measures (static camera's poses)
+        from npga_taichi.prior.photometric import video_eye_closure
+
+        tracking.eye_closure = video_eye_closure(video.labels, video.static_camera, tracking.rot, tracking.trans,
+                                                 tracking.scale, source=f"{video.path}/labels")
     views = np.stack([c.viewmat.double().numpy() for c in video.cameras])
     rot, trans = world_pose(tracking.rot, tracking.trans, views, video.static_camera.viewmat.double().numpy())
     apparent = (np.asarray(tracking.rot), np.asarray(tracking.trans))
     tracking = replace(tracking, rot=rot.astype(np.float32), trans=trans.astype(np.float32),
-                       meta={**tracking.meta, "apparent": apparent})
+                       meta={**tracking.meta, "apparent": apparent, "cpu_seconds_per_frame": cpu_seconds})
     return tracking, seconds
 
 
@@ -142,19 +149,51 @@ def pose_difference(r_est, t_est, r_true, t_true, video) -> dict:
             "translation_depth_mm_mean": float(depth.mean()), "translation_depth_mm_max": float(depth.max())}
 
 
+def closure_correlation(tracking, video) -> list | None:
+    """Pearson correlation of the measured eye closure (left, right) with the true blink
+    parameters of the video (None per eye where either is constant, or without label maps)."""
+    from npga_taichi.data.synthetic import EXPRESSION_NAMES
+
+    if tracking.eye_closure is None:
+        return None
+    expr = np.asarray(video.groundtruth["sequences"][video.sequence]["expression"], np.float64)
+    out = []
+    for k, name in enumerate(("blink_left", "blink_right")):
+        a, b = np.asarray(tracking.eye_closure, np.float64)[:, k], expr[:, EXPRESSION_NAMES.index(name)]
+        out.append(None if a.std() < 1e-9 or b.std() < 1e-9 else float(np.corrcoef(a, b)[0, 1]))
+    return out
+
+
 def jitter(z_exp) -> float:
     """Mean ‖z_{t+1} − 2 z_t + z_{t−1}‖ (0 for fewer than 3 frames)."""
     z = np.asarray(z_exp, np.float64)
     return float(np.linalg.norm(z[2:] - 2 * z[1:-1] + z[:-2], axis=1).mean()) if len(z) >= 3 else 0.0
 
 
-def make_drive(run, timesteps, z_exp, rot, trans, scale):
+def align_to_first(rot, trans, scale, ref) -> tuple[np.ndarray, np.ndarray, float]:
+    """Tracked poses moved into another tracker's pose frame by their first frames' similarity:
+    ``P'_t = P_ref ∘ P_0⁻¹ ∘ P_t`` (what ``npga drive --pose relative`` does, with ``ref = (rot
+    (3, 3), trans (3,), scale)`` the ceiling's first pose). Returns rot (T, 3, 3), trans (T, 3),
+    scale. Why: the avatar learnt the multi-view tracker's poses, whose head frame differs from
+    the monocular tracker's (a constant offset of several degrees / mm on the synthetic captures);
+    scoring codes at unaligned poses measures that offset, not the codes."""
+    from npga_taichi.driving import compose, invert
+
+    s = float(np.asarray(scale, np.float64).reshape(-1)[0])
+    rot, trans = np.asarray(rot, np.float64), np.asarray(trans, np.float64)
+    p_ref = (float(np.asarray(ref[2]).reshape(-1)[0]), np.asarray(ref[0], np.float64), np.asarray(ref[1], np.float64))
+    moved = [compose(p_ref, compose(invert((s, rot[0], trans[0])), (s, r, t))) for r, t in zip(rot, trans)]
+    return np.stack([m[1] for m in moved]), np.stack([m[2] for m in moved]), moved[0][0]
+
+
+def make_drive(run, timesteps, z_exp, rot, trans, scale, eye_closure=None):
     from npga_taichi.reenactment import Drive
 
     as_t = lambda x: torch.tensor(np.array(x, np.float32), device=run.device)  # noqa: E731 (a copy: writable)
     t = len(timesteps)
     return Drive("FREE", np.asarray(timesteps, np.int64), as_t(z_exp), as_t(rot), as_t(trans),
-                 as_t(np.broadcast_to(np.asarray(scale, np.float32).reshape(-1)[:1], (t,))))
+                 as_t(np.broadcast_to(np.asarray(scale, np.float32).reshape(-1)[:1], (t,))),
+                 None if eye_closure is None else as_t(eye_closure))
 
 
 def score(run, drive, truth, serials) -> dict:
@@ -212,7 +251,9 @@ def synthetic_truth(run, pdir_a: Path, groundtruth_b: dict):
 
 # ----------------------------------------------------------------------------- the benchmark
 def run_benchmark(run_dir, driver: Path | None, work: Path, quick: bool = False, camera_seed: int = 0,
-                  static: bool = False, landmark_modes=(True, False), log=print) -> dict:
+                  static: bool = False, landmark_modes=(True, False), log=print, checkpoint=lambda r: None) -> dict:
+    """The benchmark's results (module docstring); ``checkpoint(results)`` is called with the
+    results so far after each tracked video (partial JSON for long runs)."""
     from npga_taichi.prior.model import load_prior
     from npga_taichi.prior.tracking import evaluate_against_groundtruth
     from npga_taichi.reenactment import LoadedRun, ground_truth
@@ -237,32 +278,41 @@ def run_benchmark(run_dir, driver: Path | None, work: Path, quick: bool = False,
     ceiling = score(run, own, truth_a, serials)
     results["self"] = {"frames": len(video_a.frames), "ceiling": ceiling, "ceiling_jitter": jitter(own.z_exp.cpu())}
     log(f"self ceiling (multi-view tracked): {ceiling}")
+    checkpoint(results)
+    own_pose = (own.rot.cpu().numpy(), own.trans.cpu().numpy(), float(own.scale.reshape(-1)[0]))
+    own_first = (own_pose[0][0], own_pose[1][0], own_pose[2])
     for lm in landmark_modes:
         tag = "with_landmarks" if lm else "without_landmarks"
         tracking, spf = track_monocular(video_a, prior, lm, quick)
         t = tracking.timesteps
-        mono = score(run, make_drive(run, t, tracking.z_exp, tracking.rot, tracking.trans, tracking.scale), truth_a,
-                     serials)
-        floor = score(run, make_drive(run, t, np.broadcast_to(zero, tracking.z_exp.shape), tracking.rot,
-                                      tracking.trans, tracking.scale), truth_a, serials)
+        zeros = np.broadcast_to(zero, tracking.z_exp.shape)
+        aligned = align_to_first(tracking.rot, tracking.trans, tracking.scale, own_first)
+        world = (tracking.rot, tracking.trans, tracking.scale)
+        by_frame = {}
+        for frame_name, pose in (("aligned", aligned), ("world", world)):
+            mono = score(run, make_drive(run, t, tracking.z_exp, *pose, tracking.eye_closure), truth_a, serials)
+            floor = score(run, make_drive(run, t, zeros, *pose), truth_a, serials)
+            by_frame[frame_name] = {"mono": mono, "floor": floor, "gap_closed": gap_closed(mono, floor, ceiling),
+                                    "gap_closed_ssim": gap_closed(mono, floor, ceiling, "ssim"),
+                                    "pose_vs_ceiling": pose_difference(pose[0], pose[1], own_pose[0], own_pose[1],
+                                                                       video_a)}
         geometry = evaluate_against_groundtruth(prior, replace(tracking, meta={}), video_a.groundtruth)
         # Where the gap lies: the avatar learnt the multi-view tracker's poses, so the same scores
         # at the ceiling's poses isolate what the codes close from what the poses leave open.
-        own_pose = (own.rot.cpu().numpy(), own.trans.cpu().numpy(), float(own.scale.reshape(-1)[0]))
         at_pose = {name: score(run, make_drive(run, t, z, *own_pose), truth_a, serials)
-                   for name, z in (("mono_codes", tracking.z_exp),
-                                   ("zero_codes", np.broadcast_to(zero, tracking.z_exp.shape)))}
+                   for name, z in (("mono_codes", tracking.z_exp), ("zero_codes", zeros))}
         results["self"][tag] = {
-            "mono": mono, "floor": floor, "gap_closed": gap_closed(mono, floor, ceiling),
-            "gap_closed_ssim": gap_closed(mono, floor, ceiling, "ssim"),
+            **by_frame["aligned"], "world_pose": by_frame["world"],
             "at_ceiling_pose": {**at_pose, "codes_gap_closed": gap_closed(at_pose["mono_codes"],
                                                                           at_pose["zero_codes"], ceiling,
                                                                           min_span=0.1)},
-            "pose_vs_ceiling": pose_difference(tracking.rot, tracking.trans, own_pose[0], own_pose[1], video_a),
             "pose": pose_errors(tracking, video_a), "chamfer_mm_mean": geometry["chamfer_mm_mean"],
             "chamfer_mm_max": geometry["chamfer_mm_max"], "jitter": jitter(tracking.z_exp),
-            "seconds_per_frame": spf}
-        log(f"self {tag}: {json.dumps(results['self'][tag])}")
+            "eye_closure_corr": closure_correlation(tracking, video_a),
+            "avatar_takes_eye_closure": bool(run.avatar.eye_closure_dim), "seconds_per_frame": spf,
+            "cpu_seconds_per_frame": tracking.meta["cpu_seconds_per_frame"]}
+        log(f"self {tag}: {json.dumps(evaluation.json_safe(results['self'][tag]))}")
+        checkpoint(results)
 
     # ---- cross-identity
     if driver is not None:
@@ -277,23 +327,32 @@ def run_benchmark(run_dir, driver: Path | None, work: Path, quick: bool = False,
                                                 multi.scale), truth_b, serials) for name, f in transfer.items()}
         results["cross"]["ceiling"] = ceilings
         log(f"cross ceilings (B's point clouds tracked with A's prior): {ceilings}")
+        multi_first = (multi.rot[0], multi.trans[0], multi.scale)
+        checkpoint(results)
         for lm in landmark_modes:
             tag = "with_landmarks" if lm else "without_landmarks"
             tracking, spf = track_monocular(video_b, prior, lm, quick)
             t = tracking.timesteps
-            floor = score(run, make_drive(run, t, np.broadcast_to(zero, tracking.z_exp.shape), tracking.rot,
-                                          tracking.trans, tracking.scale), truth_b, serials)
-            entry = {"floor": floor, "pose": pose_errors(tracking, video_b), "jitter": jitter(tracking.z_exp),
-                     "seconds_per_frame": spf}
-            for name, f in transfer.items():
-                mono = score(run, make_drive(run, t, f(tracking.z_exp), tracking.rot, tracking.trans, tracking.scale),
-                             truth_b, serials)
-                entry[name] = {"mono": mono, "gap_closed": gap_closed(mono, floor, ceilings[name]),
-                               "gap_closed_ssim": gap_closed(mono, floor, ceilings[name], "ssim")}
+            zeros = np.broadcast_to(zero, tracking.z_exp.shape)
+            entry = {"pose": pose_errors(tracking, video_b), "jitter": jitter(tracking.z_exp),
+                     "eye_closure_corr": closure_correlation(tracking, video_b), "seconds_per_frame": spf,
+                     "cpu_seconds_per_frame": tracking.meta["cpu_seconds_per_frame"]}
+            poses = {"aligned": align_to_first(tracking.rot, tracking.trans, tracking.scale, multi_first),
+                     "world": (tracking.rot, tracking.trans, tracking.scale)}
+            for frame_name, pose in poses.items():
+                block = entry if frame_name == "aligned" else entry.setdefault("world_pose", {})
+                floor = score(run, make_drive(run, t, zeros, *pose), truth_b, serials)
+                block["floor"] = floor
+                for name, f in transfer.items():
+                    mono = score(run, make_drive(run, t, f(tracking.z_exp), *pose, tracking.eye_closure), truth_b,
+                                 serials)
+                    block[name] = {"mono": mono, "gap_closed": gap_closed(mono, floor, ceilings[name]),
+                                   "gap_closed_ssim": gap_closed(mono, floor, ceilings[name], "ssim")}
             geometry = evaluate_against_groundtruth(prior, replace(tracking, meta={}), video_b.groundtruth)
             entry["chamfer_mm_mean"] = geometry["chamfer_mm_mean"]
             results["cross"][tag] = entry
-            log(f"cross {tag}: {json.dumps(entry)}")
+            log(f"cross {tag}: {json.dumps(evaluation.json_safe(entry))}")
+            checkpoint(results)
     return results
 
 
@@ -305,9 +364,10 @@ def markdown_table(results: dict) -> str:
     def pct(x):
         return "n/a" if x is None else f"{100 * x:.0f} %"
 
-    head = ("| protocol | landmarks | PSNR floor / mono / ceiling (dB) | gap closed | codes' gap at ceiling pose | "
-            "SSIM mono | rotation ° | in-plane / depth mm | Chamfer mm | jitter (multi-view) | s/frame |\n"
-            "|---|---|---|---|---|---|---|---|---|---|---|")
+    head = ("| protocol | landmarks | PSNR floor / mono / ceiling (dB) | gap closed | gap closed, unaligned pose | "
+            "codes' gap at ceiling pose | SSIM mono | rotation ° | in-plane / depth mm | Chamfer mm | "
+            "jitter (multi-view) | s/frame (CPU) |\n"
+            "|---|---|---|---|---|---|---|---|---|---|---|---|")
     rows = [head]
     for protocol in ("self", "cross"):
         block = results.get(protocol)
@@ -317,18 +377,19 @@ def markdown_table(results: dict) -> str:
             e = block.get(tag)
             if not e:
                 continue
-            variants = [("", e, block["ceiling"])] if protocol == "self" else [
-                (f" ({name})", e[name], block["ceiling"][name]) for name in ("absolute", "relative")]
-            for suffix, m, ceil in variants:
+            world = e.get("world_pose", {})
+            variants = [("", e, block["ceiling"], world)] if protocol == "self" else [
+                (f" ({name})", e[name], block["ceiling"][name], world.get(name, {})) for name in ("absolute", "relative")]
+            for suffix, m, ceil, w in variants:
                 p = e["pose"]
                 rows.append(
                     f"| {protocol}{suffix} | {'yes' if tag == 'with_landmarks' else 'no'} | "
-                    f"{f(e['floor']['psnr'])} / {f(m['mono']['psnr'])} / {f(ceil['psnr'])} | {pct(m['gap_closed'])} | "
+                    f"{f(e['floor']['psnr'])} / {f(m['mono']['psnr'])} / {f(ceil['psnr'])} | {pct(m['gap_closed'])} | {pct(w.get('gap_closed'))} | "
                     f"{pct(e.get('at_ceiling_pose', {}).get('codes_gap_closed'))} | "
                     f"{f(m['mono']['ssim'], 3)} | {f(p['rotation_deg_mean'])} | "
                     f"{f(p['translation_inplane_mm_mean'], 1)} / {f(p['translation_depth_mm_mean'], 1)} | "
                     f"{f(e['chamfer_mm_mean'])} | {f(e['jitter'], 3)} ({f(block['ceiling_jitter'], 3)}) | "
-                    f"{f(e['seconds_per_frame'], 1)} |")
+                    f"{f(e.get('cpu_seconds_per_frame', e['seconds_per_frame']), 1)} |")
     return "\n".join(rows) + "\n"
 
 
@@ -355,18 +416,21 @@ def main(argv=None) -> int:
             parser.error(f"{what}: {path} is not a folder")
     modes = {"both": (True, False), "with": (True,), "without": (False,)}[args.landmarks]
     start = time.perf_counter()
+    def write(results):
+        if args.out:
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            args.out.write_text(json.dumps(evaluation.json_safe(results), indent=2) + "\n")
+
     try:
         results = run_benchmark(args.run, args.driver, args.work, args.quick, args.camera_seed, args.static, modes,
-                                log=lambda m: print(m, file=sys.stderr))
+                                log=lambda m: print(m, file=sys.stderr), checkpoint=write)
     except (ValueError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     results["seconds"] = time.perf_counter() - start
     table = markdown_table(results)
     print(table)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(evaluation.json_safe(results), indent=2) + "\n")
+    write(results)
     if args.markdown:
         args.markdown.write_text(table)
     return 0

@@ -24,6 +24,11 @@ import click
 @click.option("--landmarks", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
               help="2D landmarks per frame, .npy (T, L, 2) or JSON, pixel coordinates in the order of "
                    "npga_taichi.prior.photometric.LANDMARK_NAMES (NaN/null = missing).")
+@click.option("--labels", "labels", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
+              help="Label maps of the same frames: a folder of single-channel 8-bit PNGs of ids into "
+                   "npga_taichi.data.synthetic.LABEL_NAMES (`npga synth --monocular` writes OUT/labels). "
+                   "Adds the per-frame eye closure (0 open, 1 closed; the video's own open eye as reference), "
+                   "which `npga drive` passes to avatars that take it.")
 @click.option("--fov", type=float, default=None,
               help="Horizontal field of view of the camera in degrees (principal point at the centre).")
 @click.option("--K", "K_path", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
@@ -43,7 +48,7 @@ import click
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def command(video: Path, prior_dir: Path, out: Path, mattes: Path | None, landmarks: Path | None,
-            fov: float | None, K_path: Path | None, sequence: str | None, max_frames: int | None,
+            labels: Path | None, fov: float | None, K_path: Path | None, sequence: str | None, max_frames: int | None,
             steps_first: int | None, steps: int | None, points: int | None, image_scale: float | None,
             force: bool, as_json: bool, quiet: bool) -> None:
     """Track the expression codes and head pose of every frame of VIDEO (an mp4 or a folder of
@@ -65,7 +70,8 @@ def command(video: Path, prior_dir: Path, out: Path, mattes: Path | None, landma
         if value is not None:
             setattr(cfg, name, value)
     try:
-        result = track_video_file(video, prior_dir, out, mattes=mattes, landmarks=landmarks, fov=fov, K=K_path,
+        result = track_video_file(video, prior_dir, out, mattes=mattes, landmarks=landmarks, labels=labels,
+                                  fov=fov, K=K_path,
                                   config=cfg, sequence=sequence, max_frames=max_frames, force=force,
                                   progress=not quiet)
     except (ValueError, FileNotFoundError, FileExistsError) as err:

@@ -16,7 +16,7 @@ from npga_taichi.cli.main import cli
 from npga_taichi.data import synthetic as syn
 from npga_taichi.data.capture import CaptureConfig
 from npga_taichi.data.monocular import (MonocularConfig, apparent_pose, handheld_path, load_monocular,
-                                        world_pose)
+                                        world_pose, write_monocular)
 from npga_taichi.prior.tracking import world_to_posed
 
 
@@ -149,6 +149,59 @@ def test_bad_inputs_name_the_file(video, tmp_path):
         load_monocular(tmp_path / "nowhere")
 
 
+def test_label_maps_and_eye_closure_follow_a_true_blink(tiny_demo, tmp_path):
+    """EXP-4 (blinks) of the tiny demo's identity seen by one camera: the label maps agree with the
+    renderer's matte, and the eye closure that `npga track-video --labels` measures from them
+    (with the tracked poses) follows the true blink parameters, each eye its own."""
+    from npga_taichi.prior.photometric import video_eye_closure
+    from npga_taichi.prior.tracking import load_tracking
+
+    pdir = next((tiny_demo["out"] / "capture").glob("[0-9][0-9][0-9]"))
+    identity = json.loads((pdir / "synthetic_capture.json").read_text())["identity_seed"]
+    cap = CaptureConfig.preset("tiny", sequences=("EXP-4",), frames_per_sequence=6, samples_per_side=1,
+                               identity_seed=identity)
+    out = tmp_path / "blink"
+    summary = write_monocular(out, MonocularConfig(capture=cap, sequence="EXP-4", camera_seed=2, azimuth_range=15.0),
+                              progress=False)
+    assert summary["outputs"]["labels"] == str(out / "labels")
+    assert len(sorted((out / "labels").glob("frame_*.png"))) == 6
+    v = load_monocular(out)
+    assert v.labels.dtype == np.uint8 and v.labels.shape == v.mattes.shape
+    assert ((v.labels > 0) == (v.mattes > 0.5)).mean() > 0.99  # the parts cover exactly the head
+    seq = v.groundtruth["sequences"]["EXP-4"]
+    expr = np.asarray(seq["expression"])
+    blinks = expr[:, [syn.EXPRESSION_NAMES.index("blink_left"), syn.EXPRESSION_NAMES.index("blink_right")]]
+    assert (blinks.std(0) > 0.2).all() and blinks.min() < 0.05  # both eyes blink, an open frame exists
+
+    def correlations(closure):
+        assert closure.shape == (6, 2) and ((closure >= 0) & (closure <= 1)).all()
+        return [np.corrcoef(closure[:, k], blinks[:, k])[0, 1] for k in range(2)]
+
+    # at the true (apparent) poses
+    exact = video_eye_closure(v.labels, v.static_camera, seq["apparent_rotation"], seq["apparent_translation"],
+                              v.groundtruth["scale"])
+    assert min(correlations(exact)) > 0.9
+    # through npga track-video with the tracker's own poses (camera at the origin)
+    (tmp_path / "K.json").write_text(json.dumps({"K": v.static_camera.K.tolist()}))
+    track = tmp_path / "track.npz"
+    result = CliRunner().invoke(cli, ["track-video", str(out / "frames"), "--prior", str(tiny_demo["out"] / "prior"),
+                                      "--mattes", str(out / "mattes"), "--landmarks", str(out / "landmarks.json"),
+                                      "--labels", str(out / "labels"), "--K", str(tmp_path / "K.json"),
+                                      "--out", str(track), "--json", "--quiet",
+                                      "--steps-first", "6", "--steps", "2", "--points", "300"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["labels"]
+    assert min(correlations(load_tracking(track).eye_closure)) > 0.9
+    # a label folder that does not fit the video is refused, naming it
+    (out / "labels" / "frame_00005.png").unlink()
+    result = CliRunner().invoke(cli, ["track-video", str(out / "frames"), "--prior", str(tiny_demo["out"] / "prior"),
+                                      "--labels", str(out / "labels"), "--K", str(tmp_path / "K.json"),
+                                      "--out", str(tmp_path / "t2.npz"), "--quiet"])
+    assert result.exit_code != 0 and str(out / "labels") in result.output and "5 label maps" in result.output
+    with pytest.raises(FileNotFoundError, match="frame_00005.png"):
+        load_monocular(out)
+
+
 def _benchmark():
     import importlib.util
     import sys
@@ -186,3 +239,12 @@ def test_benchmark_truth_and_grading(video, tiny_demo):
     assert max(errors.values()) < 1e-3
     assert bench.gap_closed({"psnr": 20.0}, {"psnr": 10.0}, {"psnr": 30.0}) == 0.5
     assert bench.jitter(np.outer(np.arange(5.0), np.ones(3))) == 0.0  # linear motion: no jitter
+    # aligning to the first frame: a pose sequence moved by any similarity comes back exactly
+    rot, trans = np.asarray(seq["rotation"]), np.asarray(seq["translation"])
+    q, _ = np.linalg.qr(np.random.default_rng(0).normal(size=(3, 3)))
+    q *= np.sign(np.linalg.det(q))
+    moved_r, moved_t = q @ rot, (trans @ q.T) * 1.3 + np.array([0.1, -0.2, 0.3])
+    back_r, back_t, s = bench.align_to_first(moved_r, moved_t, 0.25 * 1.3, (rot[0], trans[0], 0.25))
+    np.testing.assert_allclose(back_r, rot, atol=1e-9)
+    np.testing.assert_allclose(back_t, trans, atol=1e-9)
+    assert s == pytest.approx(0.25)

@@ -5,6 +5,7 @@ target images come from an independent renderer: sphere tracing of the posed SDF
 with Lambert shading — not the tracker's surfels, Newton inversion or rasterizer.
 """
 import json
+import shutil
 
 import imageio.v3 as iio
 import numpy as np
@@ -24,7 +25,9 @@ from npga_taichi.prior.photometric import (
     quats_from_normals,
     track_video,
 )
+from npga_taichi.fidelity import label_path
 from npga_taichi.prior.tracking import load_tracking, posed_to_world
+from npga_taichi.reenactment import drive_from_tracking
 
 
 class AnalyticPrior(MonoNPHM):
@@ -320,8 +323,10 @@ def test_track_photometric_reads_the_nersemble_v2_layout(tiny_demo, tmp_path):
 def _video_inputs(tiny_demo, tmp_path, frames=3):
     from npga_taichi.data.nersemble import NersembleCapture
 
+    from npga_taichi.render_run import DEFAULT_CAMERA
+
     cap = NersembleCapture(_participant(tiny_demo))
-    serial = list(cap.cameras)[0]
+    serial = DEFAULT_CAMERA if DEFAULT_CAMERA in cap.cameras else list(cap.cameras)[0]  # frontal: the eyes show
     ts = cap.timesteps("EXP-1")[:frames]
     video = tmp_path / "drive.mp4"
     _write_mp4(video, [cap.load_image("EXP-1", t, serial) for t in ts])
@@ -331,6 +336,10 @@ def _video_inputs(tiny_demo, tmp_path, frames=3):
         iio.imwrite(mattes / f"{i:04d}.png", (cap.load_alpha("EXP-1", t, serial)[:, :, 0] * 255).astype(np.uint8))
     K = tmp_path / "K.json"
     K.write_text(json.dumps(cap.cameras[serial].K.tolist()))
+    labels = tmp_path / "labels"  # the capture's label maps of the same frames
+    labels.mkdir()
+    for i, t in enumerate(ts):
+        shutil.copy(label_path(cap.frame_dir("EXP-1", t), serial), labels / f"{i:04d}.png")
     return video, mattes, K, cap
 
 
@@ -338,13 +347,16 @@ def test_track_video_writes_a_tracking_file_render_accepts(tiny_demo, tmp_path):
     video, mattes, K, cap = _video_inputs(tiny_demo, tmp_path)
     out = tmp_path / "track.npz"
     args = ["track-video", str(video), "--prior", str(tiny_demo["out"] / "prior"), "--mattes", str(mattes),
-            "--K", str(K), "--out", str(out), "--json", "--quiet", *FAST]
+            "--labels", str(tmp_path / "labels"), "--K", str(K), "--out", str(out), "--json", "--quiet", *FAST]
     result = CliRunner().invoke(cli, args)
     assert result.exit_code == 0, result.output
     summary = json.loads(result.output)
-    assert summary["frames"] == 3 and summary["mattes"] and summary["tracking"] == str(out)
+    assert summary["frames"] == 3 and summary["mattes"] and summary["labels"] and summary["tracking"] == str(out)
     tracking = load_tracking(out)
     assert tracking.z_exp.shape == (3, len(tracking.z_exp[0])) and tracking.sequence == "drive"
+    # the eye closure from the label maps (closure vs the blink: tests/test_monocular.py), and what npga drive reads
+    assert tracking.eye_closure.shape == (3, 2) and ((tracking.eye_closure >= 0) & (tracking.eye_closure <= 1)).all()
+    assert torch.equal(drive_from_tracking(tracking).eye_closure, torch.from_numpy(tracking.eye_closure))
     # the file drives an avatar: npga render --expressions
     render = CliRunner().invoke(cli, ["render", str(tiny_demo["out"] / "run"), "--expressions", str(out),
                                       "--max-frames", "1", "--out", str(tmp_path / "render"), "--json"])
@@ -396,6 +408,23 @@ def test_track_video_bad_inputs_name_the_file(tiny_demo, tmp_path):
     lmk = tmp_path / "lmk.npy"
     np.save(lmk, np.zeros((2, 3, 2), np.float32))
     assert "lmk.npy" in run("--fov", "20", "--landmarks", str(lmk))
+    # label maps: wrong count, size, channels, bit depth, ids; every message names the file or folder
+    labels = tmp_path / "labels"
+    first = iio.imread(labels / "0000.png")
+    one = tmp_path / "one_label"
+    one.mkdir()
+    iio.imwrite(one / "0000.png", first)
+    out = run("--fov", "20", "--labels", str(one))
+    assert str(one) in out and "1 label maps, the video has 2 frames" in out
+    for name, image in (("small", np.zeros((8, 8), np.uint8)), ("rgb", np.stack([first, first + 1, first], -1)),
+                        ("deep", first.astype(np.uint16) * 300), ("ids", np.full_like(first, 200))):
+        bad = tmp_path / f"labels_{name}"
+        bad.mkdir()
+        iio.imwrite(bad / "0000.png", first)
+        iio.imwrite(bad / "0001.png", image)
+        out = run("--fov", "20", "--labels", str(bad))
+        assert str(bad / "0001.png") in out, (name, out)
+    assert "0000.png" in run("--fov", "20", "--labels", str(labels / "0000.png"))  # a file, not a folder
 
 
 def test_synthetic_landmarks_follow_the_face_and_the_jaw():

@@ -12,6 +12,9 @@ Layout (``OUT`` is a folder of its own)::
     OUT/video.mp4                  H.264 (imageio-ffmpeg), what a phone would record
     OUT/frames/frame_<i:05d>.png   the same frames, lossless (8-bit RGB over the studio backdrop)
     OUT/mattes/frame_<i:05d>.png   optional: alpha matte, 8-bit single channel
+    OUT/labels/frame_<i:05d>.png   label map: uint8 ids of the generator's parts
+                                   (:data:`npga_taichi.data.synthetic.LABEL_NAMES`, as the multi-view
+                                   capture's ``labels/cam_<serial>.png``; background 0)
     OUT/landmarks.json             true 2D landmarks per frame (see below)
     OUT/cameras.json               per-frame camera: K (3, 3) and viewmat (4, 4) world->camera, OpenCV
     OUT/groundtruth.json           for grading only: identity, expressions, head poses (see below)
@@ -63,10 +66,10 @@ import torch
 from npga_taichi.cameras import Camera, look_at
 from npga_taichi.checkpoint import write_text_atomic
 from npga_taichi.data import synthetic as syn
-from npga_taichi.data.capture import CaptureConfig, _atomic_png, image_size, plan_capture
+from npga_taichi.data.capture import LABEL_FOLDER, CaptureConfig, _atomic_png, image_size, plan_capture
 from npga_taichi.data.head_render import Lighting, render_head
 
-OUTPUT_NAMES = ("video.mp4", "video", "frames", "mattes", "landmarks.json", "cameras.json", "groundtruth.json",
+OUTPUT_NAMES = ("video.mp4", "video", "frames", "mattes", "labels", "landmarks.json", "cameras.json", "groundtruth.json",
                 "monocular.json")
 
 # A landmark is hidden when the head is more than this far inside (metres) anywhere on the ray
@@ -304,14 +307,15 @@ def write_monocular(out, config: MonocularConfig, force: bool = False, progress:
     rot = np.asarray(seq["rotation"], np.float64)
     trans = np.asarray(seq["translation"], np.float64)
     scale = float(plan["scale"])
-    images, mattes, points, visible, world_lm, residuals = [], [], [], [], [], []
+    images, mattes, labels, points, visible, world_lm, residuals = [], [], [], [], [], [], []
     for t in tqdm(range(frames), desc=f"synth monocular {config.sequence}", unit="frame", disable=not progress):
         expr = np.asarray(seq["expression"][t], np.float32)
-        rgba, _, _ = render_head(head, expr, torch.tensor(views[t:t + 1], dtype=torch.float32),
-                                    torch.tensor(K[None], dtype=torch.float32), width, height,
-                                    rotation=rot[t], translation=trans[t], scale=scale,
-                                    samples_per_side=config.capture.samples_per_side, lighting=lighting, seed=t)
+        rgba, _, label = render_head(head, expr, torch.tensor(views[t:t + 1], dtype=torch.float32),
+                                     torch.tensor(K[None], dtype=torch.float32), width, height,
+                                     rotation=rot[t], translation=trans[t], scale=scale,
+                                     samples_per_side=config.capture.samples_per_side, lighting=lighting, seed=t)
         rgba = rgba[0].clamp(0, 1).cpu().numpy()
+        labels.append(label[0].to(torch.uint8).cpu().numpy())  # ids < NUM_LABELS: exact
         images.append(rgba[..., :3])
         mattes.append(rgba[..., 3])
         posed, res = posed_landmarks(head, canonical, expr)
@@ -333,6 +337,10 @@ def write_monocular(out, config: MonocularConfig, force: bool = False, progress:
         for t, matte in enumerate(mattes):
             _atomic_png(out / "mattes" / f"frame_{t:05d}.png", (matte * 255.0 + 0.5).astype(np.uint8))
         written["mattes"] = str(out / "mattes")
+    (out / LABEL_FOLDER).mkdir(exist_ok=True)
+    for t, label in enumerate(labels):
+        _atomic_png(out / LABEL_FOLDER / f"frame_{t:05d}.png", label)
+    written["labels"] = str(out / LABEL_FOLDER)
     landmarks = {
         "names": list(landmark_names()),
         "convention": "pixels, x = column, y = row, continuous (pixel (i, j) spans [j, j+1) x [i, i+1)); "
@@ -372,6 +380,7 @@ class MonocularVideo:
     """A monocular video folder read back (:func:`load_monocular`).
 
     frames (T, H, W, 3) float32 in [0, 1] (the lossless PNGs); mattes (T, H, W) float32 or None;
+    labels (T, H, W) uint8 label ids or None (videos written before label maps existed);
     landmarks (T, L, 2) float32 pixels (also where hidden), visible (T, L) bool; cameras: T Cameras (per frame);
     static_camera: frame 0's camera; groundtruth: the groundtruth.json dict (grading only);
     config: the MonocularConfig."""
@@ -380,6 +389,7 @@ class MonocularVideo:
     sequence: str
     frames: np.ndarray
     mattes: np.ndarray | None
+    labels: np.ndarray | None
     landmarks: np.ndarray
     visible: np.ndarray
     landmark_names: list
@@ -398,7 +408,8 @@ def _read_json(path: Path) -> dict:
         raise ValueError(f"cannot read {path}: {err}") from None
 
 
-def _read_pngs(folder: Path, frames: int, channels: int | None) -> np.ndarray:
+def _read_pngs(folder: Path, frames: int, channels: int | None, ids: bool = False) -> np.ndarray:
+    """(T, H, W[, channels]) float32 in [0, 1]; ``ids``: (T, H, W) uint8 as stored (label maps)."""
     files = [folder / f"frame_{t:05d}.png" for t in range(frames)]
     missing = [str(f) for f in files if not f.is_file()]
     if missing:
@@ -410,6 +421,8 @@ def _read_pngs(folder: Path, frames: int, channels: int | None) -> np.ndarray:
         except Exception as err:  # imageio raises many types for broken files
             raise ValueError(f"cannot read {f}: {type(err).__name__}: {err}") from None
         out.append(img[..., :channels] if channels else (img if img.ndim == 2 else img[..., 0]))
+    if ids:
+        return np.stack(out).astype(np.uint8)
     return np.stack(out).astype(np.float32) / 255.0
 
 
@@ -439,6 +452,8 @@ def load_monocular(path) -> MonocularVideo:
         raise ValueError(f"{path / 'cameras.json'}: malformed ({type(err).__name__}: {err})") from None
     frames = _read_pngs(path / "frames", len(cameras), 3)
     mattes = _read_pngs(path / "mattes", len(cameras), None) if (path / "mattes").is_dir() else None
+    labels = (_read_pngs(path / LABEL_FOLDER, len(cameras), None, ids=True) if (path / LABEL_FOLDER).is_dir()
+              else None)
     try:
         landmarks = np.asarray(lms["all"], np.float32)
         visible = np.asarray(lms["visible"], bool)
@@ -451,5 +466,9 @@ def load_monocular(path) -> MonocularVideo:
     if frames.shape[1:3] != (height, width):
         raise ValueError(f"{path / 'frames'}: frames are {frames.shape[2]}x{frames.shape[1]}, cameras.json says "
                          f"{width}x{height}")
-    return MonocularVideo(path, config.sequence, frames, mattes, landmarks, visible, list(lms["names"]), cameras,
+    for name, maps in (("mattes", mattes), (LABEL_FOLDER, labels)):
+        if maps is not None and maps.shape[1:3] != (height, width):
+            raise ValueError(f"{path / name}: maps are {maps.shape[2]}x{maps.shape[1]}, cameras.json says "
+                             f"{width}x{height}")
+    return MonocularVideo(path, config.sequence, frames, mattes, labels, landmarks, visible, list(lms["names"]), cameras,
                           static, gt, config)

@@ -5,6 +5,11 @@
   float32 (T, H, W, 3) in [0, 1].
 * Mattes: the same kinds of source, one channel (the first / the grey value) -> float32
   (T, H, W) in [0, 1]; they must match the frames in count and size.
+* Label maps (for the eye closure, :mod:`npga_taichi.eye_closure`): a folder of single-channel
+  uint8 PNGs, one per frame (named and sorted as frame folders are), of ids into
+  :data:`npga_taichi.data.synthetic.LABEL_NAMES` (``npga synth --monocular`` writes ``labels/``;
+  any face parser's eye class saved so serves). Read exactly (never a lossy video), same count
+  and size as the frames.
 * Landmarks: ``.npy`` (T, L, 2) or JSON ``{"landmarks": [[[x, y], ...], ...]}`` (or the bare
   list) of pixel coordinates (x = column, y = row, pixel centres at +0.5; NaN/null = missing) in
   :data:`npga_taichi.prior.photometric.LANDMARK_NAMES` order.
@@ -72,15 +77,22 @@ def _to_float(img: np.ndarray, path: Path) -> np.ndarray:
     raise ValueError(f"{path}: unsupported pixel type {img.dtype}")
 
 
-def _read_stack(path: str | Path, what: str) -> list[np.ndarray]:
-    """Raw frames of a video file or image folder (list of (H, W[, C]) arrays)."""
+def _image_folder(path: str | Path, what: str) -> list[Path]:
+    """The sorted image files of folder ``path``; errors name it (missing, empty)."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{what} {path} does not exist")
+    files = _image_files(path) if path.is_dir() else []
+    if path.is_dir() and not files:
+        raise ValueError(f"{what} folder {path} holds no .png/.jpg images (zero frames)")
+    return files
+
+
+def _read_stack(path: str | Path, what: str) -> list[np.ndarray]:
+    """Raw frames of a video file or image folder (list of (H, W[, C]) arrays)."""
+    path = Path(path)
+    files = _image_folder(path, what)
     if path.is_dir():
-        files = _image_files(path)
-        if not files:
-            raise ValueError(f"{what} folder {path} holds no .png/.jpg images (zero frames)")
         frames = []
         for f in files:
             img = _read_image(f)
@@ -117,6 +129,36 @@ def read_mattes(path: str | Path, count: int, height: int, width: int) -> np.nda
     return np.stack([f if f.ndim == 2 else f[:, :, 0] for f in frames]).astype(np.float32).clip(0.0, 1.0)
 
 
+def read_labels(path: str | Path, count: int, height: int, width: int) -> np.ndarray:
+    """(T, H, W) uint8 label ids from a folder of PNGs (module docstring); ValueError /
+    FileNotFoundError naming the folder or file when it is not a folder, a map is not
+    single-channel 8-bit, holds an id outside ``LABEL_NAMES``, or their number or size differs
+    from the video's (``count`` frames of ``width`` x ``height``)."""
+    from npga_taichi.data.synthetic import LABEL_NAMES
+
+    path = Path(path)
+    files = _image_folder(path, "labels")
+    if not path.is_dir():
+        raise ValueError(f"labels {path}: expected a folder of PNG label maps (a video would blur the ids)")
+    if len(files) != count:
+        raise ValueError(f"labels {path}: {len(files)} label maps, the video has {count} frames")
+    out = np.empty((count, height, width), np.uint8)
+    for i, f in enumerate(files):
+        img = _read_image(f)
+        if img.ndim == 3 and img.shape[2] > 1 and (img[..., 1:] != img[..., :1]).any():
+            raise ValueError(f"labels {f}: expected a single-channel map of ids, got {img.shape[2]} channels")
+        img = img if img.ndim == 2 else img[..., 0]
+        if img.dtype != np.uint8:
+            raise ValueError(f"labels {f}: expected 8-bit ids, got pixel type {img.dtype}")
+        if img.shape != (height, width):
+            raise ValueError(f"labels {f}: size {img.shape[1]}x{img.shape[0]}, the video is {width}x{height}")
+        if int(img.max()) >= len(LABEL_NAMES):
+            raise ValueError(f"labels {f}: id {int(img.max())} is not one of the {len(LABEL_NAMES)} label ids "
+                             f"(npga_taichi.data.synthetic.LABEL_NAMES)")
+        out[i] = img
+    return out
+
+
 def _read_array(path: str | Path, what: str, keys: tuple[str, ...]) -> np.ndarray:
     """A numeric array from ``.npy`` (no pickles) or JSON (a nested list, or a dict holding it
     under one of ``keys``; null -> NaN); ValueError / FileNotFoundError naming the file."""
@@ -136,7 +178,16 @@ def _read_array(path: str | Path, what: str, keys: tuple[str, ...]) -> np.ndarra
             data = next((data[k] for k in keys if k in data), None)
 
         def nan_for_null(x):
-            return np.nan if x is None else [nan_for_null(v) for v in x] if isinstance(x, list) else x
+            if x is None:
+                return np.nan
+            if not isinstance(x, list):
+                return x
+            items = [nan_for_null(v) for v in x]
+            # a null standing for a whole entry (a hidden landmark's [x, y], as landmarks.json of
+            # `npga synth --monocular` writes it) becomes NaNs of its siblings' shape
+            like = next((v for v in items if isinstance(v, list)), None)
+            return items if like is None else [np.full(np.shape(like), np.nan).tolist() if v is None or (
+                isinstance(v, float) and np.isnan(v)) else v for v in items]
 
         try:
             arr = np.asarray(nan_for_null(data), dtype=np.float64)

@@ -1159,14 +1159,39 @@ def _summary(tracking: Tracking) -> dict:
 
 
 # ------------------------------------------------------------------------------------ videos
-def track_video_file(video, prior_dir, out, *, mattes=None, landmarks=None, fov: float | None = None,
+def video_eye_closure(labels, camera: Camera, rot, trans, scale, source: str = "labels") -> np.ndarray:
+    """(T, 2) float32 eye closure (left, right; 0 open, 1 closed) of a monocular video from its
+    label maps ``labels`` (T, H, W) uint8 and the head poses tracked with ``camera`` (rot (T, 3, 3),
+    trans (T, 3), scale: ``x_world = scale rot x + trans`` in that camera's world).
+
+    :func:`npga_taichi.eye_closure.count_eye_pixels` per frame, then
+    :func:`~npga_taichi.eye_closure.closure_from_counts` with the video as its one camera: the open
+    eye is the video's own :data:`~npga_taichi.eye_closure.OPEN_PERCENTILE`-th percentile frame,
+    so no neutral frame is needed (a video that blinks in most frames reads as less closed).
+    ValueError naming ``source`` when no frame shows an eye."""
+    from npga_taichi.eye_closure import closure_from_counts, count_eye_pixels, eye_centres_world
+
+    labels = np.asarray(labels)
+    rot, trans = np.asarray(rot), np.asarray(trans)
+    if labels.ndim != 3 or len(labels) != len(rot) or len(trans) != len(rot):
+        raise ValueError(f"{source}: {labels.shape} label maps for {len(rot)} tracked frames")
+    counts = np.array([[count_eye_pixels(labels[t], camera, eye_centres_world(rot[t], trans[t], scale))]
+                       for t in range(len(labels))], np.float64)  # (T, 1 camera, 2)
+    try:
+        return closure_from_counts({"video": counts})["video"]
+    except ValueError as err:
+        raise ValueError(f"{source}: {err}") from None
+
+
+def track_video_file(video, prior_dir, out, *, mattes=None, landmarks=None, labels=None, fov: float | None = None,
                      K=None, config: PhotometricConfig | None = None, sequence: str | None = None,
                      max_frames: int | None = None, force: bool = False, progress: bool = True) -> dict:
     """``npga track-video``: track a monocular video file or image folder with a prior and write
     the tracking file ``out`` (``.npz`` + ``.json``, :func:`npga_taichi.prior.tracking.save_tracking`).
 
-    ``mattes``: video/folder of the same frames' mattes; ``landmarks``: ``.npy``/JSON file
-    (:mod:`npga_taichi.data.video_input`); camera from ``fov`` (horizontal degrees) or ``K`` (a 3x3
+    ``mattes``: video/folder of the same frames' mattes; ``landmarks``: ``.npy``/JSON file;
+    ``labels``: folder of the frames' label maps, which adds the eye closure
+    (``Tracking.eye_closure``, :func:`video_eye_closure`) (:mod:`npga_taichi.data.video_input`); camera from ``fov`` (horizontal degrees) or ``K`` (a 3x3
     ``.npy``/JSON file), exactly one of them. ``max_frames``: track only the first frames.
     Existing outputs are kept unless ``force`` (FileExistsError). Returns the summary dict
     (``tracking`` path, ``frames``, ``seconds``, ``seconds_per_frame`` …).
@@ -1189,6 +1214,7 @@ def track_video_file(video, prior_dir, out, *, mattes=None, landmarks=None, fov:
     # mattes and landmarks must match the whole video; --max-frames cuts all three alike
     matte_arr = None if mattes is None else vi.read_mattes(mattes, T_all, H, W)
     lmk = None if landmarks is None else vi.read_landmarks(landmarks, T_all, len(LANDMARK_NAMES))
+    label_arr = None if labels is None else vi.read_labels(labels, T_all, H, W)
     T = T_all if max_frames is None else min(T_all, int(max_frames))
     frames = frames[:T]
     matte_arr = None if matte_arr is None else matte_arr[:T]
@@ -1203,8 +1229,12 @@ def track_video_file(video, prior_dir, out, *, mattes=None, landmarks=None, fov:
                            landmarks=None if lmk is None else torch.from_numpy(lmk)[:, None],
                            config=config, sequence=name, progress=progress)
     seconds = time.time() - t0
+    if label_arr is not None:
+        tracking.eye_closure = video_eye_closure(label_arr[:T], camera, tracking.rot, tracking.trans, tracking.scale,
+                                                 source=f"labels {labels}")
     tracking.meta.update({"video": str(video), "prior": str(prior_dir), "seconds": seconds,
                           "K": json.dumps(Kmat.tolist())})
     path = save_tracking(tracking, out)
     return {**_summary(tracking), "tracking": str(path), "seconds": seconds, "width": W, "height": H,
-            "mattes": mattes is not None, "landmarks": landmarks is not None}
+            "mattes": mattes is not None, "landmarks": landmarks is not None, "labels": labels is not None,
+            "eye_closure_mean": None if tracking.eye_closure is None else tracking.eye_closure.mean(0).tolist()}
