@@ -18,7 +18,13 @@ Protocol (person A: the avatar RUN's capture; person B: ``--driver``, another sy
 * each is reported as the **share of the gap closed** between a floor (the zero code — the
   prior's neutral — with the monocular-tracked pose) and a ceiling (multi-view point-cloud-tracked
   codes and poses: the run's own FREE tracking for self-driving; B's capture tracked with A's prior
-  for cross-identity, transferred the same way): ``(mono − floor) / (ceiling − floor)`` in PSNR;
+  for cross-identity, transferred the same way): ``(mono − floor) / (ceiling − floor)`` in PSNR.
+  Mono and floor use the monocular poses **aligned to the ceiling's pose frame** by the first
+  frame's similarity, ``P'_t = P_ceil,0 ∘ P_0⁻¹ ∘ P_t`` (what ``npga drive --pose relative``
+  does with the avatar's reference pose; :func:`align_to_first`): the avatar learnt the
+  multi-view tracker's head frame, which sits a few degrees / millimetres off the monocular
+  tracker's (and the truth's), and at unaligned poses that constant offset, not the codes,
+  decides the score. The unaligned (world) scores stay in the JSON as ``world_pose``;
 * self-driving also scores the codes *at the ceiling's poses* (``at_ceiling_pose``: tracked
   codes vs the zero code, both with the multi-view poses the avatar was trained with) and the
   tracked poses' difference from those (``pose_vs_ceiling``): the avatar lives in the multi-view
@@ -27,8 +33,11 @@ Protocol (person A: the avatar RUN's capture; person B: ``--driver``, another sy
 * plus the tracked head's rotation error (degrees) and translation error (mm; in the image plane
   of the video's camera and along its axis), the Chamfer distance of the tracked geometry to the
   true surface (:func:`npga_taichi.prior.tracking.evaluate_against_groundtruth`), expression
-  jitter (mean ‖z_{t+1} − 2 z_t + z_{t−1}‖, beside the multi-view codes'), seconds per frame;
-  with and without the true 2D landmarks.
+  jitter (mean ‖z_{t+1} − 2 z_t + z_{t−1}‖, beside the multi-view codes'), seconds per frame
+  (wall and CPU: the CPU time of this process is what the table shows, as other jobs on a shared
+  machine stretch the wall time); the eye closure measured from the video's label maps
+  (``npga track-video --labels``: correlation with the true blink parameters; passed to the
+  avatar, which uses it only if it was trained with one); with and without the true 2D landmarks.
 
 Usage (tiny, CI-sized; the real measurement uses default-preset runs)::
 
