@@ -95,8 +95,10 @@ def video_for(pdir: Path, work: Path, camera_seed: int, static: bool) -> Path:
 
 
 # ----------------------------------------------------------------------------- tracking
-def track_monocular(video, prior, landmarks: bool, quick: bool) -> tuple[object, float]:
-    """(Tracking with poses mapped to the capture's world, seconds per frame)."""
+def track_monocular(video, prior, landmarks: bool, quick: bool, save=None) -> tuple[object, float]:
+    """(Tracking with poses mapped to the capture's world, seconds per frame); ``save``: also
+    write the track as tracked (apparent poses: the static camera's world) there, for
+    ``npga drive`` or a later look."""
     from npga_taichi.prior.photometric import PhotometricConfig, track_video
 
     cfg = PhotometricConfig(**(QUICK_PHOTOMETRIC if quick else {}))
@@ -115,6 +117,10 @@ def track_monocular(video, prior, landmarks: bool, quick: bool) -> tuple[object,
 
         tracking.eye_closure = video_eye_closure(video.labels, video.static_camera, tracking.rot, tracking.trans,
                                                  tracking.scale, source=f"{video.path}/labels")
+    if save is not None:
+        from npga_taichi.prior.tracking import save_tracking
+
+        save_tracking(tracking, save)
     views = np.stack([c.viewmat.double().numpy() for c in video.cameras])
     rot, trans = world_pose(tracking.rot, tracking.trans, views, video.static_camera.viewmat.double().numpy())
     apparent = (np.asarray(tracking.rot), np.asarray(tracking.trans))
@@ -292,7 +298,7 @@ def run_benchmark(run_dir, driver: Path | None, work: Path, quick: bool = False,
     own_first = (own_pose[0][0], own_pose[1][0], own_pose[2])
     for lm in landmark_modes:
         tag = "with_landmarks" if lm else "without_landmarks"
-        tracking, spf = track_monocular(video_a, prior, lm, quick)
+        tracking, spf = track_monocular(video_a, prior, lm, quick, work / f"track_self_{tag}.npz")
         t = tracking.timesteps
         zeros = np.broadcast_to(zero, tracking.z_exp.shape)
         aligned = align_to_first(tracking.rot, tracking.trans, tracking.scale, own_first)
@@ -340,7 +346,7 @@ def run_benchmark(run_dir, driver: Path | None, work: Path, quick: bool = False,
         checkpoint(results)
         for lm in landmark_modes:
             tag = "with_landmarks" if lm else "without_landmarks"
-            tracking, spf = track_monocular(video_b, prior, lm, quick)
+            tracking, spf = track_monocular(video_b, prior, lm, quick, work / f"track_cross_{tag}.npz")
             t = tracking.timesteps
             zeros = np.broadcast_to(zero, tracking.z_exp.shape)
             entry = {"pose": pose_errors(tracking, video_b), "jitter": jitter(tracking.z_exp),
