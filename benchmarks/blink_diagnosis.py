@@ -245,10 +245,18 @@ def prior_stats(prior_dir: Path, n_pairs=6):
                 f = model.posed_sdf(lid, z_exp, z_geo).abs()
                 floor = model.posed_sdf(surface, z_exp, z_geo).abs()
                 b_err = (model.backward(lid, z_exp, z_geo) - lid_can).norm(dim=1)
+                # every lid point the blink moves (> 1 mm), not only those over the slit
+                surface_can = head.backward(surface, e)
+                moving = blink_moves(head, surface, e) & (head.surface_label(surface_can) == LIDS)
+                m_err = (model.backward(surface[moving], z_exp, z_geo) - surface_can[moving]).norm(dim=1)
                 rows.append({"pair": k, "identity": i, "blink": blink_of(e), "lid_points": len(lid),
                              **closure(f, open_abs, floor),
                              "B_error_on_lid_points_mm": float(b_err.median()) * MM,
-                             "doing_nothing_error_mm": float((lid - lid_can).norm(dim=1).median()) * MM})
+                             "doing_nothing_error_mm": float((lid - lid_can).norm(dim=1).median()) * MM,
+                             "moving_lid_points": int(moving.sum()),
+                             "B_error_on_moving_lid_points_mm": float(m_err.median()) * MM,
+                             "doing_nothing_on_moving_lid_points_mm":
+                                 float((surface[moving] - surface_can[moving]).norm(dim=1).median()) * MM})
             for part, prow in part_rows.items():
                 if part_amount(e, part) > 0.8 and len(prow) < n_pairs:
                     pts, can, _ = part_points(head, e, part, seed=k)
@@ -259,7 +267,11 @@ def prior_stats(prior_dir: Path, n_pairs=6):
                                      "doing_nothing_mm": float((pts - can).norm(dim=1).median()) * MM})
             k += 1
     out = {"pairs": rows,
-           "median_closure": float(np.median([r["closure"] for r in rows])) if rows else None}
+           "median_closure": float(np.median([r["closure"] for r in rows])) if rows else None,
+           "moving_lids_B_error_mm_median": float(np.median([r["B_error_on_moving_lid_points_mm"] for r in rows]))
+           if rows else None,
+           "moving_lids_doing_nothing_mm_median":
+               float(np.median([r["doing_nothing_on_moving_lid_points_mm"] for r in rows])) if rows else None}
     for part, prow in part_rows.items():
         out[f"{part}_pairs"] = prow
         out[f"{part}_B_error_mm_median"] = float(np.median([r["B_error_mm"] for r in prow])) if prow else None

@@ -6,7 +6,7 @@ with a per-point distance loss, settles on the median motion there (none), so th
 of point-cloud tracking do not follow blinks either (README, *Expression fidelity*). What does
 see a blink is the image: how much of each eye is visible.
 
-Measure: for every frame, camera and eye, the number of pixels a label map marks as ``eyes``
+Measure: for every frame, training camera (:func:`measuring_cameras`) and eye, the number of pixels a label map marks as ``eyes``
 (eyeball, iris), each assigned to the nearer of the two projected eye centres (tracked head pose,
 :data:`EYE_CENTRES`). Summed over cameras and divided by the same sum at the participant's
 :data:`OPEN_PERCENTILE`-th percentile frame per camera (the open eye, so no neutral frame is
@@ -30,6 +30,17 @@ import torch
 # eye pixels of an image between the two eyes, so the prior's canonical space is close enough.
 EYE_CENTRES = ((0.112, 0.045, 0.30), (-0.112, 0.045, 0.30))
 OPEN_PERCENTILE = 90.0  # per camera and eye: the pixel count of an open eye
+EYE_REGION_RADIUS = 0.08  # canonical units (20 mm): Gaussians this close to an eye centre follow its closure
+
+
+def closure_weights(means: torch.Tensor, eye_closure: torch.Tensor) -> torch.Tensor:
+    """(N,) how closed the eye of each canonical Gaussian ``means`` (N, 3) is: the closure (2,)
+    of the subject's left eye for x > 0, of the right eye for x < 0, and 0 farther than
+    :data:`EYE_REGION_RADIUS` from both eye centres."""
+    centres = torch.tensor(EYE_CENTRES, dtype=means.dtype, device=means.device)
+    near = torch.cdist(means, centres).min(dim=1).values < EYE_REGION_RADIUS
+    closure = eye_closure.to(means).reshape(2)
+    return torch.where(means[:, 0] > 0, closure[0], closure[1]) * near.to(means.dtype)
 
 
 def has_label_maps(capture: Any, sequence: str) -> bool:
@@ -67,16 +78,28 @@ def count_eye_pixels(labels: np.ndarray, camera: Any, centres_world: torch.Tenso
     return left, len(rows) - left
 
 
-def eye_pixel_counts(capture: Any, tracking: Any) -> np.ndarray:
+def measuring_cameras(capture: Any) -> list[str]:
+    """The serials the closure is measured in: the capture's cameras less NeRSemble's held-out
+    ones (:func:`npga_taichi.data.nersemble.split_cameras`), so evaluating on those cameras never
+    reads their images through the avatar's input."""
+    from npga_taichi.data.nersemble import split_cameras
+
+    train, _ = split_cameras(list(capture.cameras))
+    return train or list(capture.cameras)
+
+
+def eye_pixel_counts(capture: Any, tracking: Any, serials: list[str] | None = None) -> np.ndarray:
     """(T, V, 2) float: ``eyes`` pixels near each eye (left, right) per tracked frame and camera
-    (``capture.cameras`` order), in pixels of the label maps' own resolution."""
+    (``serials``, default all of ``capture.cameras``), in pixels of the label maps' resolution."""
     from npga_taichi.fidelity import label_path, load_labels
 
-    counts = np.zeros((len(tracking.timesteps), len(capture.cameras), 2))
+    serials = list(capture.cameras) if serials is None else serials
+    counts = np.zeros((len(tracking.timesteps), len(serials), 2))
     for i, t in enumerate(np.asarray(tracking.timesteps).tolist()):
         world = eye_centres_world(tracking.rot[i], tracking.trans[i], tracking.scale)
         frame_dir = capture.frame_dir(tracking.sequence, int(t))
-        for v, (serial, cam) in enumerate(capture.cameras.items()):
+        for v, serial in enumerate(serials):
+            cam = capture.cameras[serial]
             counts[i, v] = count_eye_pixels(load_labels(label_path(frame_dir, serial)), cam, world)
     return counts
 
@@ -106,7 +129,8 @@ def add_eye_closure(capture: Any, tracking_folder: str | Path) -> dict[str, floa
     trackings = {seq: tr for seq, tr in trackings.items() if seq in capture.sequences()}
     if not trackings or not all(has_label_maps(capture, seq) for seq in trackings):
         return {}
-    closure = closure_from_counts({seq: eye_pixel_counts(capture, tr) for seq, tr in trackings.items()})
+    serials = measuring_cameras(capture)
+    closure = closure_from_counts({seq: eye_pixel_counts(capture, tr, serials) for seq, tr in trackings.items()})
     files = tracking_files(tracking_folder)
     for seq, tr in trackings.items():
         tr.eye_closure = closure[seq]

@@ -122,6 +122,32 @@ def _avatar(eye_closure_dim):
     return avatar
 
 
+def test_closure_blend_shapes_act_on_the_closing_eye_only():
+    from npga_taichi.avatar.deformation import deform_canonical
+    from npga_taichi.avatar.gaussians import CanonicalGaussians
+    from npga_taichi.eye_closure import EYE_REGION_RADIUS, closure_weights
+
+    left, right = torch.tensor(EYE_CENTRES[0]), torch.tensor(EYE_CENTRES[1])
+    means = torch.stack([left, right, left + torch.tensor([0.0, 0.0, 0.9 * EYE_REGION_RADIUS]),
+                         torch.tensor([0.0, -0.3, 0.3])])  # left eye, right eye, near the left, chin
+    assert torch.allclose(closure_weights(means, torch.tensor([0.8, 0.3])), torch.tensor([0.8, 0.3, 0.8, 0.0]))
+    cloud = CanonicalGaussians(4, 3, 1, closure_shapes=True)
+    assert {"closure_colors", "closure_opacity"} <= set(cloud.names)
+    with torch.no_grad():
+        cloud.means.copy_(means)
+        cloud.closure_colors.fill_(1.0)
+        cloud.closure_opacity.fill_(2.0)
+    z = torch.zeros(3)
+    opened = deform_canonical(cloud, None, None, z, False, eye_closure=None)
+    closed = deform_canonical(cloud, None, None, z, False, eye_closure=torch.tensor([1.0, 0.0]))
+    assert torch.allclose(closed.colors - opened.colors, torch.tensor([1.0, 0.0, 1.0, 0.0])[:, None].expand(4, 3))
+    assert torch.allclose(torch.logit(closed.opacities) - torch.logit(opened.opacities),
+                          torch.tensor([2.0, 0.0, 2.0, 0.0]), atol=1e-5)
+    # gradients reach the blend shapes only through a closed eye
+    closed.colors.sum().backward()
+    assert torch.equal(cloud.closure_colors.grad[:, 0], torch.tensor([1.0, 0.0, 1.0, 0.0]))
+
+
 def test_detail_network_sees_the_eye_closure_and_checkpoints_keep_it():
     avatar = _avatar(2)
     z = torch.randn(5)
@@ -130,6 +156,7 @@ def test_detail_network_sees_the_eye_closure_and_checkpoints_keep_it():
     open_eyes, closed = avatar.deform(frame(torch.zeros(2))), avatar.deform(frame(torch.ones(2)))
     assert not torch.allclose(open_eyes.means, closed.means)
     assert torch.equal(avatar.deform(frame(None)).means, open_eyes.means)  # no closure given = open eyes
+    assert "closure_colors" in avatar.gaussians.names and "closure_colors" not in _avatar(0).gaussians.names
     restored = avatar_from_state(avatar_state(avatar), "test")
     assert restored.eye_closure_dim == 2
     assert torch.equal(restored.deform(frame(torch.ones(2))).means, closed.means)

@@ -88,12 +88,16 @@ class PosedGaussians:
 
 
 def deform_canonical(gaussians: CanonicalGaussians, field: nn.Module | None, detail: DetailNetwork | None,
-                     z_exp: torch.Tensor, use_latents: bool, detail_code: torch.Tensor | None = None
-                     ) -> PosedGaussians:
+                     z_exp: torch.Tensor, use_latents: bool, detail_code: torch.Tensor | None = None,
+                     eye_closure: torch.Tensor | None = None) -> PosedGaussians:
     """Apply F (+ latents) and G to the canonical cloud; output stays in canonical units.
 
     F sees the expression code ``z_exp`` (E,); G sees ``detail_code`` (E + extra inputs such as
-    the eye closure), ``z_exp`` when None."""
+    the eye closure), ``z_exp`` when None. A cloud with closure blend shapes adds
+    ``w_i * closure_colors_i`` and ``w_i * closure_opacity_i``, w_i = how closed the Gaussian's eye
+    is (:func:`npga_taichi.eye_closure.closure_weights` of ``eye_closure`` (2,), None = open):
+    a blink is a large, local change of appearance that a per-Gaussian parameter learns from the
+    closed frames alone, where G would have to carve it out of its shared weights."""
     x_can = gaussians.means
     latents = gaussians.latents if use_latents else None
     quats = gaussians.quats
@@ -116,6 +120,12 @@ def deform_canonical(gaussians: CanonicalGaussians, field: nn.Module | None, det
         opacity_logits = opacity_logits + d["d_opacity"]
         colors = colors + d["d_colors"]
         dynamics += [d["d_quats"], d["d_log_scales"], d["d_colors"], d["d_opacity"][:, None]]
+    if eye_closure is not None and "closure_colors" in gaussians.names:
+        from npga_taichi.eye_closure import closure_weights
+
+        w = closure_weights(x_can.detach(), eye_closure)
+        colors = colors + w[:, None] * gaussians.closure_colors
+        opacity_logits = opacity_logits + w * gaussians.closure_opacity
     if field is not None or detail is not None:
         dynamics.insert(0, x - x_can)
     quats = quats / quats.norm(dim=-1, keepdim=True).clamp_min(1e-12)

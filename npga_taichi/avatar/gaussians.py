@@ -4,7 +4,10 @@ Raw storage follows 3DGS: ``means`` (N, 3) canonical units, ``quats`` (N, 4) wxy
 use), ``log_scales`` (N, 3), ``opacity_logits`` (N,), ``colors`` (N, C) = SH DC coefficients
 (C = 3, colour = 0.5 + SH_C0 * dc) or rendered features (C = feature channels with the CNN),
 ``sh_rest`` (N, K - 1, 3) higher SH bands (K = (d + 1)^2, only when d > 0), and ``latents``
-(N, D) latent features f_i (only when latents are used).
+(N, D) latent features f_i (only when latents are used), and for avatars that take the eye
+closure ``closure_colors`` (N, C) and ``closure_opacity`` (N,): what a Gaussian near an eye adds
+to its colour and opacity logit when that eye is fully closed (per-Gaussian blend shapes, see
+:func:`npga_taichi.avatar.deformation.deform_canonical`).
 
 Every per-Gaussian tensor is an ``nn.Parameter`` registered under one of
 :attr:`CanonicalGaussians.names`; adaptive density control rewrites exactly those rows.
@@ -39,7 +42,7 @@ class CanonicalGaussians(nn.Module):
     """Per-Gaussian parameters in canonical space; see the module docstring for the layout."""
 
     def __init__(self, num: int, color_dim: int = 3, sh_degree: int | None = 3, latent_dim: int = 0,
-                 dtype: torch.dtype = torch.float32):
+                 dtype: torch.dtype = torch.float32, closure_shapes: bool = False):
         super().__init__()
         self.sh_degree = sh_degree
         self.color_dim = color_dim
@@ -59,6 +62,10 @@ class CanonicalGaussians(nn.Module):
         if latent_dim > 0:
             self.latents = z(num, latent_dim)
             self.names.append("latents")
+        if closure_shapes:
+            self.closure_colors = z(num, color_dim)
+            self.closure_opacity = z(num)
+            self.names += ["closure_colors", "closure_opacity"]
 
     def __len__(self) -> int:
         return self.means.shape[0]

@@ -89,7 +89,8 @@ class NPGAAvatar(nn.Module):
         color_dim = config.cnn_feature_dim if config.use_cnn else 3
         self.sh_degree = None if config.use_cnn else config.sh_degree
         self.gaussians = CanonicalGaussians(config.num_init_gaussians, color_dim, self.sh_degree,
-                                            latent_dim=config.feature_dim)
+                                            latent_dim=config.feature_dim,
+                                            closure_shapes=config.eye_closure_dim > 0 and not config.static)
         if config.static:
             field = None
         elif field is None:
@@ -125,7 +126,7 @@ class NPGAAvatar(nn.Module):
         """World-space Gaussians of one frame (differentiable w.r.t. everything trainable)."""
         z = frame.z_exp.to(self.gaussians.means)
         posed = deform_canonical(self.gaussians, self.field, self.detail, z, self.config.use_latents,
-                                 self.detail_code(z, frame.eye_closure))
+                                 self.detail_code(z, frame.eye_closure), frame.eye_closure)
         return apply_rigid_pose(posed, frame.rot, frame.trans, _scale_value(frame.scale))
 
     def raster_colors(self, posed: PosedGaussians) -> tuple[torch.Tensor, int | None]:

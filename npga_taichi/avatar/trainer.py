@@ -214,6 +214,9 @@ def build_optimizer(avatar: NPGAAvatar, cfg: TrainConfig) -> torch.optim.Adam:
         groups.append({"name": "sh_rest", "params": [g.sh_rest], "lr": cfg.lr_sh_rest})
     if "latents" in g.names:
         groups.append({"name": "latents", "params": [g.latents], "lr": cfg.lr_latents})
+    if "closure_colors" in g.names:
+        groups.append({"name": "closure_colors", "params": [g.closure_colors], "lr": cfg.lr_colors})
+        groups.append({"name": "closure_opacity", "params": [g.closure_opacity], "lr": cfg.lr_opacities})
     if avatar.field is not None:
         lr = cfg.lr_field if avatar.config.use_prior_field else cfg.lr_scratch_field
         groups.append({"name": "field", "params": list(avatar.field.parameters()), "lr": lr})
