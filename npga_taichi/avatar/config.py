@@ -41,8 +41,8 @@ class AvatarConfig(DictConfig):
     init_surface_band: float = 0.002    # |SDF| tolerance (canonical units, 0.5 mm) for accepted surface samples
     init_colors_from_images: bool = True  # initial colours read from the first training frame's images (off: prior albedo)
     exp_dim: int = 0                    # expression code size (filled from the tracking at init)
-    use_eye_closure: bool = True        # G also sees each frame's eye closure (measured from label maps by npga track) when every track has it
-    eye_closure_dim: int = 0            # eye-closure inputs of G: 2 (left, right) or 0 (filled at init)
+    use_eye_closure: bool = True        # the blink input: each frame's eye closure (label maps, npga track) into G and per-Gaussian closure blend shapes, when every track has it
+    eye_closure_dim: int = 0            # eye-closure inputs: 2 (left, right) or 0 (filled at init)
 
     def validate(self) -> "AvatarConfig":
         """Raise ValueError naming the offending field; return self."""
