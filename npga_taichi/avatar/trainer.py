@@ -141,9 +141,10 @@ class AvatarData:
         if view not in self._regions:
             from npga_taichi.fidelity import label_path, load_labels, region_weights
 
-            path = label_path(self.capture.frame_dir(view.sequence, view.timestep), view.serial)
+            frame_dir = getattr(self.capture, "frame_dir", None)  # in-memory captures have no files
+            path = None if frame_dir is None else label_path(frame_dir(view.sequence, view.timestep), view.serial)
             mask = None
-            if path.is_file():
+            if path is not None and path.is_file():
                 cam = self.camera(view.serial)
                 regions = region_weights(load_labels(path), (cam.height, cam.width))
                 mask = (sum(regions.values()).clamp(0, 1) * 255).round().to(torch.uint8)
