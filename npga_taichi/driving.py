@@ -221,6 +221,8 @@ def driving_view(camera, tracked_drive, drive, i: int):
     """The driving camera of frame ``i`` moved with the avatar (``V ∘ P_t ∘ P'_t⁻¹``)."""
     from npga_taichi.cameras import Camera
 
+    if all(torch.equal(getattr(tracked_drive, k)[i], getattr(drive, k)[i]) for k in ("rot", "trans", "scale")):
+        return camera  # the tracked pose: exactly the driving camera (V ∘ P ∘ P⁻¹ would round)
     p_t = _similarity(tracked_drive.scale[i].cpu(), tracked_drive.rot[i].cpu(), tracked_drive.trans[i].cpu())
     p_used = _similarity(drive.scale[i].cpu(), drive.rot[i].cpu(), drive.trans[i].cpu())
     view = moved_viewmat(camera.viewmat.double().cpu().numpy(), compose(p_t, invert(p_used)))
