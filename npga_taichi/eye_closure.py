@@ -26,8 +26,9 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 
-# Head-frame (canonical units) eye centres, subject's left (+x) first: only used to split the
-# eye pixels of an image between the two eyes, so the prior's canonical space is close enough.
+# Head-frame (canonical units) eye centres, subject's left (+x) first. They split an image's eye
+# pixels between the two eyes and bound the Gaussians that follow a closure (EYE_REGION_RADIUS),
+# so the synthetic heads' centres serve the prior's canonical space (it is trained on them).
 EYE_CENTRES = ((0.112, 0.045, 0.30), (-0.112, 0.045, 0.30))
 OPEN_PERCENTILE = 90.0  # per camera and eye: the pixel count of an open eye
 EYE_REGION_RADIUS = 0.08  # canonical units (20 mm): Gaussians this close to an eye centre follow its closure
