@@ -22,6 +22,7 @@ from torch import nn
 from npga_taichi.avatar.detail_network import ConditionedMLP, DetailNetwork, fourier_features
 from npga_taichi.avatar.gaussians import CanonicalGaussians
 from npga_taichi.avatar.rotations import quat_multiply, rotmat_to_quat
+from npga_taichi.eye_closure import closure_weights
 
 
 @dataclass
@@ -121,8 +122,6 @@ def deform_canonical(gaussians: CanonicalGaussians, field: nn.Module | None, det
         colors = colors + d["d_colors"]
         dynamics += [d["d_quats"], d["d_log_scales"], d["d_colors"], d["d_opacity"][:, None]]
     if eye_closure is not None and "closure_colors" in gaussians.names:
-        from npga_taichi.eye_closure import closure_weights
-
         w = closure_weights(x_can.detach(), eye_closure)
         colors = colors + w[:, None] * gaussians.closure_colors
         opacity_logits = opacity_logits + w * gaussians.closure_opacity

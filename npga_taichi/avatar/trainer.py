@@ -282,6 +282,13 @@ def regularizers(avatar: NPGAAvatar, posed, raster_alpha: torch.Tensor, alpha: t
 
 
 # -------------------------------------------------------------------------------------- trainer
+def _or_closed(sampler: np.random.Generator, share: float, index, closed: list[int]) -> int:
+    """``index``, or with probability ``share`` a random entry of ``closed`` (none when empty)."""
+    if closed and sampler.random() < share:
+        return closed[int(sampler.integers(0, len(closed)))]
+    return int(index)
+
+
 def _nonfinite_grads(params, device) -> torch.Tensor:
     """1.0 when any gradient holds NaN or Inf, else 0.0, as a float64 tensor on ``device`` (a
     tensor, so the check joins the step's one host synchronisation)."""
@@ -451,19 +458,13 @@ class Trainer:
         cfg, views = self.cfg, self.data.train_views
         if cfg.cameras_per_frame == 1:
             closed = self.data.closed_eye_views() if cfg.closed_eye_share > 0 else []
-            picks = []
-            for i in self.sampler.integers(0, len(views), size=cfg.views_per_step):
-                if closed and self.sampler.random() < cfg.closed_eye_share:
-                    i = closed[int(self.sampler.integers(0, len(closed)))]
-                picks.append([views[int(i)]])
-            return picks
+            return [[views[_or_closed(self.sampler, cfg.closed_eye_share, i, closed)]]
+                    for i in self.sampler.integers(0, len(views), size=cfg.views_per_step)]
         frames = self.data.frames()
-        closed_frames = self.data.closed_eye_frames() if cfg.closed_eye_share > 0 else []
+        closed = self.data.closed_eye_frames() if cfg.closed_eye_share > 0 else []
         groups = []
         for i in self.sampler.integers(0, len(frames), size=cfg.views_per_step // cfg.cameras_per_frame):
-            if closed_frames and self.sampler.random() < cfg.closed_eye_share:
-                i = closed_frames[int(self.sampler.integers(0, len(closed_frames)))]
-            frame_views = frames[int(i)]
+            frame_views = frames[_or_closed(self.sampler, cfg.closed_eye_share, i, closed)]
             take = self.sampler.choice(len(frame_views), size=min(cfg.cameras_per_frame, len(frame_views)),
                                        replace=False)
             groups.append([frame_views[int(j)] for j in take])
