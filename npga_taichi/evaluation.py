@@ -41,7 +41,7 @@ from npga_taichi import fidelity, metrics
 
 CSV_COLUMNS = ("sequence", "timestep", "camera", "psnr", "psnr_masked", "ssim", "lpips",
                *(f"{m}_{r}" for r in fidelity.REGIONS for m in ("psnr", "ssim")),
-               *(f"ratio_{f}" for f in fidelity.FEATURES))
+               *(f"ratio_{f}" for f in fidelity.FEATURES), *(f"core_ratio_{f}" for f in fidelity.FEATURES))
 OUTPUT_NAMES = ("metrics.csv", "summary.json", "worst.png", "expressions.png")
 
 
@@ -155,6 +155,7 @@ class FrameScore:
     lpips: float | None  # None = LPIPS unavailable
     regions: dict = field(default_factory=dict)  # region -> {"psnr", "ssim", "pixels"}; {} = no labels
     ratios: dict = field(default_factory=dict)   # feature -> (ratio, region pixels); {} = none active
+    core_ratios: dict = field(default_factory=dict)  # feature -> (ratio, pixels) over the feature's core
 
     def csv_row(self) -> dict:
         """The row of metrics.csv (see CSV_COLUMNS); region / ratio cells None when unavailable."""
@@ -164,6 +165,7 @@ class FrameScore:
                 row[f"{m}_{region}"] = self.regions.get(region, {}).get(m)
         for feature in fidelity.FEATURES:
             row[f"ratio_{feature}"] = self.ratios[feature][0] if feature in self.ratios else None
+            row[f"core_ratio_{feature}"] = self.core_ratios[feature][0] if feature in self.core_ratios else None
         return row
 
 
@@ -221,11 +223,15 @@ class EvalResult:
         scored = [r for r in self.rows if r.ratios]
         result = {"regions": regions, "regions_note": note}
         if scored:
-            result["fidelity"] = {f: fidelity.summarise_ratios([r.ratios[f] for r in scored if f in r.ratios])
-                                  for f in fidelity.FEATURES}
+            result["fidelity"] = {
+                f: {**fidelity.summarise_ratios([r.ratios[f] for r in scored if f in r.ratios]),
+                    **{f"core_{k}": v for k, v in fidelity.summarise_ratios(
+                        [r.core_ratios[f] for r in scored if f in r.core_ratios]).items()}}
+                for f in fidelity.FEATURES}
             result["fidelity_note"] = ("ratio = mean|avatar - truth| / mean|avatar - truth without the feature| "
-                                       "inside the pixels the feature changes; << 1: the avatar shows it, "
-                                       "> 1: it does not")
+                                       "inside the pixels the feature changes (dilated 2 px); << 1: the avatar "
+                                       "shows it, > 1: it does not. core = the same over the pixels it changes by "
+                                       f"more than {fidelity.CORE_THRESHOLD:g} (not dilated)")
         else:
             result["fidelity"] = None
             result["fidelity_note"] = ("no expression fidelity: it needs a synthetic capture (npga synth) "
@@ -246,15 +252,16 @@ def score_item(item: EvalItem, background: torch.Tensor, lpips_metric: LpipsMetr
     regions = {}
     if item.labels is not None:
         regions = fidelity.region_scores(pred, gt, fidelity.region_weights(item.labels, tuple(gt.shape[:2])))
-    ratios = {f: fidelity.expression_ratio(pred, on.to(pred), off.to(pred))
-              for f, (on, off) in (item.truths or {}).items()}
+    truths = {f: (on.to(pred), off.to(pred)) for f, (on, off) in (item.truths or {}).items()}
+    ratios = {f: fidelity.expression_ratio(pred, on, off) for f, (on, off) in truths.items()}
+    core_ratios = {f: fidelity.core_ratio(pred, on, off) for f, (on, off) in truths.items()}
     return FrameScore(
         sequence=item.sequence, timestep=int(item.timestep), camera=str(item.camera),
         psnr=psnr_value(pred, gt),
         psnr_masked=masked_psnr_value(item.pred.double().clamp(0, 1), item.gt.double(), item.alpha.double()),
         ssim=float(metrics.ssim(pred, gt)),
         lpips=lpips_metric(pred, gt) if lpips_metric is not None else None,
-        regions=regions, ratios=ratios,
+        regions=regions, ratios=ratios, core_ratios=core_ratios,
     )
 
 
@@ -313,7 +320,8 @@ def write_csv(result: EvalResult, path: str | os.PathLike) -> Path:
     writer = csv.writer(buf)
     writer.writerow(CSV_COLUMNS)
     for r in result.rows:
-        writer.writerow([_fmt(v) for v in r.csv_row().values()])
+        row = r.csv_row()
+        writer.writerow([_fmt(row[k]) for k in CSV_COLUMNS])
     return write_text_atomic(buf.getvalue(), path)
 
 
@@ -396,9 +404,10 @@ def format_table(summary: dict) -> str:
     elif "regions_note" in summary:
         lines.append(summary["regions_note"])
     if summary.get("fidelity"):
-        lines.append(f"{'feature':>8} {'ratio':>9} {'images':>7}   (median; < 1: the avatar shows it)")
+        lines.append(f"{'feature':>8} {'ratio':>9} {'core':>7} {'images':>7}   (median; < 1: the avatar shows it)")
         for name, f in summary["fidelity"].items():
-            lines.append(f"{name:>8} {cell(f['median_ratio'], 2):>9} {f['num_images']:>7}")
+            lines.append(f"{name:>8} {cell(f['median_ratio'], 2):>9} {cell(f.get('core_median_ratio'), 2):>7} "
+                         f"{f['num_images']:>7}")
     elif "fidelity_note" in summary:
         lines.append(summary["fidelity_note"])
     return "\n".join(lines)

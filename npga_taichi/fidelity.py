@@ -49,6 +49,11 @@ FEATURES: dict[str, tuple[str, ...]] = {
 ACTIVE = 0.5            # a feature is active in a frame when one of its parameters exceeds this
 DIFF_THRESHOLD = 2.0 / 255.0  # "the two truths differ": more than 8-bit rounding in some channel
 DILATE_PX = 2           # the feature region is the differing pixels dilated by this many pixels
+# The "core" of a feature: the pixels it changes by more than this in some channel (undilated),
+# where the eye actually opens or closes; the dilated region above is mostly surroundings the
+# feature shades by a few levels, where any avatar's ordinary error (or the truth moved by a
+# quarter pixel) outweighs the feature (benchmarks/blink_floor.py).
+CORE_THRESHOLD = 0.1
 
 
 # ------------------------------------------------------------------------------- label maps
@@ -152,6 +157,11 @@ def expression_ratio(pred: torch.Tensor, on: torch.Tensor, off: torch.Tensor,
     return num / den, count
 
 
+def core_ratio(pred: torch.Tensor, on: torch.Tensor, off: torch.Tensor) -> tuple[float, int]:
+    """:func:`expression_ratio` over the feature's core only (CORE_THRESHOLD, no dilation)."""
+    return expression_ratio(pred, on, off, CORE_THRESHOLD, 0)
+
+
 def feature_crop(pred: torch.Tensor, on: torch.Tensor, off: torch.Tensor, height: int = 96,
                  pad: int = 3) -> np.ndarray | None:
     """(h, 3w, 3) float image: truth | avatar | truth without the feature, cropped to the
@@ -239,11 +249,12 @@ class SyntheticTruth:
             e[self.index[name]] = 0.0
         return e
 
-    def render(self, sequence: str, timestep: int, camera, expression: np.ndarray):
+    def render(self, sequence: str, timestep: int, camera, expression: np.ndarray, seed: int | None = None):
         """(rgb (H, W, 3), alpha (H, W, 1)) float32 of the head with the frame's pose and sample
         seed, seen by ``camera`` (a Camera of the capture at its stored resolution, whose serial
         names it in the calibration), over the capture's backdrop - exactly how the capture
-        writer rendered that frame."""
+        writer rendered that frame. Another ``seed`` draws other sample jitter (the renderer's
+        own noise, e.g. to measure what no avatar can reproduce)."""
         from npga_taichi.data.head_render import render_head
 
         seq, k = self._frame(sequence, timestep)
@@ -254,7 +265,7 @@ class SyntheticTruth:
         rgba, _, _ = render_head(self.head, expression, vm, K, int(camera.width), int(camera.height),
                                  rotation=seq["rotation"][k], translation=seq["translation"][k], scale=self.scale,
                                  samples_per_side=self.samples_per_side, lighting=self.lighting,
-                                 seed=int(timestep), first_camera=self.camera_order.index(str(camera.serial)))
+                                 seed=int(timestep) if seed is None else int(seed), first_camera=self.camera_order.index(str(camera.serial)))
         return rgba[0, ..., :3], rgba[0, ..., 3:]
 
     def feature_truths(self, sequence: str, timestep: int, camera, size: tuple[int, int],
@@ -264,18 +275,20 @@ class SyntheticTruth:
         features = self.active_features(sequence, timestep)
         if not features:
             return {}
-        backdrop = torch.as_tensor(self.lighting.background, dtype=torch.float32)
-        bg = torch.as_tensor(background, dtype=torch.float32).cpu()
-
-        def over_background(expression):
-            rgb, alpha = self.render(sequence, timestep, camera, expression)
-            rgb, alpha = rgb.cpu(), alpha.cpu()
-            premultiplied = rgb - (1.0 - alpha) * backdrop  # the writer composited over the backdrop
-            return resize_area(premultiplied + (1.0 - alpha) * bg, size).clamp(0, 1)
-
         e = self.expression(sequence, timestep)
-        on = over_background(e)
-        return {f: (on, over_background(self.without(e, f))) for f in features}
+        on = self.composited(sequence, timestep, camera, size, background, e)
+        return {f: (on, self.composited(sequence, timestep, camera, size, background, self.without(e, f)))
+                for f in features}
+
+    def composited(self, sequence: str, timestep: int, camera, size: tuple[int, int],
+                   background: torch.Tensor, expression: np.ndarray, seed: int | None = None) -> torch.Tensor:
+        """(H, W, 3) :meth:`render` at ``size`` composited over ``background`` (3,) with its own matte."""
+        rgb, alpha = self.render(sequence, timestep, camera, expression, seed)
+        rgb, alpha = rgb.cpu(), alpha.cpu()
+        backdrop = torch.as_tensor(self.lighting.background, dtype=torch.float32)
+        premultiplied = rgb - (1.0 - alpha) * backdrop  # the writer composited over the backdrop
+        bg = torch.as_tensor(background, dtype=torch.float32).cpu()
+        return resize_area(premultiplied + (1.0 - alpha) * bg, size).clamp(0, 1)
 
 
 def summarise_ratios(values: list[tuple[float, int]]) -> dict:

@@ -147,6 +147,21 @@ def test_expression_ratio_construction():
     assert fidelity.summarise_ratios([(0.5, 4), (2.0, 8), (math.nan, 0), (1.0, 6)])["median_ratio"] == 1.0
 
 
+def test_core_ratio_keeps_only_what_the_feature_changes_strongly():
+    off = torch.full((20, 20, 3), 0.5)
+    on = off.clone()
+    on[4:16, 4:16] += 0.02       # faint shading around ...
+    on[9, 9] = 0.1               # ... a strong change in one pixel (the lid covers the eye)
+    avatar = on.clone()
+    avatar[4:16, 4:16] += 0.05   # ordinary error in the surroundings ...
+    avatar[9, 9] = 0.1           # ... and the blink exactly
+    ratio, pixels = fidelity.expression_ratio(avatar, on, off)
+    core, core_pixels = fidelity.core_ratio(avatar, on, off)
+    assert pixels > 144 and core_pixels == 1
+    assert core == 0.0 and ratio > 0.5  # the surroundings' error swamps the dilated ratio, not the core
+    assert fidelity.core_ratio(off, on, off) == (math.inf, 1)
+
+
 def test_evaluate_reports_regions_and_fidelity_or_says_why_not(tmp_path):
     rng = np.random.default_rng(2)
     gt = torch.tensor(rng.uniform(0.2, 0.8, (24, 24, 3)), dtype=torch.float32)
@@ -162,11 +177,13 @@ def test_evaluate_reports_regions_and_fidelity_or_says_why_not(tmp_path):
     assert s["regions"]["eyes"]["num_images"] == 1 and s["regions"]["eyes"]["psnr"] < s["psnr"]
     assert s["regions"]["mouth"]["num_images"] == 0 and s["regions"]["mouth"]["psnr"] is None
     assert s["fidelity"]["blink"]["median_ratio"] == math.inf
+    assert s["fidelity"]["blink"]["core_median_ratio"] == math.inf  # 0.7 vs gt: a strong change everywhere
     assert s["fidelity"]["jaw"]["num_images"] == 0
     evaluation.write_csv(result, tmp_path / "m.csv")
     row = evaluation.read_csv(tmp_path / "m.csv")[0]
     assert row["ratio_blink"] == math.inf and math.isnan(row["psnr_mouth"]) and row["psnr_eyes"] < row["psnr"]
     assert row["ratio_jaw"] is None  # not active in this frame: an empty cell
+    assert row["core_ratio_blink"] == math.inf and row["core_ratio_jaw"] is None
     assert "eyes" in evaluation.format_table(s) and "blink" in evaluation.format_table(s)
     crops = evaluation.write_feature_crops(result, tmp_path / "expressions.png")  # truth | avatar | off
     import imageio.v3 as iio
@@ -215,6 +232,10 @@ def test_capture_writes_label_maps_and_the_truth_rerenders_it(blink_capture):
         stored = torch.from_numpy(np.asarray(image, np.float32))
         # the writer's frame exactly (up to 8-bit rounding): same pose, camera, sample jitter
         assert (rgb - stored).abs().max() <= 0.5 / 255 + 1e-6
+        # another sample seed: other jitter at the edges (the renderer's own noise), the same head
+        other, _ = truth.render("EXP-4", t, cap.cameras[serial], truth.expression("EXP-4", t), seed=t + 1000)
+        assert (other - rgb).abs().amax(-1).gt(0.05).sum() > 10
+        assert (other - rgb).abs().mean() < 0.02
         active = truth.active_features("EXP-4", t)
         assert ("blink" in active) == (expr[t, [E["blink_left"], E["blink_right"]]].max() > fidelity.ACTIVE)
     assert truth.without(expr[1].astype(np.float32), "blink")[[E["blink_left"], E["blink_right"]]].tolist() == [0, 0]
