@@ -432,6 +432,31 @@ def test_tracked_canonical_corners_centres_and_play(viewer):
     viewer._set_playing(False)
 
 
+def test_eye_closure_sliders_close_the_pads_eyes(viewer, tmp_path):
+    run = viewer.runs[0]
+    assert run.avatar.eye_closure_dim == 2  # the tiny capture has label maps: the avatar takes a closure
+    viewer._record(mode="interpolate")
+    viewer._record_closure(0, 1.0)
+    viewer._record_closure(1, 0.5)
+    applied = viewer.wait_applied(lambda a: a.state.mode == "interpolate" and a.state.closure == (1.0, 0.5))
+    assert "eyes closed 1.00/0.50" in applied.label
+    frame = {"z_exp": torch.as_tensor(applied.z_exp), **viewer.source.pose(applied.state, 0)}
+    closed = viewer.call(lambda: run.gaussians({**frame, "eye_closure": torch.tensor([1.0, 0.5])}))
+    opened = viewer.call(lambda: run.gaussians({**frame, "eye_closure": None}))
+    shown = viewer._world[0]
+    for key in ("means", "opacities", "colors"):
+        assert torch.allclose(shown[key], closed[key], atol=1e-6), key
+    assert any(not torch.allclose(closed[k], opened[k], atol=1e-6) for k in ("means", "opacities", "colors"))
+    # "Save expression" keeps the closure: npga render --expressions reads it back
+    path = viewer.call(lambda: viewer._save_expression(None, applied.state))
+    from npga_taichi.prior.tracking import load_tracking
+
+    assert np.allclose(load_tracking(path).eye_closure, [[1.0, 0.5]])
+    viewer._record_closure(0, 0.0)
+    viewer._record_closure(1, 0.0)
+    viewer.wait_applied(lambda a: a.state.closure == (0.0, 0.0))
+
+
 # ----------------------------------------------------------------------------- the command
 
 def test_view_binds_loopback_by_default(viewer):

@@ -191,6 +191,12 @@ class Viewer:
             self.gui_set_corner.on_click(lambda e: self._act("corner", ["TL", "TR", "BL", "BR"].index(e.target.value)))
             reset = gui.add_button("Most distinct corners")
             reset.on_click(lambda e: self._act("auto_corners", None))
+            if any(run.avatar.eye_closure_dim for run in self.runs):
+                self.gui_closure = [gui.add_slider(f"Eye closure ({side})", 0.0, 1.0, 0.01, 0.0,
+                                                   hint="0 open, 1 closed: the blink the avatar learned")
+                                    for side in ("left", "right")]
+                for i, slider in enumerate(self.gui_closure):
+                    slider.on_update(lambda e, i=i: self._record_closure(i, float(e.target.value)))
 
         with gui.add_folder("Tracked"):
             self.gui_sequence = gui.add_dropdown("Sequence", self.source.sequences, initial_value=self._state.sequence)
@@ -247,6 +253,13 @@ class Viewer:
                 return
             self._state = dataclasses.replace(self._state, uv=uv)
             self._uv_source = source
+        self._wake.set()
+
+    def _record_closure(self, side: int, value: float) -> None:
+        with self._lock:
+            closure = list(self._state.closure)
+            closure[side] = value
+            self._state = dataclasses.replace(self._state, closure=tuple(closure))
         self._wake.set()
 
     def _on_cursor(self, event) -> None:
@@ -619,7 +632,8 @@ class Viewer:
         path = _unique_path(self.out_dir, "expression", ".npz")
         meta = {"mode": state.mode, "description": self.source.describe(state),
                 "corners": [self.source.label(s, i) for s, i in state.corners], "uv": list(state.uv)}
-        path = save_expression(path, self.runs[0], z, self.source.pose(state, 0), meta)
+        path = save_expression(path, self.runs[0], z, self.source.pose(state, 0), meta,
+                               eye_closure=self.source.eye_closure(state))
         self._notify(client_id, "Saved expression", f"{path} — use it with: npga render RUN --expressions {path}")
         return path
 

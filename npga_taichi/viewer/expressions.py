@@ -32,7 +32,9 @@ MODES = ("tracked", "interpolate", "canonical")
 class ViewState:
     """Everything the GUI chose that changes the Gaussians (camera and renderer excluded).
 
-    corners: four (sequence, frame index) pairs; uv: the pad cursor; sequence/frame: tracked mode.
+    corners: four (sequence, frame index) pairs; uv: the pad cursor; sequence/frame: tracked mode;
+    closure: the eye closure (left, right; 0 open, 1 closed) the pad's expression is shown with
+    (tracked mode plays the measured one; avatars fitted without a closure ignore it).
     """
 
     mode: str
@@ -40,13 +42,14 @@ class ViewState:
     frame: int
     uv: tuple[float, float]
     corners: tuple[tuple[str, int], ...]
+    closure: tuple[float, float] = (0.0, 0.0)
 
     def key(self) -> tuple:
         """Equal keys <=> the same Gaussians: what the worker compares before sending splats."""
         if self.mode == "tracked":
             return ("tracked", self.sequence, self.frame)
         if self.mode == "interpolate":
-            return ("interpolate", self.uv, self.corners)
+            return ("interpolate", self.uv, self.corners, self.closure)
         return ("canonical",)
 
 
@@ -151,8 +154,18 @@ class ExpressionSource:
         if state.mode == "tracked":
             return f"tracked {self.label(state.sequence, state.frame)}"
         if state.mode == "interpolate":
-            return f"pad u={state.uv[0]:.3f} v={state.uv[1]:.3f}"
+            closed = f" eyes closed {state.closure[0]:.2f}/{state.closure[1]:.2f}" if any(state.closure) else ""
+            return f"pad u={state.uv[0]:.3f} v={state.uv[1]:.3f}{closed}"
         return "canonical"
+
+    def eye_closure(self, state: ViewState) -> torch.Tensor | None:
+        """(2,) eye closure of ``state``: measured in tracked mode, the sliders' on the pad,
+        None in canonical mode."""
+        if state.mode == "tracked":
+            return self.drive(state.sequence).frame(state.frame)["eye_closure"]
+        if state.mode == "interpolate":
+            return torch.tensor(state.closure, dtype=torch.float32)
+        return None
 
     def gaussians(self, state: ViewState, z_exp: torch.Tensor | None, avatar_index: int) -> dict:
         """World-space rasterize arrays of one avatar (no side-by-side offset applied)."""
@@ -160,16 +173,15 @@ class ExpressionSource:
         pose = self.pose(state, avatar_index)
         if z_exp is None:
             return canonical_gaussians(run.avatar, pose["rot"], pose["trans"], pose["scale"])
-        frame = {"z_exp": z_exp, **pose}
-        if state.mode == "tracked":  # the measured eye closure plays along (pad codes: open eyes)
-            frame["eye_closure"] = self.drive(state.sequence).frame(state.frame)["eye_closure"]
-        return run.gaussians(frame)
+        return run.gaussians({"z_exp": z_exp, **pose, "eye_closure": self.eye_closure(state)})
 
 
-def save_expression(path: str | os.PathLike, run: LoadedRun, z_exp, pose: dict, meta: dict) -> Path:
-    """Write one expression code and head pose as a one-frame tracking ``.npz`` (+ ``.json``),
-    the format ``npga render --expressions FILE`` reads (``prior.tracking.save_tracking``); the
-    identity codes are copied from the run's reference tracking. Refuses to overwrite."""
+def save_expression(path: str | os.PathLike, run: LoadedRun, z_exp, pose: dict, meta: dict,
+                    eye_closure=None) -> Path:
+    """Write one expression code and head pose (and ``eye_closure`` (2,), when given) as a
+    one-frame tracking ``.npz`` (+ ``.json``), the format ``npga render --expressions FILE``
+    reads (``prior.tracking.save_tracking``); the identity codes are copied from the run's
+    reference tracking. Refuses to overwrite."""
     from npga_taichi.prior.tracking import Tracking, load_tracking, save_tracking
 
     path = Path(path).with_suffix(".npz")
@@ -182,5 +194,6 @@ def save_expression(path: str | os.PathLike, run: LoadedRun, z_exp, pose: dict, 
                         z_exp=as_np(z_exp).reshape(1, -1), z_geo=source.z_geo, z_app=source.z_app,
                         rot=as_np(pose["rot"]).reshape(1, 3, 3), trans=as_np(pose["trans"]).reshape(1, 3),
                         scale=float(as_np(pose["scale"]).reshape(-1)[0]), residual=np.zeros(1),
-                        meta={"source": "npga view", **json.loads(json.dumps(meta, default=str))})
+                        meta={"source": "npga view", **json.loads(json.dumps(meta, default=str))},
+                        eye_closure=None if eye_closure is None else as_np(eye_closure).reshape(1, 2))
     return save_tracking(tracking, path)
