@@ -207,17 +207,20 @@ def test_proxy_silhouette_is_not_inflated():
     assert (np.abs(shift_px(True)) < 0.3).all()
 
 
+def _side_view(azimuth_degrees, w=72, h=96):
+    """One camera ``azimuth_degrees`` to the side of the face, and a head pose (rot (3, 3), trans (3,))."""
+    f = 6600.0 * w / 2200.0
+    az = np.radians(azimuth_degrees)
+    cam = Camera("0", look_at([np.sin(az), 0.05, np.cos(az)], [0.0, 0.0, 0.0]), [[f, 0, w / 2], [0, f, h / 2], [0, 0, 1]],
+                 w, h)
+    return cam, Rotation.from_euler("yxz", [5, -3, 2], degrees=True).as_matrix(), np.array([0.01, -0.005, 0.02])
+
+
 def test_monocular_initial_pose_from_landmarks():
     """One camera 35° to the side: the landmarks place the head (rigid least squares from yaw
     starts) where "facing the camera" would be 30° off; no gradient step is taken here."""
     prior = AnalyticPrior()
-    w, h = 72, 96
-    f = 6600.0 * w / 2200.0
-    az = np.radians(35.0)
-    cam = Camera("0", look_at([np.sin(az), 0.05, np.cos(az)], [0.0, 0.0, 0.0]), [[f, 0, w / 2], [0, f, h / 2], [0, 0, 1]],
-                 w, h)
-    rot = Rotation.from_euler("yxz", [5, -3, 2], degrees=True).as_matrix()
-    trans = np.array([0.01, -0.005, 0.02])
+    cam, rot, trans = _side_view(35.0)
     images, mattes = _truth_views(prior, [cam], rot, trans)
     z_geo = torch.zeros(prior.config.lat_dim_geo)
     truth = torch.tensor(rot, dtype=torch.float32), torch.tensor(trans, dtype=torch.float32)
@@ -231,6 +234,61 @@ def test_monocular_initial_pose_from_landmarks():
     assert np.degrees(Rotation.from_matrix(tracking.rot[0].T @ rot).magnitude()) < 0.2
     assert 1000 * np.linalg.norm(tracking.trans[0] - trans) < 0.5
 
+
+def _posed_points(prior, canonical, z_exp, z_geo, iters=12):
+    """Posed points x with backward(x) = canonical (L, 3): Newton's method with autograd
+    Jacobians of the analytic backward field (the test's own solver, not the tracker's)."""
+    def field(p):
+        return prior.backward(p[None], z_exp, z_geo)[0]
+
+    x = canonical.clone()
+    for _ in range(iters):
+        x = torch.stack([p - torch.linalg.solve(torch.autograd.functional.jacobian(field, p), field(p) - c)
+                         for p, c in zip(x, canonical)])
+    assert (torch.stack([field(p) for p in x]) - canonical).abs().max() < 1e-5
+    return x
+
+
+class JawPrior(AnalyticPrior):
+    """The analytic head with a jaw hinged below the nose: expression dim 0 stretches the face
+    below canonical y = −0.15 downwards; the eyes and nose stay (< 0.1 px here)."""
+
+    def backward_with_hyper(self, x, z_exp, z_geo, shape_index=None):
+        z = z_exp if z_exp.dim() == 2 else z_exp[None].expand(x.shape[0], -1)
+        y = x[:, 1:2] + 0.15
+        jaw = torch.zeros_like(x)
+        jaw[:, 1:2] = torch.sigmoid(-y / 0.03) * y * (1.0 / (1.0 + z[:, :1]) - 1.0)
+        return torch.cat([x + jaw, torch.zeros(x.shape[0], 2)], -1)
+
+
+def test_monocular_landmark_replacement_keeps_depth_when_the_jaw_opens():
+    """The depth bug of the monocular benchmark (issue 15): each later frame is first re-placed
+    rigidly from the landmarks posed with the *previous* frame's expression. When the jaw opens,
+    the mouth and chin landmarks spread downwards; fitted rigidly with every landmark, that
+    spread read as the head coming closer (here 34 mm and 5.7°; 10–45 mm on identity 4242's
+    FREE). The re-placement uses only the landmarks expressions barely move (eye corners, nose).
+    No gradient step is taken (zero learning rates): this is the re-placement alone."""
+    prior = JawPrior()
+    cam, rot, trans = _side_view(20.0)
+    truth = torch.tensor(rot, dtype=torch.float32), torch.tensor(trans, dtype=torch.float32)
+    z_geo = torch.zeros(prior.config.lat_dim_geo)
+    canonical = cast_landmarks(lambda x: prior.sdf(x, z_geo))
+    images, mattes = _truth_views(prior, [cam], rot, trans)  # the images barely matter here
+    lmks = []
+    for jaw in (0.0, 0.2):  # the tracker's expression stays neutral (lr_exp = 0): a lagging code
+        z = torch.zeros(prior.config.lat_dim_exp)
+        z[0] = jaw
+        posed = _posed_points(prior, canonical, z, z_geo)
+        lmks.append(cam.project(posed_to_world(posed, *truth, 0.25))[0])
+    assert (lmks[1] - lmks[0]).norm(dim=-1).max() > 2.5  # the chin moves by pixels
+    cfg = PhotometricConfig(num_points=800, image_scale=1.0, first_frame_steps=1, steps_per_frame=1, lr_rot=0.0,
+                            lr_trans=0.0, lr_exp=0.0, lr_light=0.0)
+    identity = (z_geo, torch.zeros(prior.config.lat_dim_app), 0.25)
+    tracking = track_video(images[None].expand(2, -1, -1, -1, -1), [cam], prior, mattes=mattes[None].expand(2, -1, -1, -1),
+                           landmarks=torch.stack(lmks)[:, None], config=cfg, progress=False, identity=identity)
+    depth_err_mm = 1000 * abs(cam.viewmat[2, :3].double().numpy() @ (tracking.trans[1] - trans))
+    assert depth_err_mm < 3.0, depth_err_mm  # was 34 mm with every landmark
+    assert np.degrees(Rotation.from_matrix(tracking.rot[1].T @ rot).magnitude()) < 1.5  # was 5.7°
 
 def test_landmarks_are_cast_on_the_surface():
     prior = AnalyticPrior()
