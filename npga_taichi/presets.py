@@ -41,11 +41,17 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         # What `npga demo --preset tiny` shrinks further: 1 sample per pixel, 3 frames, 100 steps.
         "demo": dict(capture=dict(samples_per_side=1, frames_per_sequence=3), train=dict(steps=100)),
     },
-    # A recognisable avatar in minutes (goal: <= 5 min from a fresh clone at >= 28 dB; measured
-    # 27.25 dB in ~12 min on a busy machine, see the README): 4 training sequences + FREE x 8
-    # frames at the default image size, a short prior / tracking / distillation, 800 fit steps at
-    # twice the default learning rates. (10 sequences x 4 frames tracked the later sequences 3
-    # degrees off with this short prior.)
+    # A recognisable avatar in minutes (goal: <= 5 min from a fresh clone at >= 28 dB; the time
+    # is not met): 4 training sequences + FREE x 8 frames at the default image size and 4 samples
+    # per pixel, a short prior / tracking / distillation, 800 fit steps at twice the default
+    # learning rates. Measured 11-29 at 1 thread on a loaded 2-core machine: `npga demo OUT
+    # --preset quick --identity 4242` 28.14 dB held out (masked 22.71, eyes 19.24, mouth 19.87,
+    # blink 0.85) in 832 s wall / 651 CPU s from an empty kernel cache (CPU s: capture 190, prior
+    # 110, track 54, distill 50, fit 231, eval 15); identity 31337, the fit alone on one demo's
+    # inputs: 27.79 / 28.30 dB (seeds 0 / 1). Every cut tried cost PSNR on 31337: 1 sample per
+    # pixel 25.6 dB; 6 frames per sequence 25.1-27.1 dB (with shorter prior / tracking /
+    # distillation, or a longer prior); 2 cameras per frame, 600 steps, G 64 x 2 26.0 dB.
+    # (10 sequences x 4 frames tracked the later sequences 3 degrees off with this prior.)
     "quick": {
         "capture": dict(preset="default", sequences=("EXP-1", "EXP-2", "EXP-4", "EMO-2", "FREE"),
                         frames_per_sequence=8),
