@@ -47,10 +47,11 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     # learning rates. Measured 11-29 at 1 thread on a loaded 2-core machine: `npga demo OUT
     # --preset quick --identity 4242` 28.14 dB held out (masked 22.71, eyes 19.24, mouth 19.87,
     # blink 0.85) in 832 s wall / 651 CPU s from an empty kernel cache (CPU s: capture 190, prior
-    # 110, track 54, distill 50, fit 231, eval 15); identity 31337, the fit alone on one demo's
-    # inputs: 27.79 / 28.30 dB (seeds 0 / 1). Every cut tried cost PSNR on 31337: 1 sample per
-    # pixel 25.6 dB; 6 frames per sequence 25.1-27.1 dB (with shorter prior / tracking /
-    # distillation, or a longer prior); 2 cameras per frame, 600 steps, G 64 x 2 26.0 dB.
+    # 110, track 54, distill 50, fit 231, eval 15); identity 31337 26.96 dB (masked 21.94, blink
+    # 0.90, jaw 0.51) in 689 s wall / 678 CPU s, and 27.79 / 28.30 dB (seeds 0 / 1) for the fit
+    # alone on another demo's inputs (fit seed: ~0.5 dB). Every cut tried cost PSNR on 31337:
+    # 1 sample per pixel 25.6 dB; 6 frames per sequence 25.1-27.1 dB (with shorter prior /
+    # tracking / distillation, or a longer prior); 2 cameras per frame, 600 steps, G 64 x 2 26.0 dB.
     # (10 sequences x 4 frames tracked the later sequences 3 degrees off with this prior.)
     "quick": {
         "capture": dict(preset="default", sequences=("EXP-1", "EXP-2", "EXP-4", "EMO-2", "FREE"),
