@@ -265,7 +265,8 @@ class SyntheticTruth:
         rgba, _, _ = render_head(self.head, expression, vm, K, int(camera.width), int(camera.height),
                                  rotation=seq["rotation"][k], translation=seq["translation"][k], scale=self.scale,
                                  samples_per_side=self.samples_per_side, lighting=self.lighting,
-                                 seed=int(timestep) if seed is None else int(seed), first_camera=self.camera_order.index(str(camera.serial)))
+                                 seed=int(timestep) if seed is None else int(seed),
+                                 first_camera=self.camera_order.index(str(camera.serial)))
         return rgba[0, ..., :3], rgba[0, ..., 3:]
 
     def feature_truths(self, sequence: str, timestep: int, camera, size: tuple[int, int],
