@@ -113,11 +113,11 @@ def floors(run_dir: Path, sequence: str | None = None, max_frames: int | None = 
                           "truth_other_seed": other,
                           **{f"truth_shift_{s}px": shifted(on, s) for s in SHIFTS_PX},
                           **{f"truth_blur_{s}px": blurred(on, s) for s in BLURS_PX}}
-            row = {"timestep": t, "camera": serial,
-                   "region_pixels": int(fidelity.feature_region(on, off).sum()),
-                   "core_pixels": fidelity.core_ratio(on, on, off)[1],
-                   **{k: fidelity.expression_ratio(v, on, off)[0] for k, v in candidates.items()},
-                   **{f"core_{k}": fidelity.core_ratio(v, on, off)[0] for k, v in candidates.items()}}
+            ratios = {k: fidelity.expression_ratio(v, on, off) for k, v in candidates.items()}
+            cores = {k: fidelity.core_ratio(v, on, off) for k, v in candidates.items()}
+            row = {"timestep": t, "camera": serial,  # the regions depend on the truths alone
+                   "region_pixels": ratios["avatar"][1], "core_pixels": cores["avatar"][1],
+                   **{k: r for k, (r, _) in ratios.items()}, **{f"core_{k}": r for k, (r, _) in cores.items()}}
             rows.append(row)
             if figure is not None and (strip is None or row["core_pixels"] > strip[0]):
                 strip = (row["core_pixels"], region_strip(on, off, avatar))
