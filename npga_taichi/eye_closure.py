@@ -6,9 +6,9 @@ with a per-point distance loss, settles on the median motion there (none), so th
 of point-cloud tracking do not follow blinks either (README, *Expression fidelity*). What does
 see a blink is the image: how much of each eye is visible.
 
-Measure: for every frame, training camera (:func:`measuring_cameras`) and eye, the number of pixels a label map marks as ``eyes``
-(eyeball, iris), each assigned to the nearer of the two projected eye centres (tracked head pose,
-:data:`EYE_CENTRES`). Summed over cameras and divided by the same sum at the participant's
+Measure: for every frame, training camera (:func:`measuring_cameras`) and eye, the number of
+pixels a label map marks as ``eyes`` (eyeball, iris), each assigned to the nearer of the two
+projected eye centres (tracked head pose, :data:`EYE_CENTRES`). Summed over cameras and divided by the same sum at the participant's
 :data:`OPEN_PERCENTILE`-th percentile frame per camera (the open eye, so no neutral frame is
 needed), it is the eye's openness; ``closure = clip(1 - openness, 0, 1)``: 0 open, 1 closed.
 
