@@ -6,10 +6,11 @@ from pathlib import Path
 
 import click
 
+from npga_taichi.cli.options import prior_option
+
 
 @click.command(name="distill")
-@click.option("--prior", "prior_dir", required=True, type=click.Path(exists=True, path_type=Path),
-              help="Prior directory (`npga prior fit` / `npga prior import`).")
+@prior_option
 @click.option("--tracking", "tracking_paths", required=True, multiple=True,
               type=click.Path(exists=True, path_type=Path),
               help="Tracking .npz file(s) or the folder <root>/<pid>/annotations/tracking "

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import typing
+from pathlib import Path
 from typing import Any, Callable, Iterable
 
 import click
@@ -106,3 +107,15 @@ def run_and_report(call: Callable[[], dict], as_json: bool) -> dict:
         for kind, path in info["outputs"].items():
             click.echo(f"{kind}: {path}")
     return info
+
+
+def prior_option(func: Callable) -> Callable:
+    """``--prior PRIOR`` (destination ``prior_dir``), defaulting to the prior shipped with the
+    package (:mod:`npga_taichi.prior.pretrained`, what ``npga prior pretrained`` copies)."""
+    from npga_taichi.prior.pretrained import SHIPPED_PRIOR
+
+    return click.option(
+        "--prior", "prior_dir", type=click.Path(exists=True, path_type=Path), default=SHIPPED_PRIOR,
+        show_default=False,
+        help="Prior directory from `npga prior fit` / `npga prior pretrained` / `npga prior import` "
+             "[default: the prior shipped with npga-taichi].")(func)

@@ -9,7 +9,7 @@ import click
 
 @click.group(name="prior")
 def command() -> None:
-    """Train (`fit`) or convert (`import`) the MonoNPHM head prior.
+    """Train (`fit`), copy the shipped one (`pretrained`) or convert (`import`) the MonoNPHM head prior.
 
     A prior directory holds config.json, checkpoint.pt and metrics.json; `npga track` and
     `npga distill` take it with --prior.
@@ -60,6 +60,32 @@ def fit(out: Path, preset: str, steps: int | None, identities: int | None, expre
         f"{m['heldout']['deform_mae_mm']:.2f} mm (p95 {m['heldout']['deform_p95_mm']:.2f})\n"
         f"training shapes: SDF MAE {m['train']['sdf_mae_mm']:.2f} mm, deformation MAE "
         f"{m['train']['deform_mae_mm']:.2f} mm; {m['seconds']:.0f} s"))
+
+
+@command.command(name="pretrained")
+@click.option("--out", "out", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Output prior directory.")
+@click.option("--force", is_flag=True, help="Overwrite an existing prior in --out.")
+@click.option("--json", "as_json", is_flag=True, help="Print its metrics and training settings as JSON.")
+def pretrained(out: Path, force: bool, as_json: bool) -> None:
+    """Copy the prior that ships with npga-taichi into --out.
+
+    It is `npga prior fit --preset small` with the default settings (synthetic training
+    identities, none of them a capture's person), trained once; `npga demo` uses it for the
+    presets whose prior has those settings. Prints its held-out accuracy.
+    """
+    from npga_taichi.prior.pretrained import install_shipped_prior, shipped_training_settings
+
+    try:
+        metrics = install_shipped_prior(out, force=force)
+    except (ValueError, FileNotFoundError) as err:
+        raise click.ClickException(str(err)) from err
+    summary = {"out": str(out), "metrics": metrics, "training": shipped_training_settings()}
+    _report(summary, as_json, lambda s: (
+        f"prior copied to {s['out']} (npga prior fit --preset small, {s['training']['steps']} steps, "
+        f"{s['training']['n_identities']} synthetic identities)\n"
+        f"held-out identity: SDF MAE {s['metrics']['heldout']['sdf_mae_mm']:.2f} mm, deformation MAE "
+        f"{s['metrics']['heldout']['deform_mae_mm']:.2f} mm"))
 
 
 @command.command(name="import")

@@ -9,11 +9,12 @@ from pathlib import Path
 
 import click
 
+from npga_taichi.cli.options import prior_option
+
 
 @click.command(name="track")
 @click.argument("data", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option("--prior", "prior_dir", type=click.Path(exists=True, path_type=Path), default=None,
-              help="Prior directory from `npga prior fit` / `npga prior import`.")
+@prior_option
 @click.option("--participant", default=None,
               help="Participant id when DATA is the capture root [default: DATA is the participant "
                    "folder, or the only participant in it].")

@@ -9,12 +9,13 @@ from pathlib import Path
 
 import click
 
+from npga_taichi.cli.options import prior_option
+
 
 
 @click.command(name="track-video")
 @click.argument("video", type=click.Path(exists=True, path_type=Path))
-@click.option("--prior", "prior_dir", type=click.Path(exists=True, path_type=Path), required=True,
-              help="Prior directory from `npga prior fit` / `npga prior import`.")
+@prior_option
 @click.option("--out", "-o", type=click.Path(dir_okay=False, path_type=Path), required=True,
               help="Tracking file to write (T.npz + T.json); `npga render --expressions T.npz` and "
                    "`npga view` read it.")

@@ -5,7 +5,8 @@ command calls, so the demo exercises what users run by hand), prints and records
 command line, and owns one folder under the demo directory::
 
     OUT/capture   npga synth          (the synthetic multi-view capture, NeRSemble layout)
-    OUT/prior     npga prior fit      (the MonoNPHM prior)
+    OUT/prior     npga prior fit      (the MonoNPHM prior; ``npga prior pretrained``, a copy of
+                                       the shipped one, where that was trained with the same settings)
     OUT/capture/<pid>/annotations/tracking   npga track  (codes and poses per frame)
     OUT/distill   npga distill        (the forward deformation field F)
     OUT/run       npga fit            (the avatar)
@@ -32,6 +33,8 @@ from typing import Callable
 
 from npga_taichi.checkpoint import write_text_atomic
 from npga_taichi.presets import PRESETS as PRESET_REGISTRY, preset_overrides
+from npga_taichi.prior.config import PriorTrainConfig
+from npga_taichi.prior.pretrained import obtain_prior, shipped_prior_for
 
 PRESETS = tuple(PRESET_REGISTRY)  # "tiny", "default"
 
@@ -45,6 +48,7 @@ class DemoConfig:
     identity: int = 0             # seed of the synthetic person (npga synth --identity)
     render_frames: int | None = None  # frames in the final video (None: the whole held-out sequence)
     force: bool = False           # rerun every stage even if its output exists
+    train_prior: bool = False     # train the prior here even where the shipped one has the preset's settings
     device: str = "cpu"           # torch device for the avatar stages
 
     def validate(self) -> "DemoConfig":
@@ -167,6 +171,12 @@ def stages(cfg: DemoConfig, paths: DemoPaths, log: Callable[[str], None] = print
     p, force, device = paths, cfg.force, cfg.device
     settings = {s: stage_settings(cfg.preset, s) for s in ("capture", "prior", "track", "distill")}
     flags = {s: _as_flags(settings[s], CLI_FLAGS[s]) for s in settings}
+    prior_cfg = PriorTrainConfig(**settings["prior"])
+    # The prior never sees the captured person: where the shipped one was trained with these
+    # settings, training it again would only repeat it (npga_taichi.prior.pretrained).
+    use_shipped = not cfg.train_prior and shipped_prior_for(prior_cfg) is not None
+    prior_argv = ["prior", "pretrained", "--out", str(p.prior)] if use_shipped else \
+        ["prior", "fit", "--out", str(p.prior), *flags["prior"][0]]
     # `npga fit` applies the preset itself; the demo's own changes (e.g. fewer steps) go on top.
     demo = preset_overrides(cfg.preset, "demo")
     fit_overrides = {part: demo.get(part, {}) for part in ("avatar", "train")}
@@ -184,10 +194,7 @@ def stages(cfg: DemoConfig, paths: DemoPaths, log: Callable[[str], None] = print
         return write_capture(p.capture, config, force=force, progress=True)
 
     def prior(p: DemoPaths):
-        from npga_taichi.prior.config import PriorTrainConfig
-        from npga_taichi.prior.training import fit_prior
-
-        return fit_prior(p.prior, PriorTrainConfig(**settings["prior"]), force=force, progress=True, log=log)
+        return obtain_prior(p.prior, prior_cfg, train=cfg.train_prior, force=force, progress=True, log=log)
 
     def track(p: DemoPaths):
         from npga_taichi.prior.tracking import track_capture
@@ -224,8 +231,8 @@ def stages(cfg: DemoConfig, paths: DemoPaths, log: Callable[[str], None] = print
     return [
         Stage("capture", ["synth", str(p.capture), "--identity", str(cfg.identity), *flags["capture"][0]],
               lambda p: p.participant_dir / "synthetic_capture.json", capture, _capture_done, flags["capture"][1]),
-        Stage("prior", ["prior", "fit", "--out", str(p.prior), *flags["prior"][0]],
-              lambda p: p.prior / "metrics.json", prior, not_in_cli=flags["prior"][1]),
+        Stage("prior", prior_argv, lambda p: p.prior / "metrics.json", prior,
+              not_in_cli=[] if use_shipped else flags["prior"][1]),
         Stage("track", ["track", str(p.participant_dir), "--prior", str(p.prior), *flags["track"][0]],
               lambda p: p.tracking_dir, track, _tracking_done, flags["track"][1]),
         Stage("distill", ["distill", "--prior", str(p.prior), "--tracking", str(p.tracking_dir),

@@ -56,8 +56,8 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     "quick": {
         "capture": dict(preset="default", sequences=("EXP-1", "EXP-2", "EXP-4", "EMO-2", "FREE"),
                         frames_per_sequence=8),
-        "prior": dict(preset="small", n_identities=4, n_expressions=12, steps=600, eval_points=1000,
-                      eval_fit_steps=50, checkpoint_every=200),
+        # The default prior: `npga demo` copies the shipped one (npga_taichi.prior.pretrained).
+        "prior": dict(preset="small"),
         "track": dict(steps_first=200, steps=15),
         "distill": dict(steps=800, lr_decay_every=300, eval_codes=8, checkpoint_every=400),
         "avatar": dict(num_init_gaussians=5000, max_gaussians=8000),

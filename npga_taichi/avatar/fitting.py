@@ -171,17 +171,19 @@ def _prepare_run_dir(run_dir: Path, resume: bool, force: bool) -> None:
 def run_missing_stages(root: Path, pid: str, run_dir: Path, prior_dir: Path | None, tracking_dir: Path,
                        field_dir: Path, avatar_cfg: AvatarConfig, preset: str, progress: bool = True,
                        log=print) -> Path:
-    """``npga fit --all-stages``: fit the prior, track and distill F where they are missing, with
-    ``preset``'s settings (:mod:`npga_taichi.presets`); returns the prior folder."""
+    """``npga fit --all-stages``: obtain the prior (the shipped one where it has the preset's
+    settings: :func:`~npga_taichi.prior.pretrained.obtain_prior`), track and distill F where
+    they are missing, with ``preset``'s settings (:mod:`npga_taichi.presets`); returns the
+    prior folder."""
     from npga_taichi.presets import preset_overrides
 
     if prior_dir is None or not prior_dir.exists():
         from npga_taichi.prior.config import PriorTrainConfig
-        from npga_taichi.prior.training import fit_prior
+        from npga_taichi.prior.pretrained import obtain_prior
 
         prior_dir = run_dir / "stages" / "prior"
         log(f"[fit --all-stages] prior -> {prior_dir}")
-        fit_prior(prior_dir, PriorTrainConfig(**preset_overrides(preset, "prior")), progress=progress, log=log)
+        obtain_prior(prior_dir, PriorTrainConfig(**preset_overrides(preset, "prior")), progress=progress, log=log)
     if not load_trackings(tracking_dir):
         from npga_taichi.prior.tracking import track_capture
 
