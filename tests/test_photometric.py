@@ -207,6 +207,32 @@ def test_proxy_silhouette_is_not_inflated():
     assert (np.abs(shift_px(True)) < 0.3).all()
 
 
+def test_neck_cut_mask_follows_the_cut_at_the_necks_depth():
+    """Pixels below the posed neck cut are ignored; the line must sit where the neck's outline
+    crosses the cut. Placed at the head centre's depth instead, it lay ~8 px too low for the
+    capture's cameras above the head, and the matte's neck between it and the proxy's end pulled
+    the head 2 mm down (identity 4242's FREE). Checked by projecting posed points just above and
+    below the cut on the neck's axis plane (pure camera geometry, independent of the mask code)."""
+    prior = AnalyticPrior()
+    identity = (torch.zeros(prior.config.lat_dim_geo), torch.zeros(prior.config.lat_dim_app), 0.25)
+    w, h, f = 400, 700, 1200.0
+    cams = [Camera(str(i), look_at(eye, [0.0, 0.0, 0.0]), [[f, 0, w / 2], [0, f, h / 2], [0, 0, 1]], w, h)
+            for i, eye in enumerate(([0.17, 0.31, 0.93], [-0.48, 0.31, 0.81], [0.49, -0.17, 0.84]))]
+    cfg = PhotometricConfig(num_points=500, image_scale=1.0)
+    tracker = PhotometricTracker(prior, cams, cfg, identity)
+    rot = torch.tensor(Rotation.from_euler("yxz", [5, -3, 2], degrees=True).as_matrix(), dtype=torch.float32)
+    trans = torch.tensor([0.01, -0.005, 0.02])
+    eps = 0.04  # canonical units (10 mm); the old line was ~0.13 off for the cameras above
+    for cam in cams:
+        mask = tracker._valid_mask(cam, rot, trans)[..., 0]
+        for x in (-0.1, 0.0, 0.1):
+            for dy, expected in ((eps, 1.0), (-eps, 0.0)):
+                p = posed_to_world(torch.tensor([[x, cfg.neck_cut + dy, 0.0]]), rot, trans, 0.25)
+                uv, _ = cam.project(p)
+                col, row = int(uv[0, 0]), int(uv[0, 1])
+                assert float(mask[row, col]) == expected, (cam.serial, x, dy)
+
+
 def _side_view(azimuth_degrees, w=72, h=96):
     """One camera ``azimuth_degrees`` to the side of the face, and a head pose (rot (3, 3), trans (3,))."""
     f = 6600.0 * w / 2200.0

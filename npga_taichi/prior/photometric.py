@@ -735,8 +735,11 @@ class PhotometricTracker:
         rot, trans = rot.detach(), trans.detach()
         up = rot[:, 1]
         origin = posed_to_world(torch.tensor([[0.0, self.cfg.neck_cut, 0.0]]), rot, trans, self.scale)[0]
-        head = posed_to_world(torch.zeros(1, 3), rot, trans, self.scale)[0]
-        depth = float(cam.world_to_camera(head[None])[0, 2])
+        # each pixel's ray is cut at the depth of the neck's axis at the cut, where the neck's
+        # outline is (the head centre's depth, 5–7 % nearer for the cameras above the head, put
+        # the line ~8 px below the proxy's end there: the matte's neck in between pulled the head
+        # 2 mm down on identity 4242's FREE); the neck's front, nearer still, is cut conservatively
+        depth = float(cam.world_to_camera(origin[None])[0, 2])
         H, W = cam.height, cam.width
         ii, jj = torch.meshgrid(torch.arange(H, dtype=torch.float32) + 0.5,
                                 torch.arange(W, dtype=torch.float32) + 0.5, indexing="ij")
