@@ -43,7 +43,7 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     },
     # A recognisable avatar in minutes (goal: <= 5 min from a fresh clone at >= 28 dB; the time
     # is not met): 4 training sequences + FREE x 8 frames at the default image size and 4 samples
-    # per pixel, a short prior / tracking / distillation, 800 fit steps at twice the default
+    # per pixel, the shipped prior, a short tracking / distillation, 800 fit steps at twice the default
     # learning rates. Measured 11-29 at 1 thread on a loaded 2-core machine: `npga demo OUT
     # --preset quick --identity 4242` 28.14 dB held out (masked 22.71, eyes 19.24, mouth 19.87,
     # blink 0.85) in 832 s wall / 651 CPU s from an empty kernel cache (CPU s: capture 190, prior
@@ -52,7 +52,11 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     # alone on another demo's inputs (fit seed: ~0.5 dB). Every cut tried cost PSNR on 31337:
     # 1 sample per pixel 25.6 dB; 6 frames per sequence 25.1-27.1 dB (with shorter prior /
     # tracking / distillation, or a longer prior); 2 cameras per frame, 600 steps, G 64 x 2 26.0 dB.
-    # (10 sequences x 4 frames tracked the later sequences 3 degrees off with this prior.)
+    # (10 sequences x 4 frames tracked the later sequences 3 degrees off with the short prior this
+    # preset trained then.) 11-30, with the shipped default prior instead of a 600-step one
+    # (same captures, 1 thread, loaded machine): 4242 28.29 dB (masked 22.87), 31337 26.97 dB
+    # (masked 21.92) - the prior does not limit its PSNR - in 399 / 412 CPU s after the capture
+    # with a warm kernel cache (the runs above: 461 / 494 with an empty one, 110 / 116 the prior).
     "quick": {
         "capture": dict(preset="default", sequences=("EXP-1", "EXP-2", "EXP-4", "EMO-2", "FREE"),
                         frames_per_sequence=8),
