@@ -22,7 +22,10 @@ The proxy of the person (one per identity):
   landmarks stay at the surface point ``x_s``). :func:`rim_offset` measures d for the views'
   pixel size at the head (:meth:`PhotometricTracker.calibrate_rim`, every frame, kept while the
   pixel size changes < 5 %): the same number of surfels covering a sphere of the proxy's area,
-  rendered and compared with the sphere's exact outline. ``rim_calibration=False`` turns it off.
+  rendered and compared with the sphere's exact outline (alpha area = disc area), then scaled by
+  ``rim_scale`` (1.25: the fit's L1 terms want the alpha-1/2 contour on the outline, which needs
+  more; measured on the default capture, see :meth:`PhotometricTracker.calibrate_rim`).
+  ``rim_calibration=False`` turns it off.
 * **Colour**: the prior's appearance field at the canonical point (``MonoNPHM.albedo``) times a
   lighting term — degree-2 real spherical harmonics of the world normal, 9 x 3 coefficients — then
   a global colour affine (3 x 3 matrix + bias), both fitted on the identity frames.
@@ -51,7 +54,9 @@ not carry image-plane corrections into the poorly observed depth):
   temporal smoothness of z_exp and the pose relative to the previous frame.
 
 Pixels below the posed neck cut (canonical ``y < neck_cut``; the prior learnt no neck below
-−0.9) are ignored: the person's neck continues there, the proxy does not.
+−0.9) are ignored: the person's neck continues there, the proxy does not. Each pixel's ray is
+tested at the depth of the neck's axis at the cut, where the neck's outline is (the proxy reaches
+0.05 below the cut, so no matte pixel of the neck is left uncovered above the line).
 
 Schedule: frame 0 (and every one of the first ``identity_frames``) runs ``first_frame_steps``
 Adam steps — the first ``pose_only_fraction`` of them pose only, then identity (geometry and
@@ -151,13 +156,15 @@ class PhotometricConfig:
     surfel_opacity: float = 0.98    # opacity of every surfel
     eps2d: float = 0.3              # the rasterizer's screen-space dilation (pixels²) for the proxy
     rim_calibration: bool = True    # sink the surfels so the proxy's silhouette is not inflated
+    rim_scale: float = 1.25         # the measured rim offset (area-matched) times this (see calibrate_rim)
     neck_cut: float = -0.85         # canonical y below which the proxy stops and pixels are ignored
     image_scale: float = 0.5        # frames are resampled by this factor before fitting
     views_per_step: int = 4         # views rendered per optimisation step (cycled through all)
     first_frame_steps: int = 150    # steps on each identity frame (pose only first, then all)
     identity_frames: int = 1        # the first frames that fit identity, lighting and colour
     pose_only_fraction: float = 0.3  # share of the identity frames' steps that fit the pose alone
-    steps_per_frame: int = 20       # expression + pose steps for each later frame
+    steps_per_frame: int = 40       # expression + pose steps for each later frame (20 left the
+                                    # warm-started pose ~0.2 mm / 0.1° short on the default capture)
     newton_warm_iters: int = 3      # Newton iterations re-rooting B at the start of each frame
     jacobian_every: int = 4         # steps between fresh Jacobians of B (reused in between)
     lr_exp: float = 3e-2            # expression code learning rate
@@ -194,6 +201,8 @@ class PhotometricConfig:
             raise ValueError(f"photometric config: pose_only_fraction must lie in [0, 1), got {self.pose_only_fraction}")
         if not (math.isfinite(self.init_search_degrees) and 0.0 <= self.init_search_degrees <= 180.0):
             raise ValueError(f"photometric config: init_search_degrees must lie in [0, 180], got {self.init_search_degrees}")
+        if not (math.isfinite(self.rim_scale) and self.rim_scale >= 0.0):
+            raise ValueError(f"photometric config: rim_scale must be >= 0, got {self.rim_scale!r}")
         if self.surfel_opacity > 1.0:
             raise ValueError(f"photometric config: surfel_opacity must be <= 1, got {self.surfel_opacity}")
         for name, value in asdict(self).items():
@@ -522,7 +531,14 @@ class PhotometricTracker:
         if self._rim_pixel is not None and abs(pixel / self._rim_pixel - 1) < 0.05:
             return
         self._rim_pixel = pixel
-        world = rim_offset(self.cfg, len(self.x_s), self.spacing * self.scale, pixel, seed=self.cfg.seed)
+        # rim_scale: the area-matched offset left the fitted head ~1 mm back and 0.4° pitched down
+        # (identity 4242's FREE, 16 views): the fit's L1 and silhouette terms want the splats'
+        # alpha-1/2 contour on the outline, which on the calibration sphere needs ~1.6x the
+        # area-matched offset. 1.25x measured best on 4242's first frame (0.34°, 0.59 mm,
+        # Chamfer 0.72 mm; 1.0x: 0.45°, 0.84 mm, 0.67 mm; 1.5x: 0.31°, 0.59 mm, 1.01 mm — deeper
+        # surfels make the fitted level set swell). Identity 31337 is the held-out check.
+        world = self.cfg.rim_scale * rim_offset(self.cfg, len(self.x_s), self.spacing * self.scale, pixel,
+                                                seed=self.cfg.seed)
         self.rim_offset = world / self.scale
 
     def _refresh_identity_terms(self) -> None:
