@@ -1,6 +1,7 @@
 """``npga view RUN [RUN2 ...]``: serve an interactive browser viewer (viser) of trained avatars."""
 from __future__ import annotations
 
+import signal
 import time
 from pathlib import Path
 
@@ -58,6 +59,10 @@ def command(runs, host, port, fps, out, max_side, device):
     except OSError as err:
         raise click.ClickException(f"cannot serve on {host}:{port}: {err}") from None
     click.echo(f"npga view: serving {', '.join(str(r) for r in runs)}")
+    # Ctrl-C is how the viewer stops: make SIGINT raise KeyboardInterrupt even when this process
+    # inherited it ignored (a parent or a non-interactive shell's background job may ignore it,
+    # and Python then keeps it ignored), so Ctrl-C and `kill -INT` always reach the loop below.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     click.echo(f"open {viewer.url}  (Ctrl-C stops)", nl=True)
     try:
         while True:

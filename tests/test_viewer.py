@@ -476,7 +476,14 @@ def test_view_binds_loopback_by_default(viewer):
             socket.create_connection((address, port), timeout=2).close()
 
 
-def test_view_command_errors_help_and_ctrl_c(run_dir, tmp_path):
+def _ignore_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+# "ignored": started by a parent that ignores SIGINT (a background job of a non-interactive shell);
+# Python keeps an inherited SIG_IGN, so without its own handler the viewer would never stop.
+@pytest.mark.parametrize("inherited_sigint", ["default", "ignored"])
+def test_view_command_errors_help_and_ctrl_c(run_dir, tmp_path, inherited_sigint):
     result = CliRunner().invoke(cli, ["view", "--help"])
     assert result.exit_code == 0 and "127.0.0.1" in result.output and "--port" in result.output
     not_a_run = tmp_path / "empty"
@@ -486,7 +493,7 @@ def test_view_command_errors_help_and_ctrl_c(run_dir, tmp_path):
 
     proc = subprocess.Popen([sys.executable, "-m", "npga_taichi.cli.main", "view", str(run_dir), "--port", "0",
                              "--out", str(tmp_path / "o")], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True)
+                            text=True, preexec_fn=_ignore_sigint if inherited_sigint == "ignored" else None)
     import queue
     import threading
 
@@ -507,7 +514,11 @@ def test_view_command_errors_help_and_ctrl_c(run_dir, tmp_path):
         with urllib.request.urlopen(url, timeout=10) as response:
             assert response.status == 200
         proc.send_signal(signal.SIGINT)
-        proc.wait(timeout=120)  # exiting writes the Taichi offline cache: slow on a busy machine
+        try:
+            proc.wait(timeout=120)  # exiting writes the Taichi offline cache: slow on a busy machine
+        except subprocess.TimeoutExpired:
+            pytest.fail("npga view did not stop within 120 s of Ctrl-C; it printed:\n"
+                        + "".join(seen) + "".join(lines.get() for _ in range(lines.qsize())))
         reader.join(timeout=10)  # everything it printed, up to end of file
         out = "".join(seen) + "".join(lines.get() for _ in range(lines.qsize()))
         assert proc.returncode == 0, out
