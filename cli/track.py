@@ -38,13 +38,16 @@ from npga_taichi.cli.options import prior_option
               help="--photometric: cameras used, spread evenly over the calibration [default: all].")
 @click.option("--evaluate", is_flag=True,
               help="Synthetic captures only: grade the tracks against groundtruth/ (Chamfer, pose).")
+@click.option("--workers", type=click.IntRange(min=1), default=None,
+              help="Processes tracking sequences at once, one thread each, once the first frame has "
+                   "fixed the identity (not with --photometric) [default: one per CPU core].")
 @click.option("--force", is_flag=True, help="Re-track sequences that already have tracking files.")
 @click.option("--json", "as_json", is_flag=True, help="Print the per-sequence summary as JSON.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def command(data: Path, prior_dir: Path | None, participant: str | None, sequences: str | None,
             per_sequence_identity: bool, steps_first: int | None, steps: int | None,
             points: int | None, import_dir: Path | None, photometric: bool, views: int | None, evaluate: bool,
-            force: bool, as_json: bool, quiet: bool) -> None:
+            workers: int | None, force: bool, as_json: bool, quiet: bool) -> None:
     """Track every frame of the capture DATA against its point clouds (or, with --photometric,
     its images).
 
@@ -63,6 +66,8 @@ def command(data: Path, prior_dir: Path | None, participant: str | None, sequenc
         raise click.UsageError("--photometric and --import-mononphm exclude each other")
     if views is not None and not photometric:
         raise click.UsageError("--views needs --photometric")
+    if workers is not None and photometric:
+        raise click.UsageError("--workers applies to point-cloud tracking, not --photometric")
     try:
         if photometric:
             result = _track_photometric(data, prior_dir, participant, sequences, per_sequence_identity, steps_first,
@@ -70,7 +75,7 @@ def command(data: Path, prior_dir: Path | None, participant: str | None, sequenc
         else:
             result = track_capture(data, prior_dir, participant, sequences.split(",") if sequences else None,
                                    per_sequence_identity, steps_first, steps, points, import_dir, evaluate, force,
-                                   progress=not quiet, on_sequence=report)
+                                   progress=not quiet, on_sequence=report, workers=workers)
     except (ValueError, FileNotFoundError, FileExistsError) as err:
         raise click.ClickException(str(err)) from None
     if as_json:

@@ -270,3 +270,42 @@ def test_a_converged_frame_stops_early():
     still.rot, still.trans = fitter.rot, fitter.trans
     still.fit_frame(cloud, first=False)
     assert still.last_steps == 60
+
+
+def test_tracking_in_worker_processes_gives_the_tracks_of_one_process(tmp_path):
+    """``npga track`` spreads the sequences after the first over processes (``workers``): the
+    identity still comes from the first sequence, every track equals the one-process track, the
+    summaries keep the sequence order and a worker's error reaches the caller."""
+    from test_hardening import make_capture
+
+    from npga_taichi.prior.model import save_prior
+    from npga_taichi.prior.tracking import track_capture, tracking_files
+
+    torch.manual_seed(0)
+    cfg = preset("tiny")
+    prior_dir = tmp_path / "prior"
+    save_prior(MonoNPHM(cfg, torch.randn(cfg.n_anchors, 3) * 0.3), prior_dir)
+    sequences = ("EXP-1", "EXP-2", "EXP-3", "FREE")
+    runs = {}
+    for workers in (1, 2):
+        pdir = make_capture(tmp_path / f"w{workers}", sequences=sequences, frames=(0, 1, 2))
+        seen = []
+        result = track_capture(pdir, prior_dir, steps_first=4, steps=3, points=60, progress=False,
+                               workers=workers, on_sequence=lambda seq, summary: seen.append(seq))
+        assert seen == list(result["sequences"]) == ["EXP-1", "EXP-2", "EXP-3", "FREE"]
+        runs[workers] = {seq: load_tracking(path) for seq, path in tracking_files(result["tracking_dir"]).items()}
+    assert set(runs[1]) == set(runs[2]) == set(sequences)
+    for seq in sequences:
+        one, two = runs[1][seq], runs[2][seq]
+        np.testing.assert_array_equal(two.z_geo, runs[2]["EXP-1"].z_geo)  # one identity, from EXP-1
+        for name in ("z_exp", "z_geo", "rot", "trans", "residual"):
+            np.testing.assert_allclose(getattr(two, name), getattr(one, name), rtol=1e-4, atol=1e-6,
+                                       err_msg=f"{seq}.{name}")
+    # a worker's failure (here: a frame with too few finite points) is the caller's ValueError
+    pdir = make_capture(tmp_path / "broken", sequences=sequences, frames=(0, 1))
+    from test_hardening import _write_cloud
+
+    cloud = pdir / "sequences" / "EXP-3" / "timesteps" / "frame_00001" / "colmap" / "pointclouds" / "pointcloud_16.pcd"
+    _write_cloud(cloud, np.full((5, 3), np.nan, np.float32))
+    with pytest.raises(ValueError, match="EXP-3"):
+        track_capture(pdir, prior_dir, steps_first=2, steps=1, points=30, progress=False, workers=2)

@@ -2,17 +2,21 @@
 
 Model of a frame: a world point p lies on the head when SDF(B(x, z_exp), z_geo) = 0 with
 x = Rᵀ (p − t) / s (world -> canonical-posed; ``s`` is one scale per track, ``R``, ``t`` per
-frame). Per sequence:
+frame).
 
-1. the first frame fits the pose alone (40 % of its steps), then identity (z_geo), pose and
-   expression jointly;
-   identity and scale are then frozen (optionally shared across sequences),
-   (the scale stays at ``init_scale`` unless ``fit_scale``: it is degenerate with head size),
-2. every following frame warm-starts expression and pose from the previous frame and runs a few
+0. Identity: the first frame of the capture's first sequence fits the pose alone (40 % of
+   ``first_frame_steps``), then identity (z_geo), pose and expression jointly; identity and scale
+   are then frozen and shared by every sequence (``per_sequence_identity``: each fits its own).
+   The scale stays at ``init_scale`` unless ``fit_scale`` (it is degenerate with head size).
+1. Each sequence's first frame, with the identity known, fits pose and expression from the
+   centroid alignment (``first_frame_steps_known_identity``).
+2. Every following frame warm-starts expression and pose from the previous frame and runs a few
    Adam steps on: robust mean |SDF| over a subsample of the frame's points (pseudo-Huber),
    code L2 regularisers and temporal smoothness to the previous frame's code and pose; it stops
-   early once the loss stops falling (``converge_tol``). A later sequence's first frame, with the
-   identity already known, fits pose and expression only (``first_frame_steps_known_identity``).
+   early once the loss stops falling (``converge_tol``).
+
+Given the identity, sequences do not depend on each other: :func:`track_capture` tracks them in
+parallel processes.
 
 Each step's subsample is uniform except a share ``region_share`` drawn in proportion to the
 prior's own *expressivity* of each point (:meth:`FrameFitter.expressivity`: how far B moves it
@@ -32,6 +36,7 @@ stops with an error, and codes/poses are checked again when a file is written or
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -660,21 +665,90 @@ def tracking_dir(capture_pdir: str | os.PathLike) -> Path:
     return Path(capture_pdir) / "annotations" / "tracking"
 
 
+def available_cores() -> int:
+    """CPU cores this process may run on (its affinity where the OS reports one)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
+
+
+@contextlib.contextmanager
+def one_torch_thread():
+    """Run the block on one torch thread: a tracking step sends ~1500 points through small MLPs,
+    too little work to share (one thread tracked 26 steps/s, two 19 on the 2-core machine)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _fit_identity(capture, prior: MonoNPHM, seq: str, cfg: TrackingConfig) -> tuple[np.ndarray, np.ndarray, float]:
+    """(z_geo, z_app, scale) fitted on the first frame of sequence ``seq`` of ``capture``."""
+    t = capture.timesteps(seq)[0]
+    source = str(capture.pointcloud_path(seq, t))
+    points, _ = finite_points(capture.load_pointcloud(seq, t), source, MIN_POINTS)
+    fitter = FrameFitter(prior, cfg)
+    with one_torch_thread():
+        fitter.fit_frame(torch.from_numpy(np.ascontiguousarray(points)), first=True)
+    identity = (fitter.z_geo.numpy(), fitter.z_app.numpy(), fitter.scale)
+    if not (np.isfinite(identity[0]).all() and np.isfinite(identity[1]).all() and math.isfinite(identity[2])):
+        raise ValueError(f"{source}: the identity fit diverged (non-finite codes or scale); nothing was written")
+    return identity
+
+
+def _track_and_save(capture, prior: MonoNPHM, prior_dir, seq: str, cfg: TrackingConfig,
+                    identity: tuple | None, path: Path, progress: bool) -> tuple[Tracking, list[str]]:
+    """Track sequence ``seq`` of ``capture`` (a NersembleCapture) and write it to ``path``.
+    Returns the track and the warnings raised while tracking (as text)."""
+    t_seq = time.time()
+    if identity is not None:
+        identity = tuple(torch.as_tensor(a) for a in identity[:2]) + (float(identity[2]),)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        tracking = track_sequence(prior, seq, capture.timesteps(seq), lambda t: capture.load_pointcloud(seq, t), cfg,
+                                  identity=identity, progress=progress,
+                                  cloud_source=lambda t: str(capture.pointcloud_path(seq, t)))
+    tracking.meta["seconds"] = time.time() - t_seq
+    tracking.meta["prior"] = str(prior_dir)
+    save_tracking(tracking, path)
+    return tracking, [str(w.message) for w in caught]
+
+
+def _track_sequence_in_worker(root: str, pid: str, prior_dir: str, seq: str, cfg: TrackingConfig,
+                              identity: tuple, path: str) -> tuple[Tracking, list[str]]:
+    """:func:`_track_and_save` in a worker process (which opens the capture and prior itself)."""
+    from npga_taichi.data.nersemble import NersembleCapture
+    from npga_taichi.prior.model import load_prior
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the parent reported what the capture skips
+        capture = NersembleCapture(root, pid)
+    return _track_and_save(capture, load_prior(prior_dir), prior_dir, seq, cfg, identity, Path(path), False)
+
+
 def track_capture(data: str | os.PathLike, prior_dir: str | os.PathLike | None = None,
                   participant: str | None = None, sequences: Iterable[str] | None = None,
                   per_sequence_identity: bool = False, steps_first: int | None = None,
                   steps: int | None = None, points: int | None = None,
                   import_dir: str | os.PathLike | None = None, evaluate: bool = False, force: bool = False,
-                  progress: bool = True, on_sequence: Callable[[str, dict], None] | None = None) -> dict:
+                  progress: bool = True, on_sequence: Callable[[str, dict], None] | None = None,
+                  workers: int | None = None) -> dict:
     """``npga track``: track every (or each named) sequence of capture ``data`` with a prior.
 
     ``data``: capture root or participant folder (:func:`npga_taichi.data.nersemble.resolve_participant`).
     Writes ``<pid>/annotations/tracking/<SEQ>.npz`` + ``.json`` per sequence; existing files are
-    kept (and their identity reused) unless ``force``. The identity is fitted on the first
-    training sequence (FREE is tracked last) and shared unless ``per_sequence_identity``.
+    kept (and their identity reused) unless ``force``. The identity is fitted on the first frame
+    of the first sequence to track (FREE, held out, comes last) and shared unless
+    ``per_sequence_identity``.
     ``import_dir``: instead import MonoNPHM's tracking folder as the one named sequence.
     ``evaluate``: grade against the synthetic capture's ``groundtruth/groundtruth.json``.
-    ``on_sequence(name, summary)`` is called after each sequence.
+    ``on_sequence(name, summary)`` is called after each sequence, in the tracking order.
+    ``workers``: processes tracking sequences at once once the identity is known, one thread each
+    [default: one per available CPU core]; the tracks do not depend on it (each sequence is
+    seeded alone).
 
     Returns ``{"tracking_dir", "seconds", "sequences": {name: summary}, "warnings": [...]}``;
     warnings say what was skipped or dropped (non-sequence entries, non-finite points). Raises
@@ -725,28 +799,9 @@ def track_capture(data: str | os.PathLike, prior_dir: str | os.PathLike | None =
     identity = None
     summary: dict[str, dict] = {}
     t0 = time.time()
-    for seq in chosen:
-        path = out_dir / f"{seq}.npz"
-        if path.exists() and not force:
-            tracking = load_tracking(path)
-            if tracking.z_geo.shape[0] != prior.config.lat_dim_geo:
-                raise ValueError(f"{path} was tracked with another prior; use --force")
-            summary[seq] = {**tracking.summary(), "skipped": "exists"}
-        else:
-            t_seq = time.time()
-            timesteps = capture.timesteps(seq)
-            with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always")
-                tracking = track_sequence(prior, seq, timesteps, lambda t, s=seq: capture.load_pointcloud(s, t), cfg,
-                                          identity=None if per_sequence_identity else identity, progress=progress,
-                                          cloud_source=lambda t, s=seq: str(capture.pointcloud_path(s, t)))
-            notes += [str(w.message) for w in caught]
-            tracking.meta["seconds"] = time.time() - t_seq
-            tracking.meta["prior"] = str(prior_dir)
-            save_tracking(tracking, path)
-            summary[seq] = tracking.summary()
-        if identity is None and not per_sequence_identity:
-            identity = (torch.as_tensor(tracking.z_geo), torch.as_tensor(tracking.z_app), tracking.scale)
+
+    def finish(seq: str, tracking: Tracking, skipped: bool) -> None:
+        summary[seq] = {**tracking.summary(), "skipped": "exists"} if skipped else tracking.summary()
         if gt is not None:
             try:
                 summary[seq]["evaluation"] = evaluate_against_groundtruth(prior, tracking, gt)
@@ -755,6 +810,48 @@ def track_capture(data: str | os.PathLike, prior_dir: str | os.PathLike | None =
                                  f"({type(err).__name__}: {err})") from None
         if on_sequence is not None:
             on_sequence(seq, summary[seq])
+
+    todo = []
+    for seq in chosen:
+        path = out_dir / f"{seq}.npz"
+        if path.exists() and not force:
+            tracking = load_tracking(path)
+            if tracking.z_geo.shape[0] != prior.config.lat_dim_geo:
+                raise ValueError(f"{path} was tracked with another prior; use --force")
+            finish(seq, tracking, skipped=True)
+            if identity is None and not per_sequence_identity:
+                identity = (tracking.z_geo, tracking.z_app, tracking.scale)
+        else:
+            todo.append(seq)
+    if todo and identity is None and not per_sequence_identity:
+        # one identity for the capture, from the first frame of its first sequence; with it
+        # known, every sequence (that one too) is tracked alone, and all of them at once
+        identity = _fit_identity(capture, prior, todo[0], cfg)
+    # Given the identity, sequences are independent: one process per core, one thread each.
+    workers = max(1, min(len(todo), available_cores() if workers is None else int(workers)))
+    if workers == 1:
+        for seq in todo:
+            with one_torch_thread():
+                tracking, caught = _track_and_save(capture, prior, prior_dir, seq, cfg, identity,
+                                                   out_dir / f"{seq}.npz", progress)
+            notes += caught
+            finish(seq, tracking, skipped=False)
+    else:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        # spawned, not forked: the parent may hold torch's and Taichi's thread pools
+        with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
+                                 initializer=torch.set_num_threads, initargs=(1,)) as pool:
+            jobs = {seq: pool.submit(_track_sequence_in_worker, str(root), pid, str(prior_dir), seq, cfg, identity,
+                                     str(out_dir / f"{seq}.npz")) for seq in todo}
+            bar = tqdm(total=len(todo), desc=f"track ({workers} processes)", unit="sequence", disable=not progress)
+            for seq in todo:  # in order: the summaries and callbacks keep the sequence order
+                tracking, caught = jobs[seq].result()
+                notes += caught
+                finish(seq, tracking, skipped=False)
+                bar.update(1)
+            bar.close()
     from npga_taichi.eye_closure import add_eye_closure
 
     closure = add_eye_closure(capture, out_dir)  # {} when the capture has no label maps
