@@ -137,7 +137,7 @@ from npga_taichi.prior.tracking import (
     axis_angle_to_matrix,
     evaluate_against_groundtruth,
     load_groundtruth,
-    load_tracking,
+    load_track_of_prior,
     posed_to_world,
     save_tracking,
     tracking_dir,
@@ -1146,9 +1146,7 @@ def track_capture_photometric(data, prior_dir, participant: str | None = None,
     for seq in chosen:
         path = out_dir / f"{seq}.npz"
         if path.exists() and not force:
-            tracking = load_tracking(path)
-            if tracking.z_geo.shape[0] != prior.config.lat_dim_geo:
-                raise ValueError(f"{path} was tracked with another prior; use --force")
+            tracking = load_track_of_prior(path, prior)
             summary[seq] = {**_summary(tracking), "skipped": "exists"}
         else:
             t_seq = time.time()

@@ -40,6 +40,8 @@ import contextlib
 import json
 import math
 import os
+import signal
+import threading
 import time
 import warnings
 import zipfile
@@ -251,6 +253,15 @@ def load_tracking(path: str | os.PathLike) -> Tracking:
                         meta if isinstance(meta, dict) else {},
                         arrays["eye_closure"].astype(np.float32) if "eye_closure" in arrays else None)
     tracking.check_finite(f"tracking file {path}")
+    return tracking
+
+
+def load_track_of_prior(path: str | os.PathLike, prior: MonoNPHM) -> Tracking:
+    """:func:`load_tracking`, and a ValueError (naming the file) if it was tracked with a prior of
+    another identity-code size (resuming with another prior)."""
+    tracking = load_tracking(path)
+    if tracking.z_geo.shape[0] != prior.config.lat_dim_geo:
+        raise ValueError(f"{path} was tracked with another prior; use --force")
     return tracking
 
 
@@ -717,6 +728,15 @@ def _track_and_save(capture, prior: MonoNPHM, prior_dir, seq: str, cfg: Tracking
     return tracking, [str(w.message) for w in caught]
 
 
+def _init_worker() -> None:
+    """A tracking worker: one torch thread; Ctrl-C is the parent's to handle (it stops the pool).
+    tqdm gets a thread lock: its default inter-process lock is a semaphore that a stopped worker
+    would leave behind (a "leaked semaphore" warning at exit)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    torch.set_num_threads(1)
+    tqdm.set_lock(threading.RLock())
+
+
 def _track_sequence_in_worker(root: str, pid: str, prior_dir: str, seq: str, cfg: TrackingConfig,
                               identity: tuple, path: str) -> tuple[Tracking, list[str]]:
     """:func:`_track_and_save` in a worker process (which opens the capture and prior itself)."""
@@ -815,9 +835,7 @@ def track_capture(data: str | os.PathLike, prior_dir: str | os.PathLike | None =
     for seq in chosen:
         path = out_dir / f"{seq}.npz"
         if path.exists() and not force:
-            tracking = load_tracking(path)
-            if tracking.z_geo.shape[0] != prior.config.lat_dim_geo:
-                raise ValueError(f"{path} was tracked with another prior; use --force")
+            tracking = load_track_of_prior(path, prior)
             finish(seq, tracking, skipped=True)
             if identity is None and not per_sequence_identity:
                 identity = (tracking.z_geo, tracking.z_app, tracking.scale)
@@ -838,20 +856,25 @@ def track_capture(data: str | os.PathLike, prior_dir: str | os.PathLike | None =
             finish(seq, tracking, skipped=False)
     else:
         import multiprocessing
-        from concurrent.futures import ProcessPoolExecutor
 
         # spawned, not forked: the parent may hold torch's and Taichi's thread pools
-        with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
-                                 initializer=torch.set_num_threads, initargs=(1,)) as pool:
-            jobs = {seq: pool.submit(_track_sequence_in_worker, str(root), pid, str(prior_dir), seq, cfg, identity,
-                                     str(out_dir / f"{seq}.npz")) for seq in todo}
+        pool = multiprocessing.get_context("spawn").Pool(workers, initializer=_init_worker)
+        try:
+            jobs = [pool.apply_async(_track_sequence_in_worker, (str(root), pid, str(prior_dir), seq, cfg, identity,
+                                                                 str(out_dir / f"{seq}.npz"))) for seq in todo]
             bar = tqdm(total=len(todo), desc=f"track ({workers} processes)", unit="sequence", disable=not progress)
-            for seq in todo:  # in order: the summaries and callbacks keep the sequence order
-                tracking, caught = jobs[seq].result()
+            for seq, job in zip(todo, jobs):  # in order: summaries and callbacks keep the sequence order
+                tracking, caught = job.get()
                 notes += caught
                 finish(seq, tracking, skipped=False)
                 bar.update(1)
             bar.close()
+            pool.close()
+        except BaseException:  # Ctrl-C or a failed sequence: stop the others now (finished files stay)
+            pool.terminate()
+            raise
+        finally:
+            pool.join()
     from npga_taichi.eye_closure import add_eye_closure
 
     closure = add_eye_closure(capture, out_dir)  # {} when the capture has no label maps
