@@ -1,7 +1,7 @@
 """`npga track` speed: one process (the baseline) against the sequences spread over processes.
 
 Both variants track the same capture with the same prior and settings into throwaway copies
-(the capture's files are linked, not copied; its own tracks are never touched), in the same
+(symlinks to the capture's files, without its tracks: those are never touched), in the same
 run, one after the other: wall time, CPU time (this process and its workers) and the steps per
 second. The tracks of the two are compared (largest difference of codes and poses): spreading
 the work must not change the result. With ``--evaluate`` both are graded against the synthetic
@@ -30,16 +30,10 @@ import torch
 from npga_taichi.prior.pretrained import SHIPPED_PRIOR
 from npga_taichi.prior.tracking import available_cores, load_trackings, track_capture
 
-
-def linked_copy(pdir: Path, out: Path) -> Path:
-    """A participant folder at ``out`` whose entries link to ``pdir``'s, with an empty annotations/."""
-    dst = out / pdir.name
-    dst.mkdir(parents=True)
-    for entry in pdir.iterdir():
-        if entry.name != "annotations":
-            (dst / entry.name).symlink_to(entry.resolve())
-    (dst / "annotations").mkdir()
-    return dst
+try:  # run as a script (benchmarks/ on sys.path) or imported as benchmarks.tracking
+    from photometric_multiview import link_copy
+except ImportError:  # pragma: no cover
+    from benchmarks.photometric_multiview import link_copy
 
 
 def cpu_seconds() -> float:
@@ -49,7 +43,7 @@ def cpu_seconds() -> float:
 
 
 def run_variant(pdir: Path, root: Path, workers: int, args) -> tuple[dict, dict]:
-    copy = linked_copy(pdir, root / f"workers{workers}")
+    copy = link_copy(pdir, root / f"workers{workers}", point_clouds=True)
     cpu0, t0 = cpu_seconds(), time.perf_counter()
     result = track_capture(copy, args.prior, sequences=args.sequences, steps_first=args.steps_first,
                            steps=args.steps, evaluate=args.evaluate, force=True, progress=False, workers=workers)

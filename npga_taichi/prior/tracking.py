@@ -698,16 +698,11 @@ def one_torch_thread():
 
 def _fit_identity(capture, prior: MonoNPHM, seq: str, cfg: TrackingConfig) -> tuple[np.ndarray, np.ndarray, float]:
     """(z_geo, z_app, scale) fitted on the first frame of sequence ``seq`` of ``capture``."""
-    t = capture.timesteps(seq)[0]
-    source = str(capture.pointcloud_path(seq, t))
-    points, _ = finite_points(capture.load_pointcloud(seq, t), source, MIN_POINTS)
-    fitter = FrameFitter(prior, cfg)
-    with one_torch_thread():
-        fitter.fit_frame(torch.from_numpy(np.ascontiguousarray(points)), first=True)
-    identity = (fitter.z_geo.numpy(), fitter.z_app.numpy(), fitter.scale)
-    if not (np.isfinite(identity[0]).all() and np.isfinite(identity[1]).all() and math.isfinite(identity[2])):
-        raise ValueError(f"{source}: the identity fit diverged (non-finite codes or scale); nothing was written")
-    return identity
+    with one_torch_thread(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # dropped points are reported when the sequence is tracked
+        first = track_sequence(prior, seq, capture.timesteps(seq)[:1], lambda t: capture.load_pointcloud(seq, t),
+                               cfg, progress=False, cloud_source=lambda t: str(capture.pointcloud_path(seq, t)))
+    return first.z_geo, first.z_app, first.scale
 
 
 def _track_and_save(capture, prior: MonoNPHM, prior_dir, seq: str, cfg: TrackingConfig,
