@@ -28,7 +28,8 @@ import numpy as np
 import torch
 
 from npga_taichi.prior.pretrained import SHIPPED_PRIOR
-from npga_taichi.prior.tracking import available_cores, load_trackings, track_capture
+from npga_taichi.prior.tracking import load_trackings, track_capture
+from npga_taichi.processes import available_cores
 
 try:  # run as a script (benchmarks/ on sys.path) or imported as benchmarks.tracking
     from photometric_multiview import link_copy

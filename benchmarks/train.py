@@ -32,6 +32,7 @@ import torch
 from npga_taichi import metrics
 from npga_taichi.avatar.config import preset as get_preset
 from npga_taichi.avatar.density_control import GradientStats, densify_and_prune
+from npga_taichi.avatar.laplacian import KnnLaplacian, knn_graph, laplacian_loss
 from npga_taichi.avatar.model import NPGAAvatar, get_rasterizer
 from npga_taichi.cameras import Camera
 from npga_taichi.avatar.trainer import AvatarData, Trainer, View, regularizers
@@ -249,6 +250,20 @@ def main(preset, steps, repeats, views_per_step, out, as_json, curve_demo, curve
         reg, _ = regularizers(avatar, p, torch.zeros(HEIGHT, WIDTH, 1), alpha, train_cfg)
         reg.backward()
 
+    # The two Laplacian regularisers at the preset's Gaussian cap: the sparse operator training
+    # uses against the gather twin (the code before 11-30's change; its backward scatters).
+    n_cap = avatar_cfg.max_gaussians
+    graph = knn_graph(torch.randn(n_cap, 3, generator=torch.Generator().manual_seed(0)), avatar_cfg.knn_k)
+    sparse_op = KnnLaplacian(graph)
+    lap_latents = torch.randn(n_cap, max(avatar_cfg.latent_dim, 1), requires_grad=True)
+    lap_dynamics = torch.randn(n_cap, 3, requires_grad=True)
+
+    def laplacians_sparse():
+        (sparse_op.loss(lap_latents) + sparse_op.loss(lap_dynamics)).backward()
+
+    def laplacians_gather():
+        (laplacian_loss(lap_latents, graph) + laplacian_loss(lap_dynamics, graph)).backward()
+
     def adc_pass():
         g = avatar.gaussians
         saved = {k: v.detach().clone() for k, v in g.per_gaussian().items()}
@@ -269,6 +284,8 @@ def main(preset, steps, repeats, views_per_step, out, as_json, curve_demo, curve
         "raster_forward_backward": timed(raster_fwd_bwd, repeats),
         "losses_forward_backward (L1 + D-SSIM)": timed(losses_fwd_bwd, repeats),
         "regularizers_with_deform_forward_backward": timed(regs_fwd_bwd, repeats),
+        f"laplacians_forward_backward_sparse ({n_cap} Gaussians)": timed(laplacians_sparse, repeats),
+        f"laplacians_forward_backward_gather_twin ({n_cap} Gaussians)": timed(laplacians_gather, repeats),
         "adc_pass_incl_two_knn_rebuilds (every densify_interval steps)": timed(adc_pass, 2),
     }
     results["components_ms"] = {k: 1000 * v for k, v in comp.items()}

@@ -52,8 +52,12 @@ def command(data, run_dir, participant, prior, tracking_dir, field_dir, preset, 
     Held-out cameras and the FREE sequence are never used for training.
 
     \b
-    Several processes (data-parallel; the step's views are split over the ranks):
+    Several processes (data-parallel; each takes a share of the step's views, and the steps
+    are the single process's):
+      npga fit data/synth --out runs/a --views-per-step 2       # on this CPU: one per core
+      npga fit data/synth --out runs/a --views-per-step 2 --processes 1   # in this process
       torchrun --nproc-per-node 2 $(which npga) fit data/synth --out runs/a --views-per-step 2
+                                                         # GPUs or several machines
     """
     from npga_taichi.avatar.fitting import fit_avatar
 

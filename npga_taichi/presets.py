@@ -67,21 +67,23 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
                       lr_scales=1e-2, lr_colors=5e-3),
         "demo": {},
     },
-    # The default pipeline with a 2.4x shorter avatar fit: 2500 steps, G 64 x 2 (a quarter of its
-    # cost per Gaussian), densification from step 200, one opacity reset at step 800 (off the
-    # validation steps), and 50 tracking steps per later frame (the default 25 left the held-out
-    # track 0.34 / 0.36 deg and 0.47 / 0.62 mm off for 4242 / 31337; 50: 0.17 / 0.33 deg, 0.38 /
-    # 0.45 mm). Measured 11-30 on the default captures (shipped prior, 1 thread): held out 33.51 dB
-    # for 4242 (masked 27.61) and 32.12 dB for 31337 (masked 26.73), against the default preset's
-    # 33.15 / 31.70 dB (masked 27.21 / 26.33); fit 926 / 957 CPU s (README, *Time to an avatar*).
+    # The default pipeline with a shorter avatar fit: 1400 steps of 2 views (each from its own
+    # frame; on a CPU the two run in two processes, one per core: npga_taichi.avatar.fitting.
+    # local_ranks), G 64 x 2 (a quarter of its cost per Gaussian), densification from step 110
+    # every 55, one opacity reset at step 450 (off the validation steps), and 50 tracking steps per
+    # later frame (the default 25 left the held-out track 0.34 / 0.36 deg and 0.47 / 0.62 mm off
+    # for 4242 / 31337; 50: 0.17 / 0.33 deg, 0.38 / 0.45 mm). Measured 11-30 (idle 2-core machine):
+    # the whole demo for 31337 in 24 min 31 s (fit 615 s), held out 31.77 dB (masked 26.38) against
+    # the default preset's 31.70 (26.33); the earlier 2500 x 1-view schedule gave 32.12 (26.73), its
+    # fit 13 min 12 s before the sparse Laplacian (4242). README, *Time to an avatar*.
     "fast": {
         "capture": dict(preset="default"),
         "prior": dict(preset="small"),
         "track": dict(steps=50),
         "distill": {},
         "avatar": dict(detail_hidden=64, detail_layers=2),
-        "train": dict(steps=2500, densify_from=200, opacity_reset_interval=800, val_interval=250,
-                      checkpoint_interval=250),
+        "train": dict(steps=1400, views_per_step=2, densify_from=110, densify_interval=55,
+                      opacity_reset_interval=450, val_interval=250, checkpoint_interval=250),
         "demo": {},
     },
     # The schedule the README's numbers come from (default synthetic capture, 2-core CPU).

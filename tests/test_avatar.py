@@ -12,7 +12,7 @@ from npga_taichi.avatar.deformation import FrameCode, ScratchForwardField
 from npga_taichi.avatar.density_control import GradientStats, densify_and_prune, reset_opacity
 from npga_taichi.avatar.gaussians import CanonicalGaussians
 from npga_taichi.conventions import SH_C0
-from npga_taichi.avatar.laplacian import knn_graph, laplacian, laplacian_loss
+from npga_taichi.avatar.laplacian import KnnLaplacian, knn_graph, laplacian, laplacian_loss
 from npga_taichi.avatar.model import NPGAAvatar
 from npga_taichi.avatar.rotations import quat_multiply, quat_to_rotmat, rotmat_to_quat
 from npga_taichi.avatar.screen_cnn import ScreenCNN
@@ -41,6 +41,39 @@ def test_laplacian_of_constant_field_is_zero_and_of_varying_field_is_not():
     expected = torch.stack([field[i] - field[graph[i]].mean() for i in range(300)])
     assert torch.allclose(laplacian(field, graph), expected)
     assert float(laplacian_loss(field, graph)) > 1e-3
+    assert float(KnnLaplacian(graph).loss(const)) < 1e-28
+
+
+@pytest.mark.parametrize("n, k", [(300, 8), (5, 8)])  # (5, 8): rows repeat their farthest neighbour
+def test_sparse_laplacian_matches_its_gather_twin_with_the_same_upstream_gradient(n, k):
+    gen = torch.Generator().manual_seed(n)
+    graph = knn_graph(torch.randn(n, 3, generator=gen), k)
+    op = KnnLaplacian(graph)
+    for shape in [(n, 7), (n,), (n, 2, 3)]:
+        values = torch.randn(*shape, dtype=torch.float64, generator=gen, requires_grad=True)
+        upstream = torch.randn(*shape, dtype=torch.float64, generator=gen)
+        out, ref = op(values), laplacian(values, graph)
+        assert out.shape == ref.shape == values.shape
+        assert torch.allclose(out, ref, atol=1e-12)
+        (grad,) = torch.autograd.grad(out, values, upstream)
+        (grad_ref,) = torch.autograd.grad(ref, values, upstream)
+        assert torch.allclose(grad, grad_ref, atol=1e-12)
+        assert torch.allclose(op.loss(values), laplacian_loss(values, graph), atol=1e-12)
+    values = torch.randn(n, 3, dtype=torch.float64, generator=gen, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda v: op(v), (values,))
+    with pytest.raises(ValueError, match="rows"):
+        op(torch.zeros(n + 1, 3))
+
+
+def test_avatar_rebuilds_its_sparse_laplacian_when_the_graph_changes():
+    avatar = _small_avatar()
+    avatar.rebuild_graph()
+    first = avatar.graph_laplacian
+    assert avatar.graph_laplacian is first  # cached
+    avatar.gaussians.resize(len(avatar.gaussians) - 3)
+    avatar.rebuild_graph()
+    second = avatar.graph_laplacian
+    assert second is not first and second.neighbors.shape[0] == len(avatar.gaussians)
 
 
 # ------------------------------------------------------------------------------------------ ADC

@@ -332,3 +332,92 @@ def test_fit_process_leaves_its_kernels_in_the_offline_cache(tmp_path, demo_out)
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert len(list(cache.glob("*.tic"))) >= 5, sorted(p.name for p in cache.iterdir())
+
+
+# ------------------------------------------------------------------ npga fit --processes (local ranks)
+def test_local_ranks_split_whole_frame_groups_and_only_on_the_cpu(monkeypatch):
+    from npga_taichi.avatar.fitting import local_ranks
+
+    monkeypatch.setattr("npga_taichi.processes.available_cores", lambda: 4)
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    assert local_ranks(TrainConfig(), "cpu") == 1  # one view per step: nothing to split
+    assert local_ranks(TrainConfig(views_per_step=2), "cpu") == 2
+    assert local_ranks(TrainConfig(views_per_step=6), "cpu") == 3  # a divisor of the 6 groups, <= 4 cores
+    assert local_ranks(TrainConfig(views_per_step=4, cameras_per_frame=4), "cpu") == 1  # one frame group
+    assert local_ranks(TrainConfig(views_per_step=8, processes=8), "cpu") == 8  # asked for: granted
+    assert local_ranks(TrainConfig(views_per_step=2), "cuda") == 1
+    with pytest.raises(ValueError, match="must divide the step's 3 frame groups"):
+        local_ranks(TrainConfig(views_per_step=3, processes=2), "cpu")
+    with pytest.raises(ValueError, match="torchrun"):
+        local_ranks(TrainConfig(views_per_step=2, processes=2), "cuda")
+    monkeypatch.setenv("WORLD_SIZE", "2")  # already a torchrun rank: never spawn more
+    assert local_ranks(TrainConfig(views_per_step=2), "cpu") == 1
+
+
+def test_fit_in_local_processes_takes_the_single_process_steps(tmp_path, demo_out):
+    """`--processes 2` trains as two data-parallel ranks in spawned processes: the same steps as
+    one process with the same views per step (loss curve, Gaussian count, held-out PSNR, to
+    float rounding of the summed gradients), rank 0's summary, and it resumes like any run."""
+    base = [demo_out / "capture", "--prior", demo_out / "prior", "--field", demo_out / "distill",
+            "--preset", "tiny", "--steps", "30", "--views-per-step", "2", "--densify-from", "10",
+            "--densify-interval", "10", "--densify-until-frac", "0.9", "--val-interval", "15", "--checkpoint-interval", "15", "--log-interval", "5",
+            "--no-progress", "--json"]
+    runs = {}
+    for n in (1, 2):
+        result = _fit(base + ["--out", tmp_path / f"p{n}", "--processes", str(n)])
+        assert result.exit_code == 0, result.output
+        runs[n] = (json.loads(result.output[result.output.index("{"):]),
+                   [json.loads(line) for line in (tmp_path / f"p{n}" / "log.jsonl").read_text().splitlines()])
+    (one, log_one), (two, log_two) = runs[1], runs[2]
+    assert one["ranks"] == 1 and two["ranks"] == 2 and two["rank"] == 0 and two["step"] == 30
+    assert [r["step"] for r in log_one] == [r["step"] for r in log_two]
+    assert [r["adc"] for r in log_one if "adc" in r] == [r["adc"] for r in log_two if "adc" in r] != []
+    for a, b in zip(log_one, log_two):
+        assert a["gaussians"] == b["gaussians"]
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-4)
+    assert two["val_masked_psnr"] == pytest.approx(one["val_masked_psnr"], abs=1e-3)
+    resumed = _fit(base[:-1] + ["--out", tmp_path / "p2", "--steps", "36", "--resume", "--json"])
+    assert resumed.exit_code == 0, resumed.output
+    summary = json.loads(resumed.output[resumed.output.index("{"):])
+    assert summary["step"] == 36 and summary["ranks"] == 2
+
+
+def test_a_local_rank_error_is_the_callers_clear_error(tmp_path, demo_out):
+    """A failure inside the ranks (here: a training image that does not decode) reaches the
+    command as its usual one-line error naming the file, and no process is left behind."""
+    import shutil
+
+    cap = tmp_path / "cap"
+    shutil.copytree(demo_out / "capture", cap)
+    broken = sorted(cap.glob("*/sequences/EXP-1/timesteps/*/images-*/cam_*.png"))  # a training sequence
+    for path in broken:
+        path.write_bytes(b"not a png")
+    result = _fit([cap, "--out", tmp_path / "run", "--prior", demo_out / "prior", "--field", demo_out / "distill",
+                   "--preset", "tiny", "--steps", "5", "--views-per-step", "2", "--processes", "2", "--no-progress"])
+    assert result.exit_code != 0 and "Traceback" not in result.output
+    assert any(str(path) in result.output for path in broken), result.output
+    import multiprocessing
+
+    assert not multiprocessing.active_children()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_ctrl_c_stops_a_fit_in_local_processes_at_once(tmp_path, demo_out):
+    """Ctrl-C (SIGINT to the foreground process group) during `npga fit --processes 2`: the
+    command stops within seconds, prints no traceback, leaves no process, and the run resumes."""
+    from ctrl_c import interrupt_when
+
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-c", "from npga_taichi.cli.main import cli; cli()", "fit", str(demo_out / "capture"),
+           "--out", str(run), "--prior", str(demo_out / "prior"), "--field", str(demo_out / "distill"),
+           "--preset", "tiny", "--steps", "100000", "--views-per-step", "2", "--processes", "2",
+           "--checkpoint-interval", "5", "--no-progress"]
+    # the ranks are training once the first checkpoint is there
+    code, output, stopped_after = interrupt_when(cmd, lambda _: (run / "checkpoints" / "latest.pt").is_file())
+    assert code != 0 and stopped_after < 30, output
+    assert "Traceback" not in output and "leaked" not in output, output
+    step = int(load_checkpoint(run / "checkpoints" / "latest.pt")["step"])
+    resumed = _fit([demo_out / "capture", "--out", run, "--steps", str(step + 2), "--resume", "--processes", "1",
+                    "--no-progress", "--json"])  # any process count continues the run
+    assert resumed.exit_code == 0, resumed.output
+    assert json.loads(resumed.output[resumed.output.index("{"):])["step"] == step + 2

@@ -3,11 +3,7 @@ and pose for a head model whose surface is known in closed form."""
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
@@ -316,26 +312,12 @@ def test_tracking_in_worker_processes_gives_the_tracks_of_one_process(tmp_path):
         track_capture(pdir, prior_dir, steps_first=2, steps=1, points=30, progress=False, workers=2)
 
 
-def _group_members(pgid: int) -> list[int]:
-    """Live (not zombie) process ids whose process group is ``pgid`` (Linux /proc)."""
-    from pathlib import Path
-
-    members = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[2]) == pgid and fields[0] != "Z":
-            members.append(int(stat.parent.name))
-    return members
-
-
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 def test_ctrl_c_stops_parallel_tracking_at_once(tmp_path):
     """Ctrl-C (SIGINT to the whole foreground process group, as a terminal sends it) while the
     worker processes track: `npga track` stops within seconds, leaves no process behind and
     prints neither a traceback nor a leaked-semaphore warning."""
+    from ctrl_c import group_members, interrupt_when
     from test_hardening import make_capture
 
     from npga_taichi.prior.model import save_prior
@@ -347,25 +329,9 @@ def test_ctrl_c_stops_parallel_tracking_at_once(tmp_path):
     pdir = make_capture(tmp_path / "cap", sequences=("EXP-1", "EXP-2", "EXP-3", "FREE"), frames=tuple(range(6)))
     cmd = [sys.executable, "-c", "from npga_taichi.cli.main import cli; cli()", "track", str(pdir), "--prior",
            str(prior_dir), "--steps-first", "3", "--steps", "3000", "--points", "60", "--workers", "2", "--quiet"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            preexec_fn=lambda: (signal.signal(signal.SIGINT, signal.SIG_DFL), os.setsid()))
-    try:
-        deadline = time.time() + 240
-        while len(_group_members(proc.pid)) < 4 and proc.poll() is None and time.time() < deadline:
-            time.sleep(0.5)  # the parent, the resource tracker and two workers
-        time.sleep(5)  # the workers are inside their sequences (3000 steps per frame: minutes)
-        assert proc.poll() is None, proc.communicate()[0]
-        os.killpg(proc.pid, signal.SIGINT)
-        start = time.time()
-        output, _ = proc.communicate(timeout=60)
-        stopped_after = time.time() - start
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-    assert proc.returncode != 0 and stopped_after < 30, output
+    # the parent, the resource tracker and two workers; then 5 s: the workers are inside their
+    # sequences (3000 steps per frame: minutes)
+    code, output, stopped_after = interrupt_when(cmd, lambda pgid: len(group_members(pgid)) >= 4, settle_s=5)
+    assert code != 0 and stopped_after < 30, output
     assert "Traceback" not in output and "leaked" not in output, output
-    deadline = time.time() + 20  # multiprocessing's resource tracker leaves once the parent is gone
-    while _group_members(proc.pid) and time.time() < deadline:
-        time.sleep(0.5)
-    assert _group_members(proc.pid) == [], "processes outlived Ctrl-C"
     assert not list((pdir / "annotations" / "tracking").glob("*.npz")), "a sequence finished: not interrupted"

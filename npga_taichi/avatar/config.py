@@ -113,7 +113,8 @@ class TrainConfig(DictConfig):
     frame_stride: int = 1               # use every k-th frame of the training sequences
     holdout_sequences: tuple[str, ...] = ("FREE",)  # never seen in training (self-reenactment test)
     camera_holdout: str = "nersemble"   # held-out camera set (see npga_taichi.data.nersemble.split_cameras)
-    num_threads: int = 0                # torch intra-op threads (0 = torch default)
+    num_threads: int = 0                # torch intra-op threads (0 = torch default; 1 in each of several processes)
+    processes: int = 0                  # CPU processes training data-parallel on this machine, each taking whole frame groups of a step (the step is the same for any count); 0 = one per core, at most the step's frame groups
 
     def validate(self) -> "TrainConfig":
         if self.steps < 1:
@@ -131,6 +132,8 @@ class TrainConfig(DictConfig):
             raise ValueError(f"image_scale must be in (0, 1], got {self.image_scale}")
         if len(self.background) != 3:
             raise ValueError(f"background must have 3 values, got {self.background}")
+        if self.processes < 0:
+            raise ValueError(f"processes must be >= 0 (0 = one per core), got {self.processes}")
         for name in ("densify_interval", "checkpoint_interval", "val_interval", "log_interval"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")

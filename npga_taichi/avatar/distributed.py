@@ -1,4 +1,6 @@
-"""Data-parallel training across processes with ``torch.distributed`` (launched by ``torchrun``).
+"""Data-parallel training across processes with ``torch.distributed`` (launched by ``torchrun``,
+or on one CPU machine by ``npga fit`` itself: ``--processes``, see
+:func:`npga_taichi.avatar.fitting.fit_avatar`).
 
 One process per device (rank). Every rank holds the same avatar, optimiser and RNG states; a
 step's views are drawn identically on every rank and split into contiguous equal shares, each
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import socket
 from dataclasses import dataclass
 
 import torch
@@ -55,6 +58,19 @@ class DistContext:
                              f"a multiple of the number of ranks ({self.world})")
         per = count // self.world
         return slice(self.rank * per, (self.rank + 1) * per)
+
+
+def free_local_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago (the rendezvous of local ranks)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def torchrun_environment(rank: int, world: int, port: int) -> dict[str, str]:
+    """The variables torchrun sets for rank ``rank`` of ``world`` processes on this machine."""
+    return {"RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(world),
+            "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
 
 
 def launched_by_torchrun() -> bool:

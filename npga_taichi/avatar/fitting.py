@@ -5,6 +5,7 @@ benchmark so all of them train the same way.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 from typing import Any
@@ -199,6 +200,88 @@ def run_missing_stages(root: Path, pid: str, run_dir: Path, prior_dir: Path | No
     return prior_dir
 
 
+def _input_dirs(pdir: Path, prior, tracking, field) -> tuple[Path, Path, Path | None]:
+    """(tracking, field, prior) folders of a fit: the given ones, else the participant's
+    ``annotations/`` (the prior: see :func:`_find_prior`)."""
+    tracking_dir = Path(tracking) if tracking else pdir / "annotations" / "tracking"
+    field_dir = Path(field) if field else pdir / "annotations" / "forward_field"
+    return tracking_dir, field_dir, _find_prior(pdir, prior, load_trackings(tracking_dir))
+
+
+def local_ranks(train_cfg: TrainConfig, device: str) -> int:
+    """How many processes :func:`fit_avatar` trains in on this machine (1: in the caller's).
+
+    ``processes`` 0 picks one per available core, at most the step's frame groups and a divisor
+    of them (each rank takes whole groups). Under torchrun, or on a GPU unless asked, 1.
+    """
+    from npga_taichi.avatar.distributed import launched_by_torchrun
+    from npga_taichi.processes import available_cores
+
+    groups = train_cfg.views_per_step // train_cfg.cameras_per_frame
+    wanted = train_cfg.processes
+    if wanted == 1 or launched_by_torchrun():
+        return 1
+    if torch.device(device).type != "cpu":
+        if wanted == 0:
+            return 1
+        raise ValueError(f"--processes {wanted} starts CPU processes; on GPUs start one process per GPU "
+                         "with torchrun (see `npga fit --help`)")
+    if wanted == 0:
+        return max(d for d in range(1, min(available_cores(), groups) + 1) if groups % d == 0)
+    if groups % wanted:
+        raise ValueError(f"--processes {wanted} must divide the step's {groups} frame groups "
+                         "(--views-per-step / --cameras-per-frame)")
+    return wanted
+
+
+def _log_to_stderr(message: str) -> None:
+    import sys
+
+    print(message, file=sys.stderr)
+
+
+def _fit_rank(rank: int, world: int, port: int, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """One local rank (in a worker process of :func:`_fit_in_local_ranks`)."""
+    from npga_taichi.avatar.distributed import torchrun_environment
+
+    os.environ.update(torchrun_environment(rank, world, port))
+    return fit_avatar(**kwargs, log=_log_to_stderr)
+
+
+def _fit_in_local_ranks(world: int, kwargs: dict[str, Any], avatar_cfg: AvatarConfig | None, log) -> dict[str, Any]:
+    """:func:`fit_avatar` as ``world`` data-parallel processes on this machine (one torch thread
+    each); returns rank 0's summary. The run folder is checked (and with ``force`` cleared) and
+    missing stages run here, once, before the ranks start. Ctrl-C or a rank's error stops all
+    of them at once; checkpoints are written atomically, so ``--resume`` continues."""
+    import time
+
+    from npga_taichi.avatar.distributed import free_local_port
+    from npga_taichi.data.nersemble import resolve_participant
+    from npga_taichi.processes import worker_pool
+
+    run_dir, resume = Path(kwargs["run_dir"]), kwargs["resume"]
+    root, pid = resolve_participant(kwargs["data"], kwargs["participant"])
+    _prepare_run_dir(run_dir, resume, kwargs["force"])
+    if kwargs["all_stages"] and not resume:
+        tracking_dir, field_dir, prior_dir = _input_dirs(root / pid, kwargs["prior"], kwargs["tracking"],
+                                                         kwargs["field"])
+        prior_dir = run_missing_stages(root, pid, run_dir, prior_dir, tracking_dir, field_dir, avatar_cfg,
+                                       kwargs["preset"], kwargs["progress"], log)
+        kwargs = {**kwargs, "prior": prior_dir, "tracking": tracking_dir, "field": field_dir}
+    # the folder is checked: the ranks start on it as it is now (force: a --all-stages prior stays)
+    kwargs = {**kwargs, "data": root / pid, "participant": None, "all_stages": False, "force": not resume}
+    log(f"[fit] {world} processes on this machine, one torch thread each")
+    port = free_local_port()
+    with worker_pool(world) as pool:
+        jobs = [pool.apply_async(_fit_rank, (rank, world, port, kwargs)) for rank in range(world)]
+        while not all(job.ready() for job in jobs):
+            for job in jobs:
+                if job.ready() and not job.successful():
+                    job.get()  # raises that rank's error here: the pool stops the others
+            time.sleep(0.2)
+        return [job.get() for job in jobs][0]
+
+
 def fit_avatar(data: str | os.PathLike, run_dir: str | os.PathLike, participant: str | None = None,
                prior: str | os.PathLike | None = None, tracking: str | os.PathLike | None = None,
                field: str | os.PathLike | None = None, preset: str = "default",
@@ -214,9 +297,11 @@ def fit_avatar(data: str | os.PathLike, run_dir: str | os.PathLike, participant:
     holds an earlier run needs ``resume`` or ``force`` (which removes only what ``fit`` wrote).
     The capture is validated (every image and matte a view uses) before step 0. Raises
     ValueError / FileNotFoundError naming the file or argument.
-    """
-    import dataclasses
 
+    With ``processes`` > 1 (``TrainConfig``; 0 = one per core where a step has several frame
+    groups) the fit runs as that many data-parallel processes here (:func:`local_ranks`); the
+    steps are the single process's.
+    """
     from npga_taichi.avatar.config import load_configs, preset as preset_configs
     from npga_taichi.avatar.distributed import agree, init_from_env, shutdown
     from npga_taichi.data.nersemble import resolve_participant
@@ -232,6 +317,20 @@ def fit_avatar(data: str | os.PathLike, run_dir: str | os.PathLike, participant:
         avatar_cfg = dataclasses.replace(avatar_cfg, **a_over).validate()
         train_cfg = dataclasses.replace(train_cfg, **(train_overrides or {})).validate()
         extra = {}
+        world = local_ranks(train_cfg, device)
+    elif (run_dir / "config.json").is_file():  # the saved run's schedule; any process count takes its steps
+        saved = load_configs(run_dir)[1]
+        if (train_overrides or {}).get("processes") is not None:
+            saved = dataclasses.replace(saved, processes=int(train_overrides["processes"])).validate()
+        world = local_ranks(saved, device)
+    else:
+        world = 1  # nothing to resume: fails below with the usual message
+    if world > 1:
+        return _fit_in_local_ranks(world, dict(
+            data=data, run_dir=run_dir, participant=participant, prior=prior, tracking=tracking, field=field,
+            preset=preset, avatar_overrides=avatar_overrides, train_overrides=train_overrides,
+            all_stages=all_stages, resume=resume, force=force, device=device, rasterizer=rasterizer,
+            progress=progress), None if resume else avatar_cfg, log)
     ctx = init_from_env(device)  # torchrun: join the process group, one device per rank
     device = str(ctx.device)
     try:
@@ -246,9 +345,7 @@ def fit_avatar(data: str | os.PathLike, run_dir: str | os.PathLike, participant:
         steps = (train_overrides or {}).get("steps")
         if steps is not None:
             train_cfg = dataclasses.replace(train_cfg, steps=int(steps)).validate()
-    tracking_dir = Path(tracking) if tracking else pdir / "annotations" / "tracking"
-    field_dir = Path(field) if field else pdir / "annotations" / "forward_field"
-    prior_dir = _find_prior(pdir, prior or extra.get("prior"), load_trackings(tracking_dir))
+    tracking_dir, field_dir, prior_dir = _input_dirs(pdir, prior or extra.get("prior"), tracking, field)
     if all_stages and not resume:
         if ctx.active:
             raise ValueError("--all-stages runs the prior, tracking and distillation stages: run them in one "

@@ -29,7 +29,7 @@ from npga_taichi.avatar.deformation import (FrameCode, PosedGaussians, ScratchFo
                                             apply_rigid_pose, deform_canonical)
 from npga_taichi.avatar.detail_network import DetailNetwork
 from npga_taichi.avatar.gaussians import CanonicalGaussians
-from npga_taichi.avatar.laplacian import knn_graph
+from npga_taichi.avatar.laplacian import KnnLaplacian, knn_graph
 from npga_taichi.avatar.screen_cnn import ScreenCNN
 from npga_taichi.cameras import Camera
 from npga_taichi.checkpoint import load_checkpoint, load_weights
@@ -111,6 +111,16 @@ class NPGAAvatar(nn.Module):
     def rebuild_graph(self) -> None:
         """Recompute the canonical kNN graph (after init and after every densification)."""
         self.neighbors = knn_graph(self.gaussians.means, self.config.knn_k)
+
+    @property
+    def graph_laplacian(self) -> KnnLaplacian:
+        """The Laplacian of ``neighbors`` as sparse matrices, rebuilt when the graph (or its
+        device) changes."""
+        cached = self.__dict__.get("_graph_laplacian")
+        if cached is None or cached.neighbors is not self.neighbors:
+            cached = KnnLaplacian(self.neighbors)
+            self.__dict__["_graph_laplacian"] = cached
+        return cached
 
     # ------------------------------------------------------------------------------ per frame
     def detail_code(self, z_exp: torch.Tensor, eye_closure: torch.Tensor | None) -> torch.Tensor:

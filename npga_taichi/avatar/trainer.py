@@ -40,7 +40,6 @@ from npga_taichi import metrics
 from npga_taichi.avatar.config import AvatarConfig, TrainConfig, configs_to_json
 from npga_taichi.avatar.deformation import FrameCode
 from npga_taichi.avatar.density_control import GradientStats, densify_and_prune, reset_opacity
-from npga_taichi.avatar.laplacian import laplacian_loss
 from npga_taichi.avatar.model import (NPGAAvatar, avatar_from_state, avatar_state, get_rasterizer,
                                      render_frame, render_posed)
 from npga_taichi.avatar.distributed import DistContext, all_reduce_sum, check_replicas
@@ -263,11 +262,11 @@ def regularizers(avatar: NPGAAvatar, posed, raster_alpha: torch.Tensor, alpha: t
     parts: dict[str, torch.Tensor] = {}
     if cfg.use_laplacian and avatar.neighbors.shape[0] == len(avatar.gaussians):
         if "latents" in avatar.gaussians.names and cfg.lambda_lap_latent > 0:
-            lap = laplacian_loss(avatar.gaussians.latents, avatar.neighbors)
+            lap = avatar.graph_laplacian.loss(avatar.gaussians.latents)
             total = total + cfg.lambda_lap_latent * lap
             parts["lap_latent"] = lap.detach()
         if posed.dynamics is not None and cfg.lambda_lap_dynamics > 0:
-            lap = laplacian_loss(posed.dynamics, avatar.neighbors)
+            lap = avatar.graph_laplacian.loss(posed.dynamics)
             total = total + cfg.lambda_lap_dynamics * lap
             parts["lap_dynamics"] = lap.detach()
     if posed.d_means is not None and cfg.lambda_detail_l2 > 0:

@@ -36,12 +36,9 @@ stops with an error, and codes/poses are checked again when a file is written or
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
-import signal
-import threading
 import time
 import warnings
 import zipfile
@@ -56,6 +53,7 @@ from tqdm import tqdm
 from npga_taichi.checkpoint import atomic_path, ensure_output_dir, write_text_atomic
 from npga_taichi.data.pcd import finite_points
 from npga_taichi.prior.model import MonoNPHM
+from npga_taichi.processes import available_cores, one_torch_thread, worker_pool
 
 
 
@@ -676,26 +674,6 @@ def tracking_dir(capture_pdir: str | os.PathLike) -> Path:
     return Path(capture_pdir) / "annotations" / "tracking"
 
 
-def available_cores() -> int:
-    """CPU cores this process may run on (its affinity where the OS reports one)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # macOS, Windows
-        return os.cpu_count() or 1
-
-
-@contextlib.contextmanager
-def one_torch_thread():
-    """Run the block on one torch thread: a tracking step sends ~1500 points through small MLPs,
-    too little work to share (one thread tracked 26 steps/s, two 19 on the 2-core machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
-
-
 def _fit_identity(capture, prior: MonoNPHM, seq: str, cfg: TrackingConfig) -> tuple[np.ndarray, np.ndarray, float]:
     """(z_geo, z_app, scale) fitted on the first frame of sequence ``seq`` of ``capture``."""
     with one_torch_thread(), warnings.catch_warnings():
@@ -721,15 +699,6 @@ def _track_and_save(capture, prior: MonoNPHM, prior_dir, seq: str, cfg: Tracking
     tracking.meta["prior"] = str(prior_dir)
     save_tracking(tracking, path)
     return tracking, [str(w.message) for w in caught]
-
-
-def _init_worker() -> None:
-    """A tracking worker: one torch thread; Ctrl-C is the parent's to handle (it stops the pool).
-    tqdm gets a thread lock: its default inter-process lock is a semaphore that a stopped worker
-    would leave behind (a "leaked semaphore" warning at exit)."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    torch.set_num_threads(1)
-    tqdm.set_lock(threading.RLock())
 
 
 def _track_sequence_in_worker(root: str, pid: str, prior_dir: str, seq: str, cfg: TrackingConfig,
@@ -840,7 +809,9 @@ def track_capture(data: str | os.PathLike, prior_dir: str | os.PathLike | None =
         # one identity for the capture, from the first frame of its first sequence; with it
         # known, every sequence (that one too) is tracked alone, and all of them at once
         identity = _fit_identity(capture, prior, todo[0], cfg)
-    # Given the identity, sequences are independent: one process per core, one thread each.
+    # Given the identity, sequences are independent: one process per core, one thread each (a
+    # tracking step sends ~1500 points through small MLPs, too little work to share: one thread
+    # tracked 26 steps/s, two 19 on the 2-core machine).
     workers = max(1, min(len(todo), available_cores() if workers is None else int(workers)))
     if workers == 1:
         for seq in todo:
@@ -850,11 +821,8 @@ def track_capture(data: str | os.PathLike, prior_dir: str | os.PathLike | None =
             notes += caught
             finish(seq, tracking, skipped=False)
     else:
-        import multiprocessing
-
-        # spawned, not forked: the parent may hold torch's and Taichi's thread pools
-        pool = multiprocessing.get_context("spawn").Pool(workers, initializer=_init_worker)
-        try:
+        # Ctrl-C or a failed sequence stops the other workers at once (finished files stay)
+        with worker_pool(workers) as pool:
             jobs = [pool.apply_async(_track_sequence_in_worker, (str(root), pid, str(prior_dir), seq, cfg, identity,
                                                                  str(out_dir / f"{seq}.npz"))) for seq in todo]
             bar = tqdm(total=len(todo), desc=f"track ({workers} processes)", unit="sequence", disable=not progress)
@@ -864,12 +832,6 @@ def track_capture(data: str | os.PathLike, prior_dir: str | os.PathLike | None =
                 finish(seq, tracking, skipped=False)
                 bar.update(1)
             bar.close()
-            pool.close()
-        except BaseException:  # Ctrl-C or a failed sequence: stop the others now (finished files stay)
-            pool.terminate()
-            raise
-        finally:
-            pool.join()
     from npga_taichi.eye_closure import add_eye_closure
 
     closure = add_eye_closure(capture, out_dir)  # {} when the capture has no label maps
