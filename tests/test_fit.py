@@ -359,9 +359,9 @@ def test_fit_in_local_processes_takes_the_single_process_steps(tmp_path, demo_ou
     one process with the same views per step (loss curve, Gaussian count, held-out PSNR, to
     float rounding of the summed gradients), rank 0's summary, and it resumes like any run."""
     base = [demo_out / "capture", "--prior", demo_out / "prior", "--field", demo_out / "distill",
-            "--preset", "tiny", "--steps", "30", "--views-per-step", "2", "--densify-from", "10",
-            "--densify-interval", "10", "--densify-until-frac", "0.9", "--val-interval", "15", "--checkpoint-interval", "15", "--log-interval", "5",
-            "--no-progress", "--json"]
+            "--preset", "tiny", "--steps", "16", "--views-per-step", "2", "--densify-from", "5",
+            "--densify-interval", "5", "--densify-until-frac", "0.7", "--val-interval", "8",
+            "--checkpoint-interval", "8", "--log-interval", "5", "--no-progress", "--json"]
     runs = {}
     for n in (1, 2):
         result = _fit(base + ["--out", tmp_path / f"p{n}", "--processes", str(n)])
@@ -369,17 +369,17 @@ def test_fit_in_local_processes_takes_the_single_process_steps(tmp_path, demo_ou
         runs[n] = (json.loads(result.output[result.output.index("{"):]),
                    [json.loads(line) for line in (tmp_path / f"p{n}" / "log.jsonl").read_text().splitlines()])
     (one, log_one), (two, log_two) = runs[1], runs[2]
-    assert one["ranks"] == 1 and two["ranks"] == 2 and two["rank"] == 0 and two["step"] == 30
+    assert one["ranks"] == 1 and two["ranks"] == 2 and two["rank"] == 0 and two["step"] == 16
     assert [r["step"] for r in log_one] == [r["step"] for r in log_two]
     assert [r["adc"] for r in log_one if "adc" in r] == [r["adc"] for r in log_two if "adc" in r] != []
     for a, b in zip(log_one, log_two):
         assert a["gaussians"] == b["gaussians"]
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-4)
     assert two["val_masked_psnr"] == pytest.approx(one["val_masked_psnr"], abs=1e-3)
-    resumed = _fit(base[:-1] + ["--out", tmp_path / "p2", "--steps", "36", "--resume", "--json"])
+    resumed = _fit(base[:-1] + ["--out", tmp_path / "p2", "--steps", "18", "--resume", "--json"])
     assert resumed.exit_code == 0, resumed.output
     summary = json.loads(resumed.output[resumed.output.index("{"):])
-    assert summary["step"] == 36 and summary["ranks"] == 2
+    assert summary["step"] == 18 and summary["ranks"] == 2
 
 
 def test_a_local_rank_error_is_the_callers_clear_error(tmp_path, demo_out):
