@@ -21,9 +21,9 @@ import torch
 from npga_taichi.checkpoint import load_checkpoint
 
 TESTS = os.path.dirname(__file__)
-STEPS = 40  # densifications at steps 20 and 30 (densify_from=10, interval=10, until 0.9 * 40)
-CONFIG = dict(views_per_step=2, densify_from=10, densify_interval=10, densify_until_frac=0.9, log_interval=1,
-              checkpoint_interval=10, num_threads=1)
+STEPS = 24  # densifications at steps 12 and 18 (densify_from=6, interval=6, until 0.9 * 24)
+CONFIG = dict(views_per_step=2, densify_from=6, densify_interval=6, densify_until_frac=0.9, log_interval=1,
+              checkpoint_interval=6, num_threads=1)
 
 SCRIPT = """
 import sys, torch

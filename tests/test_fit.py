@@ -357,7 +357,7 @@ def test_local_ranks_split_whole_frame_groups_and_only_on_the_cpu(monkeypatch):
 def test_fit_in_local_processes_takes_the_single_process_steps(tmp_path, demo_out):
     """`--processes 2` trains as two data-parallel ranks in spawned processes: the same steps as
     one process with the same views per step (loss curve, Gaussian count, held-out PSNR, to
-    float rounding of the summed gradients), rank 0's summary, and it resumes like any run."""
+    float rounding of the summed gradients) and rank 0's summary."""
     base = [demo_out / "capture", "--prior", demo_out / "prior", "--field", demo_out / "distill",
             "--preset", "tiny", "--steps", "16", "--views-per-step", "2", "--densify-from", "5",
             "--densify-interval", "5", "--densify-until-frac", "0.7", "--val-interval", "8",
@@ -376,10 +376,6 @@ def test_fit_in_local_processes_takes_the_single_process_steps(tmp_path, demo_ou
         assert a["gaussians"] == b["gaussians"]
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-4)
     assert two["val_masked_psnr"] == pytest.approx(one["val_masked_psnr"], abs=1e-3)
-    resumed = _fit(base[:-1] + ["--out", tmp_path / "p2", "--steps", "18", "--resume", "--json"])
-    assert resumed.exit_code == 0, resumed.output
-    summary = json.loads(resumed.output[resumed.output.index("{"):])
-    assert summary["step"] == 18 and summary["ranks"] == 2
 
 
 def test_a_local_rank_error_is_the_callers_clear_error(tmp_path, demo_out):
@@ -420,4 +416,5 @@ def test_ctrl_c_stops_a_fit_in_local_processes_at_once(tmp_path, demo_out):
     resumed = _fit([demo_out / "capture", "--out", run, "--steps", str(step + 2), "--resume", "--processes", "1",
                     "--no-progress", "--json"])  # any process count continues the run
     assert resumed.exit_code == 0, resumed.output
-    assert json.loads(resumed.output[resumed.output.index("{"):])["step"] == step + 2
+    summary = json.loads(resumed.output[resumed.output.index("{"):])
+    assert summary["step"] == step + 2 and summary["ranks"] == 1
