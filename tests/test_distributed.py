@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,6 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from npga_taichi.avatar.distributed import free_local_port, torchrun_environment
 from npga_taichi.checkpoint import load_checkpoint
 
 TESTS = os.path.dirname(__file__)
@@ -39,20 +39,13 @@ shutdown(ctx)
 """
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _launch(run: Path, world: int, steps: int = STEPS, resume: bool = False) -> list[subprocess.Popen]:
     """``world`` processes with torchrun's environment (RANK, WORLD_SIZE, MASTER_*)."""
     script = SCRIPT.format(tests=TESTS, run=str(run), steps=steps, resume=resume, config=CONFIG)
-    port = _free_port()
+    port = free_local_port()
     procs = []
     for rank in range(world):
-        env = {**os.environ, "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(world),
-               "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "OMP_NUM_THREADS": "1"}
+        env = {**os.environ, **torchrun_environment(rank, world, port), "OMP_NUM_THREADS": "1"}
         if world == 1:
             for key in ("RANK", "LOCAL_RANK", "WORLD_SIZE"):
                 env.pop(key)
