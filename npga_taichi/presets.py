@@ -51,8 +51,8 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     # Cuts measured on 31337 with 15 tracking steps, all lower: 1 sample per pixel 25.6 dB; 6
     # frames per sequence 25.1-27.1 dB; 2 cameras per frame + 600 steps + G 64 x 2 26.0 dB.
     "quick": {
-        "capture": dict(preset="default", sequences=("EXP-1", "EXP-2", "EXP-4", "EMO-2", "FREE"),
-                        frames_per_sequence=8),
+        "capture": dict(preset="default", sequences=("EXP-2", "EXP-4", "EMO-2", "FREE"),
+                        frames_per_sequence=8, downscale=10),
         # The default prior: `npga demo` copies the shipped one (npga_taichi.prior.pretrained).
         "prior": dict(preset="small"),
         # 50 steps per later frame: its 8 frames per sequence lie far apart, so the warm start from
@@ -60,10 +60,10 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         # (1.87 deg max) at 15 steps, 0.49 deg / 0.34 mm (0.55 deg max) at 50; the held-out PSNR
         # of the whole quick demo rose 4.3 dB (4242) / 1.7 dB (31337) for ~60 CPU s more tracking.
         "track": dict(steps_first=200, steps=50),
-        "distill": dict(steps=800, lr_decay_every=300, eval_codes=8, checkpoint_every=400),
+        "distill": dict(steps=400, lr_decay_every=160, eval_codes=8, checkpoint_every=200),
         "avatar": dict(num_init_gaussians=5000, max_gaussians=8000),
-        "train": dict(steps=800, densify_from=100, densify_interval=100, opacity_reset_interval=0,
-                      val_interval=200, checkpoint_interval=200, lr_means=8e-4, lr_quats=2e-3,
+        "train": dict(steps=250, views_per_step=2, densify_from=35, densify_interval=35, opacity_reset_interval=0,
+                      val_interval=125, checkpoint_interval=125, lr_means=8e-4, lr_quats=2e-3,
                       lr_scales=1e-2, lr_colors=5e-3),
         "demo": {},
     },

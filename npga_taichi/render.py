@@ -364,3 +364,37 @@ def rasterize(means: torch.Tensor, quats: torch.Tensor, scales: torch.Tensor, op
     if means2d.requires_grad:
         means2d.retain_grad()
     return RasterOutput(image=image, alpha=alpha, depth=depth, radii=radii, means2d=means2d)
+
+
+def compile_kernels(width: int, height: int, sh_degree: int | None = 3, channels: int = 3,
+                    dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu") -> None:
+    """Compile (or load from the offline cache) the kernels that :func:`rasterize` forward and
+    backward use for (width x height) images, by rendering random Gaussians twice: a few (the
+    radix sorts' serial variants) and ~2000 covering many tiles (the tile sort's parallel variant
+    past ``RADIX_SERIAL_MAX`` intersections). Colours are SH coefficients of ``sh_degree``, or
+    ``channels`` plain features when ``sh_degree`` is None (screen-CNN avatars).
+
+    A cold compile of these kernels takes ~16 s on a 2-core CPU; ``npga demo`` runs this in a
+    second process while the capture's own kernel compiles on one core (npga_taichi.pipeline).
+    """
+    gen = torch.Generator().manual_seed(0)
+    f = float(max(width, height))
+    K = torch.tensor([[f, 0.0, width / 2.0], [0.0, f, height / 2.0], [0.0, 0.0, 1.0]], dtype=dtype)
+    viewmat = torch.eye(4, dtype=dtype)
+    for n, radius_px in ((16, 3.0), (2000, 45.0)):
+        z = 2.0 + torch.rand(n, 1, generator=gen, dtype=dtype)
+        xy = (torch.rand(n, 2, generator=gen, dtype=dtype) - 0.5) * torch.tensor([width, height], dtype=dtype) / f
+        leaves = {
+            "means": torch.cat([xy * z, z], 1),
+            "quats": torch.randn(n, 4, generator=gen, dtype=dtype),
+            "scales": (radius_px / 3.0) * z.expand(n, 3) / f,
+            "opacities": torch.full((n,), 0.5, dtype=dtype),
+            "colors": (torch.rand(n, (sh_degree + 1) ** 2, 3, generator=gen, dtype=dtype) * 0.3
+                       if sh_degree is not None else torch.rand(n, channels, generator=gen, dtype=dtype)),
+            "background": torch.ones(3 if sh_degree is not None else channels, dtype=dtype),
+        }
+        leaves = {k: v.to(device).requires_grad_(True) for k, v in leaves.items()}
+        out = rasterize(leaves["means"], leaves["quats"], leaves["scales"], leaves["opacities"], leaves["colors"],
+                        viewmat.to(device), K.to(device), width, height, sh_degree=sh_degree,
+                        background=leaves["background"])
+        (out.image.sum() + out.alpha.sum() + out.depth.sum()).backward()

@@ -88,8 +88,8 @@ def test_two_ranks_equal_one_process_with_two_views(runs):
     loss_a = torch.tensor([r["loss"] for r in log_a], dtype=torch.float64)
     loss_b = torch.tensor([r["loss"] for r in log_b], dtype=torch.float64)
     # Bit for bit: each rank takes whole frame groups, so every view is deformed, rendered and
-    # back-propagated as in the single process, and the sum of two float32 gradients in float64
-    # rounds back to their float32 sum.
+    # back-propagated as in the single process, and two ranks' float32 gradients add up in one
+    # correctly rounded float32 addition, as the single process accumulates them.
     assert torch.equal(loss_a, loss_b), (loss_a - loss_b).abs().max()
     sa, sb = a["avatar"]["state_dict"], b["avatar"]["state_dict"]
     assert a["avatar"]["num_gaussians"] == b["avatar"]["num_gaussians"]

@@ -319,19 +319,31 @@ def test_fit_cli_ablation_flags_and_errors(tmp_path, demo_out):
     assert nothing.exit_code != 0 and "no checkpoint to resume" in nothing.output
 
 
-def test_fit_process_leaves_its_kernels_in_the_offline_cache(tmp_path, demo_out):
-    """A finished ``npga fit`` process has written Taichi's offline cache, so the next run does
-    not recompile (~15 s). Taichi writes the cache only when its program object is destroyed,
-    which interpreter shutdown did not do for this command; the runtime now tears Taichi down
-    at exit."""
+def test_render_kernels_compiled_beforehand_are_all_a_fit_needs(tmp_path, demo_out):
+    """``npga demo`` compiles the avatar's render kernels in a second process while the capture
+    compiles its own (npga_taichi.render.compile_kernels): into an empty offline cache, that
+    process writes every kernel a later ``npga fit`` of that image size uses — the fit adds none.
+    (It also shows a finished process writes Taichi's cache: Taichi does so only when its
+    program object is destroyed, which interpreter shutdown did not do; the runtime tears Taichi
+    down at exit.)"""
+    from npga_taichi.data.capture import CaptureConfig, image_size
+    from npga_taichi.presets import preset_overrides
+
     cache = tmp_path / "kernel_cache"
     env = dict(os.environ, NPGA_TAICHI_CACHE=str(cache))
+    width, height = image_size(CaptureConfig.preset("tiny").downscale)
+    sh_degree = AvatarConfig(**preset_overrides("tiny", "avatar")).sh_degree
+    compile_only = f"from npga_taichi.render import compile_kernels; compile_kernels({width}, {height}, {sh_degree})"
+    proc = subprocess.run([sys.executable, "-c", compile_only], env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    compiled = sorted(p.name for p in cache.glob("*.tic"))
+    assert len(compiled) >= 5, compiled
     args = [demo_out / "capture", "--out", tmp_path / "run", "--prior", demo_out / "prior", "--field",
             demo_out / "distill", "--preset", "tiny", "--steps", "1", "--no-progress"]
     proc = subprocess.run([sys.executable, "-m", "npga_taichi.cli.main", "fit", *map(str, args)], env=env,
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert len(list(cache.glob("*.tic"))) >= 5, sorted(p.name for p in cache.iterdir())
+    assert sorted(p.name for p in cache.glob("*.tic")) == compiled
 
 
 # ------------------------------------------------------------------ npga fit --processes (local ranks)

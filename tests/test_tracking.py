@@ -12,7 +12,7 @@ from scipy.spatial.transform import Rotation
 
 from npga_taichi.prior.config import preset
 from npga_taichi.prior.model import MonoNPHM
-from npga_taichi.prior.tracking import (Tracking, TrackingConfig, axis_angle_to_matrix,
+from npga_taichi.prior.tracking import (KnownIdentity, Tracking, TrackingConfig, axis_angle_to_matrix,
                                         import_mononphm_tracking, load_tracking, posed_to_world,
                                         save_tracking, track_sequence, world_to_posed)
 
@@ -151,12 +151,14 @@ def test_tracking_recovers_surface_and_pose():
     cfg = TrackingConfig(points_per_frame=300, first_frame_steps=200, steps_per_frame=30,
                          w_reg_geo=1e-6, w_reg_exp=1e-6)
 
-    def chamfer_mm(tracking, i):
-        """Symmetric mean point-to-surface distance (mm, world) between tracked and true
-        surfaces, each side measured with the other surface's closed-form SDF."""
-        z = torch.as_tensor(tracking.z_exp[i])
+    def chamfer_mm(tracking, i, row=None):
+        """Symmetric mean point-to-surface distance (mm, world) between the tracked surface (the
+        track's ``row``, default ``i``) and frame ``i``'s true one, each side measured with the
+        other surface's closed-form SDF."""
+        row = i if row is None else row
+        z = torch.as_tensor(tracking.z_exp[row])
         zg = torch.as_tensor(tracking.z_geo)
-        rot, tr = torch.as_tensor(tracking.rot[i]), torch.as_tensor(tracking.trans[i])
+        rot, tr = torch.as_tensor(tracking.rot[row]), torch.as_tensor(tracking.trans[row])
         r_gt, t_gt = torch.tensor(rots[i], dtype=torch.float32), torch.tensor(trans[i], dtype=torch.float32)
         z_true = torch.zeros(model.config.lat_dim_exp)
         z_true[0] = exps[i]
@@ -186,6 +188,16 @@ def test_tracking_recovers_surface_and_pose():
         assert tracking.residual[i] < 1.0
     # The expression code follows the true stretch (monotone over the frames).
     assert tracking.z_exp[2, 0] > tracking.z_exp[1, 0] > tracking.z_exp[0, 0] - 0.02
+    # 3) Another sequence starting at frame 2 (5.4 deg, 5 mm from frame 0's pose), started from the
+    # identity frame's offset between head origin and cloud centroid: its few steps suffice.
+    offset = torch.tensor(trans[0], dtype=torch.float32) - clouds[0].mean(0)
+    short = TrackingConfig(**{**cfg.to_dict(), "first_frame_steps_known_identity": 60})
+    other = track_sequence(model, "EXP-2", [2], lambda t: clouds[t], short, progress=False,
+                           identity=KnownIdentity(z_geo_true, z_app, 0.25, offset))
+    assert other.meta["steps"] == 60
+    assert np.degrees(Rotation.from_matrix(other.rot[0].T @ rots[2]).magnitude()) < 1.0
+    assert 1000 * np.linalg.norm(other.trans[0] - trans[2]) < 2.0
+    assert chamfer_mm(other, 2, row=0) < 0.5
 
 
 # ---------------------------------------------------------------------- region weighting, early stop
@@ -259,8 +271,7 @@ def test_a_converged_frame_stops_early():
     z_geo = torch.zeros(model.config.lat_dim_geo)
     cloud = posed_to_world(_surface(model, torch.zeros(model.config.lat_dim_exp), z_geo, 2000, gen),
                            torch.eye(3), torch.zeros(3), 0.25)
-    cfg = TrackingConfig(points_per_frame=300, steps_per_frame=60, first_frame_steps_known_identity=100,
-                         converge_tol=0.01)
+    cfg = TrackingConfig(points_per_frame=300, steps_per_frame=60, first_frame_steps=100, converge_tol=0.01)
     fitter = FrameFitter(model, cfg, z_geo, torch.zeros(model.config.lat_dim_app), 0.25)
     fitter.fit_frame(cloud, first=True)
     assert fitter.last_steps == 100

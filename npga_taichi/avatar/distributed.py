@@ -4,10 +4,11 @@ or on one CPU machine by ``npga fit`` itself: ``--processes``, see
 
 One process per device (rank). Every rank holds the same avatar, optimiser and RNG states; a
 step's views are drawn identically on every rank and split into contiguous equal shares, each
-rank renders its share, and one ``all_reduce`` (SUM) per step combines the parameter gradients,
-the screen-space gradient statistics of adaptive density control, the loss terms and a
-finiteness flag. Losses are divided by the step's *total* view count, so the summed gradient is
-exactly the single-process gradient of the same views: learning rates and loss scale do not
+rank renders its share, and two ``all_reduce`` (SUM) per step combine the parameter gradients
+(float32) and the screen-space gradient statistics of adaptive density control, the loss terms
+and a finiteness flag (float64). Losses are divided by the step's *total* view count, so the
+summed gradient is the single-process gradient of the same views (for two ranks bit for bit: one
+correctly rounded float32 addition either way): learning rates and loss scale do not
 change with the number of ranks, and every rank applies the same Adam update. After each
 densification a checksum of the Gaussians is compared across ranks (:func:`check_replicas`).
 

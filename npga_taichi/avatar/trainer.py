@@ -532,23 +532,21 @@ class Trainer:
         scalars = torch.cat([torch.stack(values_local), present])
         names = STEP_TERMS
         if dist_ctx.active:
-            # One collective per step: gradients, which parameters have one (Adam skips a
-            # parameter without a gradient, but would step a zero one with its momentum), the
-            # ADC statistics and the loss terms (a NaN on any rank stays NaN in the sum).
+            # Two collectives per step. The gradients and which parameters have one (Adam skips a
+            # parameter without a gradient, but would step a zero one with its momentum) in their
+            # own float32: two ranks' sum is the correctly rounded one a single process adds up,
+            # in half the bytes of float64 (6 vs 10 ms for 850k values, gloo). The ADC statistics
+            # and loss terms in float64, as one process accumulates them (a NaN on any rank stays
+            # NaN in the sum).
             grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
-            has_grad = torch.tensor([p.grad is not None for p in params], dtype=torch.float64, device=self.device)
-            flat = torch.cat([g.reshape(-1).to(torch.float64) for g in grads]
-                             + [has_grad, grad_sum, grad_count, scalars])
-            all_reduce_sum(dist_ctx, flat)
-            offset = sum(g.numel() for g in grads)
-            has_grad = flat[offset:offset + len(params)] > 0
+            has_grad = torch.tensor([p.grad is not None for p in params], dtype=torch.float32, device=self.device)
+            flat = all_reduce_sum(dist_ctx, torch.cat([g.reshape(-1).float() for g in grads] + [has_grad]))
             offset = 0
-            for p, g, used in zip(params, grads, has_grad.tolist()):
+            for p, g, used in zip(params, grads, (flat[-len(params):] > 0).tolist()):
                 p.grad = flat[offset:offset + g.numel()].view_as(g).to(g.dtype) if used else None
                 offset += g.numel()
-            offset += len(params)
-            grad_sum, grad_count = flat[offset:offset + n], flat[offset + n:offset + 2 * n]
-            scalars = flat[offset + 2 * n:offset + 2 * n + 2 * len(names)]
+            rest = all_reduce_sum(dist_ctx, torch.cat([grad_sum, grad_count, scalars]))
+            grad_sum, grad_count, scalars = rest[:n], rest[n:2 * n], rest[2 * n:]
         # The step's one host synchronisation (besides the per-frame check of the deformation).
         reduced = torch.cat([scalars, _nonfinite_grads(params, self.device).reshape(1)]).tolist()
         values = {k: v for k, v, here in zip(names, reduced, reduced[len(names):2 * len(names)]) if here > 0}

@@ -8,8 +8,11 @@ frame).
    ``first_frame_steps``), then identity (z_geo), pose and expression jointly; identity and scale
    are then frozen and shared by every sequence (``per_sequence_identity``: each fits its own).
    The scale stays at ``init_scale`` unless ``fit_scale`` (it is degenerate with head size).
-1. Each sequence's first frame, with the identity known, fits pose and expression from the
-   centroid alignment (``first_frame_steps_known_identity``).
+1. Each sequence's first frame, with the identity known, fits pose and expression
+   (``first_frame_steps_known_identity``) from the identity frame's translation moved by the shift
+   of the point cloud's centroid (:class:`KnownIdentity`: the same person in the same rig, so the
+   offset between head origin and cloud centroid carries over; the centroid alignment alone
+   needed several times the steps).
 2. Every following frame warm-starts expression and pose from the previous frame and runs a few
    Adam steps on: robust mean |SDF| over a subsample of the frame's points (pseudo-Huber),
    code L2 regularisers and temporal smoothness to the previous frame's code and pose; it stops
@@ -44,7 +47,7 @@ import warnings
 import zipfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable, Iterable, NamedTuple
 
 import numpy as np
 import torch
@@ -64,8 +67,11 @@ class TrackingConfig:
     points_per_frame: int = 1500   # observed points subsampled per frame and step
     first_frame_steps: int = 400   # joint identity + scale + pose + expression steps, frame 0
     # frame 0 of a sequence whose identity is already known (shared from an earlier sequence):
-    # pose + expression only, from the centroid alignment (at most first_frame_steps)
-    first_frame_steps_known_identity: int = 400
+    # pose + expression only, from the identity frame's pose (at most first_frame_steps; without
+    # that pose, KnownIdentity.centroid_offset = None, first_frame_steps). 100
+    # tracked 4242's EXP-2 / FREE as well as 400 did (Chamfer 0.79 / 0.80 mm either way, rotation
+    # 0.18 / 0.16 vs 0.16 / 0.17 deg); from the centroid alignment alone, 60 left 4-10 mm.
+    first_frame_steps_known_identity: int = 100
     steps_per_frame: int = 25      # most expression + pose steps for each later frame
     # Stop a later frame early once its loss stops falling: after at least min_steps_per_frame,
     # every converge_window steps compare the mean loss of the last window with the window before;
@@ -309,11 +315,23 @@ def pseudo_huber(r: torch.Tensor, delta: float) -> torch.Tensor:
 
 
 # ------------------------------------------------------------------------------------ fitting
+class KnownIdentity(NamedTuple):
+    """An identity fitted once and shared by a capture's sequences (frozen while tracking them)."""
+
+    z_geo: torch.Tensor                  # (G,) identity geometry code
+    z_app: torch.Tensor                  # (G,) identity appearance code
+    scale: float                         # metres per canonical unit
+    # (3,) world metres: the identity frame's fitted translation minus its point cloud's centroid;
+    # a sequence's first frame starts at its own centroid + this (None: the centroid alignment)
+    centroid_offset: torch.Tensor | None = None
+
+
 class FrameFitter:
     """Fits codes and pose of consecutive frames of one sequence (see module docstring)."""
 
     def __init__(self, prior: MonoNPHM, cfg: TrackingConfig, z_geo: torch.Tensor | None = None,
-                 z_app: torch.Tensor | None = None, scale: float | None = None):
+                 z_app: torch.Tensor | None = None, scale: float | None = None,
+                 centroid_offset: torch.Tensor | None = None):
         self.prior = prior
         self.cfg = cfg
         for p in prior.parameters():
@@ -326,6 +344,7 @@ class FrameFitter:
         self.z_exp = prior.codes_exp.weight.mean(0).detach().clone()
         self.rot = torch.eye(3)
         self.trans: torch.Tensor | None = None
+        self.centroid_offset = None if centroid_offset is None else torch.as_tensor(centroid_offset).float()
         self.gen = torch.Generator().manual_seed(cfg.seed)
         self.last_steps = 0  # optimisation steps the last fit_frame took (early stopping)
 
@@ -373,7 +392,10 @@ class FrameFitter:
         return pool, weights
 
     def _initial_translation(self, cloud: torch.Tensor) -> torch.Tensor:
-        """Align the cloud's centroid with the prior's visible-surface centroid."""
+        """The cloud's centroid + the known identity frame's offset, or else the cloud's centroid
+        aligned with the prior's visible-surface centroid."""
+        if self.centroid_offset is not None:
+            return cloud.mean(0) + self.centroid_offset
         with torch.no_grad():
             anchors = self.prior.anchors(self.z_geo)
         # Observed points come mostly from the face side: use the frontal anchors' centroid.
@@ -401,9 +423,9 @@ class FrameFitter:
             if cfg.fit_scale:
                 groups.append({"params": [log_scale], "lr": cfg.lr_scale})
         opt = torch.optim.Adam(groups)
-        if first:
-            steps = (cfg.first_frame_steps if fit_identity
-                     else min(cfg.first_frame_steps, cfg.first_frame_steps_known_identity))
+        if first:  # a known identity's frame starts near its pose from the identity frame's
+            steps = (min(cfg.first_frame_steps, cfg.first_frame_steps_known_identity)
+                     if self.identity_fixed and self.centroid_offset is not None else cfg.first_frame_steps)
         else:
             steps = cfg.steps_per_frame
         base_lrs = [g["lr"] for g in opt.param_groups]
@@ -483,11 +505,12 @@ MIN_POINTS = 10  # fewest finite points a frame may have
 
 def track_sequence(prior: MonoNPHM, sequence: str, timesteps: Iterable[int],
                    load_cloud: Callable[[int], torch.Tensor], cfg: TrackingConfig,
-                   identity: tuple[torch.Tensor, torch.Tensor, float] | None = None,
+                   identity: KnownIdentity | tuple | None = None,
                    progress: bool = True, cloud_source: Callable[[int], str] | None = None) -> Tracking:
     """Track one sequence. ``load_cloud(t)`` -> (M, 3) world points of frame t.
 
-    ``identity``: (z_geo, z_app, scale) to reuse (frozen) — otherwise fitted on the first frame.
+    ``identity``: a :class:`KnownIdentity` (or its first three fields) to reuse frozen —
+    otherwise fitted on the first frame.
     ``cloud_source(t)`` names frame t's data in messages (the file), default "<sequence> frame t".
     Rows with NaN/Inf are dropped (a warning and ``meta["nonfinite_points_dropped"]`` count them);
     a frame with fewer than ``MIN_POINTS`` finite points, or a fit that turns non-finite, raises
@@ -496,10 +519,7 @@ def track_sequence(prior: MonoNPHM, sequence: str, timesteps: Iterable[int],
     timesteps = list(timesteps)
     if not timesteps:
         raise ValueError(f"sequence {sequence} has no frames")
-    if identity is not None:
-        fitter = FrameFitter(prior, cfg, identity[0], identity[1], identity[2])
-    else:
-        fitter = FrameFitter(prior, cfg)
+    fitter = FrameFitter(prior, cfg, *identity) if identity is not None else FrameFitter(prior, cfg)
     z_exp, rots, transs, residuals = [], [], [], []
     dropped_total = 0
     steps_total = 0
@@ -674,22 +694,33 @@ def tracking_dir(capture_pdir: str | os.PathLike) -> Path:
     return Path(capture_pdir) / "annotations" / "tracking"
 
 
-def _fit_identity(capture, prior: MonoNPHM, seq: str, cfg: TrackingConfig) -> tuple[np.ndarray, np.ndarray, float]:
-    """(z_geo, z_app, scale) fitted on the first frame of sequence ``seq`` of ``capture``."""
-    with one_torch_thread(), warnings.catch_warnings():
+def _identity_of(capture, tracking: Tracking) -> KnownIdentity:
+    """The identity of ``tracking`` (numpy codes) with the centroid offset of its first frame
+    (whose point cloud is read again from ``capture``)."""
+    seq, t = tracking.sequence, int(tracking.timesteps[0])
+    points, _ = finite_points(capture.load_pointcloud(seq, t), str(capture.pointcloud_path(seq, t)), MIN_POINTS)
+    offset = np.asarray(tracking.trans[0], np.float64) - points.astype(np.float64).mean(0)
+    return KnownIdentity(tracking.z_geo, tracking.z_app, float(tracking.scale), offset.astype(np.float32))
+
+
+def _fit_identity(capture, prior: MonoNPHM, seq: str, cfg: TrackingConfig) -> KnownIdentity:
+    """The identity fitted on the first frame of sequence ``seq`` of ``capture`` (alone, so on
+    every thread: 6.4 s for 200 steps on 2 cores, 9 s on one)."""
+    with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # dropped points are reported when the sequence is tracked
         first = track_sequence(prior, seq, capture.timesteps(seq)[:1], lambda t: capture.load_pointcloud(seq, t),
                                cfg, progress=False, cloud_source=lambda t: str(capture.pointcloud_path(seq, t)))
-    return first.z_geo, first.z_app, first.scale
+        return _identity_of(capture, first)
 
 
 def _track_and_save(capture, prior: MonoNPHM, prior_dir, seq: str, cfg: TrackingConfig,
-                    identity: tuple | None, path: Path, progress: bool) -> tuple[Tracking, list[str]]:
+                    identity: KnownIdentity | None, path: Path, progress: bool) -> tuple[Tracking, list[str]]:
     """Track sequence ``seq`` of ``capture`` (a NersembleCapture) and write it to ``path``.
     Returns the track and the warnings raised while tracking (as text)."""
     t_seq = time.time()
     if identity is not None:
-        identity = tuple(torch.as_tensor(a) for a in identity[:2]) + (float(identity[2]),)
+        identity = KnownIdentity(torch.as_tensor(identity.z_geo), torch.as_tensor(identity.z_app), float(identity.scale),
+                                 None if identity.centroid_offset is None else torch.as_tensor(identity.centroid_offset))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         tracking = track_sequence(prior, seq, capture.timesteps(seq), lambda t: capture.load_pointcloud(seq, t), cfg,
@@ -702,7 +733,7 @@ def _track_and_save(capture, prior: MonoNPHM, prior_dir, seq: str, cfg: Tracking
 
 
 def _track_sequence_in_worker(root: str, pid: str, prior_dir: str, seq: str, cfg: TrackingConfig,
-                              identity: tuple, path: str) -> tuple[Tracking, list[str]]:
+                              identity: KnownIdentity, path: str) -> tuple[Tracking, list[str]]:
     """:func:`_track_and_save` in a worker process (which opens the capture and prior itself)."""
     from npga_taichi.data.nersemble import NersembleCapture
     from npga_taichi.prior.model import load_prior
@@ -802,7 +833,7 @@ def track_capture(data: str | os.PathLike, prior_dir: str | os.PathLike | None =
             tracking = load_track_of_prior(path, prior)
             finish(seq, tracking, skipped=True)
             if identity is None and not per_sequence_identity:
-                identity = (tracking.z_geo, tracking.z_app, tracking.scale)
+                identity = _identity_of(capture, tracking)
         else:
             todo.append(seq)
     if todo and identity is None and not per_sequence_identity:
