@@ -212,15 +212,15 @@ def stages(cfg: DemoConfig, paths: DemoPaths, log: Callable[[str], None] = print
     # `npga fit` applies the preset itself; the demo's own changes (e.g. fewer steps) go on top.
     demo = preset_overrides(cfg.preset, "demo")
     fit_overrides = {part: demo.get(part, {}) for part in ("avatar", "train")}
+    fit_flags = _as_flags({**fit_overrides["avatar"], **fit_overrides["train"]}, None)[0]
+    # An interrupted fit continues from its last checkpoint instead of refusing to start.
+    resume = not force and (p.run / "checkpoints" / "latest.pt").is_file()
+    render_limit = ["--max-frames", str(cfg.render_frames)] if cfg.render_frames else []
 
     def fit_avatar_config():
         from npga_taichi.avatar.config import AvatarConfig
 
         return AvatarConfig(**{**preset_overrides(cfg.preset, "avatar"), **fit_overrides["avatar"]})
-    fit_flags = _as_flags({**fit_overrides["avatar"], **fit_overrides["train"]}, None)[0]
-    # An interrupted fit continues from its last checkpoint instead of refusing to start.
-    resume = not force and (p.run / "checkpoints" / "latest.pt").is_file()
-    render_limit = ["--max-frames", str(cfg.render_frames)] if cfg.render_frames else []
 
     def capture(p: DemoPaths):
         from npga_taichi.data.capture import CaptureConfig, image_size, write_capture

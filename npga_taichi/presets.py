@@ -41,15 +41,17 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         # What `npga demo --preset tiny` shrinks further: 1 sample per pixel, 3 frames, 100 steps.
         "demo": dict(capture=dict(samples_per_side=1, frames_per_sequence=3), train=dict(steps=100)),
     },
-    # A recognisable avatar in minutes (goal: <= 5 min from a fresh clone at >= 28 dB; the time
-    # is not met): 4 training sequences + FREE x 8 frames at the default image size and 4 samples
-    # per pixel, the shipped prior, a short distillation, tracking with enough steps per frame,
-    # 800 fit steps at twice the default learning rates. Measured 11-30 (1 thread, loaded 2-core
-    # machine, warm kernel cache, capture reused): held out 32.57 dB for identity 4242 (masked
-    # 26.88, eyes 22.32, mouth 23.59, blink 0.72) and 28.66 dB for 31337 (masked 23.50, eyes
-    # 19.16, mouth 19.51, blink 0.82, jaw 0.47) in 441 / 425 CPU s after the capture (~190 CPU s).
-    # Cuts measured on 31337 with 15 tracking steps, all lower: 1 sample per pixel 25.6 dB; 6
-    # frames per sequence 25.1-27.1 dB; 2 cameras per frame + 600 steps + G 64 x 2 26.0 dB.
+    # A recognisable avatar in under 5 minutes on 2 cores from a fresh clone (the README's main
+    # job): 3 training sequences + FREE x 8 frames at 220 x 320 (downscale 10) and 4 samples per
+    # pixel, the shipped prior, tracking with 50 steps per later frame, a 400-step distillation
+    # and 250 fit steps of 2 views (one process per core) at twice the default learning rates.
+    # Measured 11-30 (idle 2-core machine): from a fresh clone with an empty kernel cache, 4 min
+    # 39 s for identity 0 (31.16 dB held out, masked 25.86, eyes 19.74, mouth 21.49, blink 0.79);
+    # 31337 30.45 dB (masked 25.26, jaw 0.56) in 3 min 56 s with a warm cache. The 800-step
+    # one-view fit of 4 sequences at 275 x 401 it replaces: 31.56 dB for identity 0 in 7 min 36 s.
+    # On a 10-frame version of this capture: 300 fit steps 31.59 dB, 250 steps 31.33, G 64 x 2
+    # (300 steps) 31.29; at 275 x 401, 400 steps of 2 views matched 800 of one (31.52 vs 31.56 dB);
+    # a 300-step distillation cost the mouth 1.2 dB (README, *Time to an avatar*).
     "quick": {
         "capture": dict(preset="default", sequences=("EXP-2", "EXP-4", "EMO-2", "FREE"),
                         frames_per_sequence=8, downscale=10),

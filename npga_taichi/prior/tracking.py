@@ -68,9 +68,9 @@ class TrackingConfig:
     first_frame_steps: int = 400   # joint identity + scale + pose + expression steps, frame 0
     # frame 0 of a sequence whose identity is already known (shared from an earlier sequence):
     # pose + expression only, from the identity frame's pose (at most first_frame_steps; without
-    # that pose, KnownIdentity.centroid_offset = None, first_frame_steps). 100
-    # tracked 4242's EXP-2 / FREE as well as 400 did (Chamfer 0.79 / 0.80 mm either way, rotation
-    # 0.18 / 0.16 vs 0.16 / 0.17 deg); from the centroid alignment alone, 60 left 4-10 mm.
+    # that pose, KnownIdentity.centroid_offset = None: first_frame_steps). 100 tracked 4242's
+    # EXP-2 / FREE as well as 400 from the centroid alignment did (Chamfer 0.79 / 0.80 mm either
+    # way, rotation 0.18 / 0.16 vs 0.16 / 0.17 deg); from the centroid alignment, 60 left 4-10 mm.
     first_frame_steps_known_identity: int = 100
     steps_per_frame: int = 25      # most expression + pose steps for each later frame
     # Stop a later frame early once its loss stops falling: after at least min_steps_per_frame,
