@@ -19,9 +19,9 @@ from npga_taichi.presets import PRESETS
 @click.command(name="demo", context_settings={"show_default": True})
 @click.argument("out", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--preset", type=click.Choice(list(PRESETS)), default="default",
-              help="On 2 CPU cores: tiny ~2 min, a blurry avatar, for CI; quick ~10 min, a recognisable "
-                   "avatar; fast ~25 min (its fit in one process per core); default ~45 min, the schedule "
-                   "of the README's ablations.")
+              help="On 2 CPU cores: tiny ~2 min, a blurry avatar, for CI; quick < 5 min, a recognisable "
+                   "avatar at 220x320; fast ~25 min (its fit in one process per core); default ~45 min, the "
+                   "schedule of the README's ablations.")
 @click.option("--identity", type=click.IntRange(min=0), default=0, metavar="SEED",
               help="Seed of the synthetic person to capture.")
 @click.option("--render-frames", type=click.IntRange(min=1), default=None,
@@ -42,7 +42,7 @@ def command(out, preset, identity, render_frames, device, force, train_prior, as
     with the preset's settings; --train-prior trains it.
     \b
     Examples:
-      npga demo demo/ --preset quick     # the README's main job (~10 min)
+      npga demo demo/ --preset quick     # the README's main job (< 5 min)
       npga demo demo/                    # the default schedule (~45 min)
       npga demo demo_tiny/ --preset tiny # a few minutes
     """
