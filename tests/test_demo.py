@@ -46,6 +46,24 @@ def test_demo_rejects_bad_arguments(tmp_path):
     assert not (tmp_path / "d").exists()
 
 
+def test_render_kernels_compiling_stops_its_process_when_the_stage_fails():
+    """The process compiling render kernels beside the capture stage does not outlive a failed
+    stage (nor hide its error)."""
+    import multiprocessing
+
+    import pytest
+
+    from npga_taichi.avatar.config import AvatarConfig
+    from npga_taichi.pipeline import render_kernels_compiling
+
+    before = set(multiprocessing.active_children())
+    with pytest.raises(RuntimeError, match="capture failed"):
+        with render_kernels_compiling(64, 48, AvatarConfig(), "cpu"):
+            assert len(set(multiprocessing.active_children()) - before) == 1
+            raise RuntimeError("capture failed")
+    assert set(multiprocessing.active_children()) == before
+
+
 def test_metrics_json_is_standard_json(tiny_demo):
     text = (tiny_demo["out"] / "eval" / "summary.json").read_text()
     data = json.loads(text)  # parses with the standard library: no bare Infinity/NaN
