@@ -27,8 +27,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import multiprocessing
-import signal
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -38,6 +36,7 @@ from npga_taichi.checkpoint import write_text_atomic
 from npga_taichi.presets import PRESETS as PRESET_REGISTRY, preset_overrides
 from npga_taichi.prior.config import PriorTrainConfig
 from npga_taichi.prior.pretrained import obtain_prior, shipped_prior_for
+from npga_taichi.processes import worker_pool
 
 PRESETS = tuple(PRESET_REGISTRY)  # "tiny", "default"
 
@@ -169,32 +168,22 @@ class Stage:
 
 
 def _compile_render_kernels(width: int, height: int, sh_degree: int | None, channels: int, device: str) -> None:
-    """Body of the process :func:`render_kernels_compiling` starts (Ctrl-C is the parent's)."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    """The job :func:`render_kernels_compiling` runs in its worker process."""
     from npga_taichi.render import compile_kernels
 
-    # Only the kernel cache profits from this process: whatever stops it, the fit compiles what
-    # is missing itself and reports its own errors.
-    with contextlib.suppress(Exception):
-        compile_kernels(width, height, sh_degree, channels, device=device)
+    compile_kernels(width, height, sh_degree, channels, device=device)
 
 
 @contextlib.contextmanager
 def render_kernels_compiling(width: int, height: int, avatar_cfg, device: str) -> Iterator[None]:
     """Compile the rasterizer kernels an avatar of ``avatar_cfg`` renders (width x height) images
-    with in a second process while the block runs (only the kernel cache profits, so an error
-    there is not the block's); waits for it at the end, or stops it when the block raises."""
+    with in a worker process while the block runs; waits for it at the end, or stops it when the
+    block raises. Only the kernel cache profits from it, so its result (an error included) is
+    never collected: the fit compiles whatever is missing itself and reports its own errors."""
     sh_degree, channels = (None, avatar_cfg.cnn_feature_dim) if avatar_cfg.use_cnn else (avatar_cfg.sh_degree, 3)
-    proc = multiprocessing.get_context("spawn").Process(
-        target=_compile_render_kernels, args=(width, height, sh_degree, channels, device), daemon=True)
-    proc.start()
-    try:
+    with worker_pool(1) as pool:
+        pool.apply_async(_compile_render_kernels, (width, height, sh_degree, channels, device))
         yield
-    except BaseException:
-        proc.terminate()
-        raise
-    finally:
-        proc.join()
 
 
 def stages(cfg: DemoConfig, paths: DemoPaths, log: Callable[[str], None] = print) -> list[Stage]:

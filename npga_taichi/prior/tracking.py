@@ -695,12 +695,13 @@ def tracking_dir(capture_pdir: str | os.PathLike) -> Path:
 
 
 def _identity_of(capture, tracking: Tracking) -> KnownIdentity:
-    """The identity of ``tracking`` (numpy codes) with the centroid offset of its first frame
-    (whose point cloud is read again from ``capture``)."""
+    """The identity of ``tracking`` with the centroid offset of its first frame (whose point
+    cloud is read again from ``capture``)."""
     seq, t = tracking.sequence, int(tracking.timesteps[0])
     points, _ = finite_points(capture.load_pointcloud(seq, t), str(capture.pointcloud_path(seq, t)), MIN_POINTS)
     offset = np.asarray(tracking.trans[0], np.float64) - points.astype(np.float64).mean(0)
-    return KnownIdentity(tracking.z_geo, tracking.z_app, float(tracking.scale), offset.astype(np.float32))
+    return KnownIdentity(torch.as_tensor(tracking.z_geo), torch.as_tensor(tracking.z_app), float(tracking.scale),
+                         torch.from_numpy(offset.astype(np.float32)))
 
 
 def _fit_identity(capture, prior: MonoNPHM, seq: str, cfg: TrackingConfig) -> KnownIdentity:
@@ -718,9 +719,6 @@ def _track_and_save(capture, prior: MonoNPHM, prior_dir, seq: str, cfg: Tracking
     """Track sequence ``seq`` of ``capture`` (a NersembleCapture) and write it to ``path``.
     Returns the track and the warnings raised while tracking (as text)."""
     t_seq = time.time()
-    if identity is not None:
-        identity = KnownIdentity(torch.as_tensor(identity.z_geo), torch.as_tensor(identity.z_app), float(identity.scale),
-                                 None if identity.centroid_offset is None else torch.as_tensor(identity.centroid_offset))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         tracking = track_sequence(prior, seq, capture.timesteps(seq), lambda t: capture.load_pointcloud(seq, t), cfg,
