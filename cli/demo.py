@@ -20,7 +20,7 @@ from npga_taichi.presets import PRESETS
 @click.argument("out", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--preset", type=click.Choice(list(PRESETS)), default="default",
               help="On 2 CPU cores: tiny ~2 min, a blurry avatar, for CI; quick < 5 min, a recognisable "
-                   "avatar at 220x320; fast ~25 min (its fit in one process per core); default ~45 min, the "
+                   "avatar at 220x320; fast ~22 min (its fit in one process per core); default ~45 min, the "
                    "schedule of the README's ablations.")
 @click.option("--identity", type=click.IntRange(min=0), default=0, metavar="SEED",
               help="Seed of the synthetic person to capture.")

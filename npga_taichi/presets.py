@@ -72,17 +72,18 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     # The default pipeline with a shorter avatar fit: 1400 steps of 2 views (each from its own
     # frame; on a CPU the two run in two processes, one per core: npga_taichi.avatar.fitting.
     # local_ranks), G 64 x 2 (a quarter of its cost per Gaussian), densification from step 110
-    # every 55, one opacity reset at step 450 (off the validation steps), and 50 tracking steps per
-    # later frame (the default 25 left the held-out track 0.34 / 0.36 deg and 0.47 / 0.62 mm off
-    # for 4242 / 31337; 50: 0.17 / 0.33 deg, 0.38 / 0.45 mm). Measured 11-30 (idle 2-core machine):
-    # the whole demo for 31337 in 24 min 31 s (fit 615 s), held out 31.77 dB (masked 26.38) against
-    # the default preset's 31.70 (26.33); the earlier 2500 x 1-view schedule gave 32.12 (26.73), its
-    # fit 13 min 12 s before the sparse Laplacian (4242). README, *Time to an avatar*.
+    # every 55, one opacity reset at step 450 (off the validation steps), 35 tracking steps per
+    # later frame (with their rates cosine-decayed as accurate as 50 at a constant rate; 25 were
+    # not) and a 1500-step distillation (F's held-out cycle error 0.08 mm mean,
+    # 0.34 mm p95, against 2500 steps' 0.07 / 0.27; a pixel is ~1.2 mm). Measured 11-30 (idle 2-core
+    # machine, warm kernel cache): the whole demo in 22 min 3 s for 31337 (fit 594 s), held out
+    # 32.04 dB (masked 26.63), and in 21 min 44 s for 4242 (fit 598 s), 33.47 dB (masked 27.56),
+    # against the default preset's 31.70 (26.33) and 33.15 (27.21). README, *Time to an avatar*.
     "fast": {
         "capture": dict(preset="default"),
         "prior": dict(preset="small"),
-        "track": dict(steps=50),
-        "distill": {},
+        "track": dict(steps=35),
+        "distill": dict(steps=1500, lr_decay_every=480),
         "avatar": dict(detail_hidden=64, detail_layers=2),
         "train": dict(steps=1400, views_per_step=2, densify_from=110, densify_interval=55,
                       opacity_reset_interval=450, val_interval=250, checkpoint_interval=250),

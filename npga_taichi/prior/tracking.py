@@ -14,8 +14,8 @@ frame).
    offset between head origin and cloud centroid carries over; the centroid alignment alone
    needed several times the steps).
 2. Every following frame warm-starts expression and pose from the previous frame and runs a few
-   Adam steps on: robust mean |SDF| over a subsample of the frame's points (pseudo-Huber),
-   code L2 regularisers and temporal smoothness to the previous frame's code and pose; it stops
+   Adam steps (learning rates cosine-decayed to 10 % unless early stopping is on) on: robust mean |SDF|
+   over a subsample of the frame's points (pseudo-Huber), code L2 regularisers and temporal smoothness to the previous frame's code and pose; it stops
    early once the loss stops falling (``converge_tol``).
 
 Given the identity, sequences do not depend on each other: :func:`track_capture` tracks them in
@@ -75,7 +75,8 @@ class TrackingConfig:
     steps_per_frame: int = 25      # most expression + pose steps for each later frame
     # Stop a later frame early once its loss stops falling: after at least min_steps_per_frame,
     # every converge_window steps compare the mean loss of the last window with the window before;
-    # stop when it fell by less than converge_tol (relative). 0 disables.
+    # stop when it fell by less than converge_tol (relative); later frames then keep a constant
+    # learning rate (else it is cosine-decayed to 10 % over their steps). 0 disables.
     min_steps_per_frame: int = 10
     converge_window: int = 5
     converge_tol: float = 0.0      # off by default: at 0.01 a moving frame stopped too early (test: 0.88 mm Chamfer)
@@ -441,10 +442,16 @@ class FrameFitter:
                     self.trans = prev_trans + d_trans.detach()
                 region = self._region(cloud)
                 self.rot, self.trans = prev_rot, prev_trans
-            if first:  # cosine decay over the long first-frame fit
+            # Cosine decay to 10 % over the frame's steps. On later frames too, unless they may stop
+            # early (a decaying rate keeps lowering the loss, so it would not look converged):
+            # graded against the truth (4242, EXP-4 + FREE), 35 decayed steps tracked as well as
+            # 50 constant ones (rotation 0.26 vs 0.24 deg, Chamfer 0.77 vs 0.77 mm; 35 constant:
+            # 0.34 deg).
+            if first or cfg.converge_tol == 0:
                 f = 0.5 * (1 + math.cos(math.pi * step / steps))
                 for g, lr in zip(opt.param_groups, base_lrs):
                     g["lr"] = lr * (0.1 + 0.9 * f)
+            if first:
                 # Align rigidly first so the identity code does not absorb the misalignment.
                 if step < pose_only_steps:
                     opt.param_groups[0]["lr"] = 0.0
