@@ -249,9 +249,11 @@ def score_item(item: EvalItem, background: torch.Tensor, lpips_metric: LpipsMetr
                          f"differ in size ({item.sequence} t={item.timestep} cam {item.camera})")
     pred = composite(item.pred.double().clamp(0, 1), item.alpha.double(), background.double())
     gt = composite(item.gt.double(), item.alpha.double(), background.double())
+    ssim_map = metrics.ssim_map(pred, gt)  # float64 here, so the whole image's and the regions' share one
     regions = {}
     if item.labels is not None:
-        regions = fidelity.region_scores(pred, gt, fidelity.region_weights(item.labels, tuple(gt.shape[:2])))
+        regions = fidelity.region_scores(pred, gt, fidelity.region_weights(item.labels, tuple(gt.shape[:2])),
+                                         ssim_map)
     truths = {f: (on.to(pred), off.to(pred)) for f, (on, off) in (item.truths or {}).items()}
     ratios = {f: fidelity.expression_ratio(pred, on, off) for f, (on, off) in truths.items()}
     core_ratios = {f: fidelity.core_ratio(pred, on, off) for f, (on, off) in truths.items()}
@@ -259,7 +261,7 @@ def score_item(item: EvalItem, background: torch.Tensor, lpips_metric: LpipsMetr
         sequence=item.sequence, timestep=int(item.timestep), camera=str(item.camera),
         psnr=psnr_value(pred, gt),
         psnr_masked=masked_psnr_value(item.pred.double().clamp(0, 1), item.gt.double(), item.alpha.double()),
-        ssim=float(metrics.ssim(pred, gt)),
+        ssim=float(ssim_map.mean()),
         lpips=lpips_metric(pred, gt) if lpips_metric is not None else None,
         regions=regions, ratios=ratios, core_ratios=core_ratios,
     )

@@ -112,9 +112,10 @@ def region_psnr(pred: torch.Tensor, gt: torch.Tensor, weight: torch.Tensor) -> f
     return metrics.psnr_report(float(metrics.masked_mse(pred, gt, weight.to(pred.dtype))))
 
 
-def region_ssim(pred: torch.Tensor, gt: torch.Tensor, weight: torch.Tensor) -> float:
-    """Weighted mean of the SSIM map over the region (nan when it lies in the 5-pixel border)."""
-    ssim = metrics.ssim_map(pred, gt)[0].mean(0)  # (H - 10, W - 10)
+def region_ssim(ssim_map: torch.Tensor, weight: torch.Tensor) -> float:
+    """Weighted mean of an image pair's SSIM map (1, C, H - 10, W - 10), :func:`metrics.ssim_map`,
+    over the region (H, W, 1) (nan when it lies in the 5-pixel border)."""
+    ssim = ssim_map[0].mean(0)  # (H - 10, W - 10)
     r = metrics.SSIM_RADIUS
     w = weight[r:-r, r:-r, 0].to(ssim.dtype)
     if float(w.sum()) < 1.0:
@@ -122,9 +123,14 @@ def region_ssim(pred: torch.Tensor, gt: torch.Tensor, weight: torch.Tensor) -> f
     return float((ssim * w).sum() / w.sum())
 
 
-def region_scores(pred: torch.Tensor, gt: torch.Tensor, weights: dict[str, torch.Tensor]) -> dict[str, dict]:
-    """Region name -> {"psnr", "ssim", "pixels"} for composited (H, W, 3) images."""
-    return {name: {"psnr": region_psnr(pred, gt, w), "ssim": region_ssim(pred, gt, w),
+def region_scores(pred: torch.Tensor, gt: torch.Tensor, weights: dict[str, torch.Tensor],
+                  ssim_map: torch.Tensor | None = None) -> dict[str, dict]:
+    """Region name -> {"psnr", "ssim", "pixels"} for composited (H, W, 3) images; ``ssim_map``:
+    the pair's :func:`metrics.ssim_map` where the caller has it already (one map serves every
+    region and the whole image)."""
+    if ssim_map is None:
+        ssim_map = metrics.ssim_map(pred, gt)
+    return {name: {"psnr": region_psnr(pred, gt, w), "ssim": region_ssim(ssim_map, w),
                    "pixels": float(w.sum())} for name, w in weights.items()}
 
 
