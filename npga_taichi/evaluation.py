@@ -249,7 +249,7 @@ def score_item(item: EvalItem, background: torch.Tensor, lpips_metric: LpipsMetr
                          f"differ in size ({item.sequence} t={item.timestep} cam {item.camera})")
     pred = composite(item.pred.double().clamp(0, 1), item.alpha.double(), background.double())
     gt = composite(item.gt.double(), item.alpha.double(), background.double())
-    ssim_map = metrics.ssim_map(pred, gt)  # float64 here, so the whole image's and the regions' share one
+    ssim_map = metrics.ssim_map(pred, gt)  # one for the whole image and its regions (float64: slow)
     regions = {}
     if item.labels is not None:
         regions = fidelity.region_scores(pred, gt, fidelity.region_weights(item.labels, tuple(gt.shape[:2])),

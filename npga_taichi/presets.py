@@ -74,9 +74,9 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     # local_ranks), G 64 x 2 (a quarter of its cost per Gaussian), densification from step 110
     # every 55, one opacity reset at step 450 (off the validation steps), 35 tracking steps per
     # later frame (with their rates cosine-decayed as accurate as 50 at a constant rate; 25 were
-    # not) and a 1500-step distillation (F's held-out cycle error 0.08 mm mean,
-    # 0.34 mm p95, against 2500 steps' 0.07 / 0.27; a pixel is ~1.2 mm). Measured 11-30 (idle 2-core
-    # machine, warm kernel cache): the whole demo in 22 min 3 s for 31337 (fit 594 s), held out
+    # not) and a 1500-step distillation (F's held-out cycle error 0.08 mm mean, 0.34 mm p95,
+    # against 2500 steps' 0.07 / 0.27; a pixel is ~1.2 mm). Measured 11-30 (idle 2-core machine,
+    # warm kernel cache): the whole demo in 22 min 3 s for 31337 (fit 594 s), held out
     # 32.04 dB (masked 26.63), and in 21 min 44 s for 4242 (fit 598 s), 33.47 dB (masked 27.56),
     # against the default preset's 31.70 (26.33) and 33.15 (27.21). README, *Time to an avatar*.
     "fast": {

@@ -14,9 +14,10 @@ frame).
    offset between head origin and cloud centroid carries over; the centroid alignment alone
    needed several times the steps).
 2. Every following frame warm-starts expression and pose from the previous frame and runs a few
-   Adam steps (learning rates cosine-decayed to 10 % unless early stopping is on) on: robust mean |SDF|
-   over a subsample of the frame's points (pseudo-Huber), code L2 regularisers and temporal smoothness to the previous frame's code and pose; it stops
-   early once the loss stops falling (``converge_tol``).
+   Adam steps (learning rates cosine-decayed to 10 % unless early stopping is on) on: robust
+   mean |SDF| over a subsample of the frame's points (pseudo-Huber), code L2 regularisers and
+   temporal smoothness to the previous frame's code and pose; it stops early once the loss stops
+   falling (``converge_tol``).
 
 Given the identity, sequences do not depend on each other: :func:`track_capture` tracks them in
 parallel processes.
