@@ -17,7 +17,7 @@ A stage is *done* when its final output file exists (the capture's synthetic_cap
 say ``complete``, the run's summary.json ``finished``); done stages are skipped, so an
 interrupted demo resumes where it stopped (each stage resumes from its own checkpoints; the fit
 with ``resume`` when ``OUT/run/checkpoints/latest.pt`` exists). ``force`` reruns every stage.
-Wall times and command lines per stage are recorded in ``OUT/pipeline.json``.
+Wall times, CPU seconds and command lines per stage are recorded in ``OUT/pipeline.json``.
 
 Stage settings come from the one preset registry :mod:`npga_taichi.presets`: the preset's entry
 for the stage, with the preset's ``demo`` entry on top (tiny: 1 sample per pixel, 3 frames per
@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import resource
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -278,6 +279,14 @@ def stages(cfg: DemoConfig, paths: DemoPaths, log: Callable[[str], None] = print
     ]
 
 
+def _cpu_seconds() -> float:
+    """User + system CPU seconds of this process and of its finished (reaped) children: a stage's
+    difference over its wall time says how many cores it kept busy (its worker processes end
+    with it)."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
 def run_pipeline(cfg: DemoConfig, echo: Callable[[str], None] = print) -> dict:
     """Run (or skip) every stage; returns the record written to ``OUT/pipeline.json``.
 
@@ -308,17 +317,17 @@ def run_pipeline(cfg: DemoConfig, echo: Callable[[str], None] = print) -> dict:
         beyond = f" (+ {cfg.preset} settings without an option: {', '.join(stage.not_in_cli)})" \
             if stage.not_in_cli else ""
         echo(f"[{stage.name}] npga {' '.join(argv)}{beyond}")
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), _cpu_seconds()
         try:
             stage.run(paths)
         except (ValueError, FileNotFoundError, FileExistsError) as err:
             raise RuntimeError(f"stage {stage.name} (`npga {' '.join(argv)}`) failed: {err}") from err
-        seconds = time.perf_counter() - start
+        seconds, cpu = time.perf_counter() - start, _cpu_seconds() - cpu_start
         if not stage.is_done(paths):
             raise RuntimeError(f"stage {stage.name} finished but its output {output} is missing or incomplete")
-        record["stages"][stage.name] = {"seconds": round(seconds, 2), "argv": argv, "skipped": False,
-                                        "output": str(output)}
-        echo(f"[{stage.name}] finished in {seconds:.1f} s")
+        record["stages"][stage.name] = {"seconds": round(seconds, 2), "cpu_seconds": round(cpu, 2), "argv": argv,
+                                        "skipped": False, "output": str(output)}
+        echo(f"[{stage.name}] finished in {seconds:.1f} s ({cpu / max(seconds, 1e-9):.2f} cores busy)")
         write_text_atomic(json.dumps(record, indent=2) + "\n", record_path)
     record["total_seconds_this_call"] = round(time.perf_counter() - total_start, 2)
     summary_path = paths.eval / "summary.json"
