@@ -10,8 +10,9 @@ distilled field's default architecture), then times each component in isolation.
 
 ``--curve DEMO`` instead trains the avatar of a finished default demo folder (its capture, prior,
 tracking and distilled F) twice in one run, with the schedule before issue 16
-(:data:`OLD_SCHEDULE`) and with the ``fast`` preset's shorter one, and draws held-out PSNR against training
-wall time and step for both in one figure (``--curve-out``/curve.png, beside curve.json):
+(:data:`OLD_SCHEDULE`: ``long`` without image colours) and with the ``default`` preset's
+shorter one, and draws held-out PSNR against training wall time and step for both in one
+figure (``--curve-out``/curve.png, beside curve.json):
 
     python benchmarks/train.py --curve demo/ --curve-out benchmarks/results/train_curve
 """
@@ -40,10 +41,10 @@ from npga_taichi.avatar.trainer import AvatarData, Trainer, View, regularizers
 WIDTH, HEIGHT = 275, 401   # the default synthetic capture's image size
 
 # The default avatar schedule before issue 16 (29 min 41 s of fit, 31.69 dB held out on 31337): the
-# default preset without this round's image-coloured initialisation. `--curve` trains it as "old"
-# beside the `fast` preset (2500 steps, a smaller G) as "new".
+# `long` preset without issue 16's image-coloured initialisation. `--curve` trains it as "old"
+# beside the `default` preset (1400 steps of two views, a smaller G) as "new".
 OLD_SCHEDULE: dict[str, dict] = {"avatar": {"init_colors_from_images": False}, "train": {}}
-NEW_PRESET = "fast"
+OLD_PRESET, NEW_PRESET = "long", "default"
 EXP_DIM = 16               # the distilled field's default expression size
 
 
@@ -137,14 +138,14 @@ def train_curves(demo: Path, out: Path, reuse_old: Path | None = None, reuse_new
     runs = {"old schedule": reuse_old or out / "old", "new schedule": reuse_new or out / "new"}
     reused = {"old schedule": reuse_old, "new schedule": reuse_new}
     out.mkdir(parents=True, exist_ok=True)
-    for (label, run), preset, overrides in zip(runs.items(), ("default", NEW_PRESET),
+    for (label, run), preset, overrides in zip(runs.items(), (OLD_PRESET, NEW_PRESET),
                                                (OLD_SCHEDULE, {"avatar": {}, "train": {}})):
         if reused[label] is not None:
             continue
         fit_avatar(demo / "capture", run, prior=demo / "prior", field=demo / "distill", preset=preset,
                    avatar_overrides=overrides["avatar"], train_overrides=overrides["train"], force=True,
                    device=device, progress=True)
-    plot_runs(runs, out / "curve.png", title=f"held-out masked PSNR: schedule before issue 16 vs the {NEW_PRESET} preset")
+    plot_runs(runs, out / "curve.png", title="held-out masked PSNR: schedule before issue 16 vs the default preset")
     results = {"old_schedule": OLD_SCHEDULE, "runs": {}}
     for label, run in runs.items():
         c = read_curve(run)
@@ -165,7 +166,7 @@ def train_curves(demo: Path, out: Path, reuse_old: Path | None = None, reuse_new
 
 
 @click.command()
-@click.option("--preset", type=click.Choice(["tiny", "default"]), default="default", show_default=True)
+@click.option("--preset", type=click.Choice(["tiny", "default", "long"]), default="default", show_default=True)
 @click.option("--steps", type=int, default=30, show_default=True, help="Trainer steps timed.")
 @click.option("--repeats", type=int, default=5, show_default=True, help="Repeats per component timing.")
 @click.option("--views", "views_per_step", type=int, default=4, show_default=True,
@@ -184,9 +185,9 @@ def train_curves(demo: Path, out: Path, reuse_old: Path | None = None, reuse_new
 def main(preset, steps, repeats, views_per_step, out, as_json, curve_demo, curve_out, reuse_old, reuse_new):
     """Time training steps and their components at a preset's default settings.
 
-    Three step kinds are timed in the same run: the preset's (1 view per step), VIEWS views per
-    step each from its own frame (one deformation per view: the baseline), and VIEWS views of one
-    frame (one deformation rendered into VIEWS cameras).
+    Three step kinds are timed in the same run, in this one process: one view per step, VIEWS
+    views per step each from its own frame (one deformation per view: the baseline), and VIEWS
+    views of one frame (one deformation rendered into VIEWS cameras).
     """
     if curve_demo:
         results = train_curves(Path(curve_demo), Path(curve_out), Path(reuse_old) if reuse_old else None,

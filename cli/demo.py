@@ -19,9 +19,10 @@ from npga_taichi.presets import PRESETS
 @click.command(name="demo", context_settings={"show_default": True})
 @click.argument("out", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--preset", type=click.Choice(list(PRESETS)), default="default",
-              help="On 2 CPU cores: tiny ~2 min, a blurry avatar, for CI; quick < 5 min, a recognisable "
-                   "avatar at 220x320; fast ~22 min (its fit in one process per core); default ~45 min, the "
-                   "schedule of the README's ablations.")
+              help="On 2 CPU cores: tiny ~1 min, a blurry avatar, for CI; quick < 5 min, a recognisable "
+                   "avatar at 220x320; default 12-22 min (by machine), the full capture at 275x401 (its "
+                   "fit in one process per core); long ~45 min, the 6000-step schedule of the README's "
+                   "older tables.")
 @click.option("--identity", type=click.IntRange(min=0), default=0, metavar="SEED",
               help="Seed of the synthetic person to capture.")
 @click.option("--render-frames", type=click.IntRange(min=1), default=None,
@@ -30,7 +31,7 @@ from npga_taichi.presets import PRESETS
 @click.option("--force", is_flag=True, help="Rerun every stage even if its output exists.")
 @click.option("--train-prior", is_flag=True,
               help="Train the prior here even where the prior shipped with npga-taichi was trained "
-                   "with the preset's settings (quick, fast, default): ~8 min on 2 cores.")
+                   "with the preset's settings (quick, default, long): ~8 min on 2 cores.")
 @click.option("--json", "as_json", is_flag=True, help="Print the final metrics summary as JSON.")
 def command(out, preset, identity, render_frames, device, force, train_prior, as_json):
     """Build a trained avatar, its metrics and a video in OUT from nothing.
@@ -43,7 +44,7 @@ def command(out, preset, identity, render_frames, device, force, train_prior, as
     \b
     Examples:
       npga demo demo/ --preset quick     # the README's main job (< 5 min)
-      npga demo demo/                    # the default schedule (~45 min)
+      npga demo demo/                    # the default schedule (12-22 min)
       npga demo demo_tiny/ --preset tiny # a few minutes
     """
     from npga_taichi.evaluation import format_table, json_safe

@@ -17,7 +17,7 @@ from npga_taichi.cli.options import prior_option
                    "(repeatable).")
 @click.option("--out", "out", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Output directory [default: <root>/<pid>/annotations/forward_field].")
-@click.option("--steps", type=int, default=None, help="Optimisation steps [default: 2500].")
+@click.option("--steps", type=int, default=None, help="Optimisation steps [default: 1500].")
 @click.option("--hidden", type=int, default=None, help="F's MLP width [default: 128].")
 @click.option("--layers", type=int, default=None, help="F's hidden layers [default: 4].")
 @click.option("--heldout-sequence", default=None,

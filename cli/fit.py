@@ -2,8 +2,8 @@
 
 Options come from the config dataclasses (:class:`~npga_taichi.avatar.config.AvatarConfig`,
 :class:`~npga_taichi.avatar.config.TrainConfig`): every field is an option whose help is the
-field's comment and whose default is the preset's value. The work is
-:func:`npga_taichi.avatar.fitting.fit_avatar`.
+field's comment and whose default is the preset's value (the help shows the default
+preset's). The work is :func:`npga_taichi.avatar.fitting.fit_avatar`.
 """
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import click
 
 from npga_taichi.avatar.config import AvatarConfig, TrainConfig
 from npga_taichi.cli.options import collect, config_options
-from npga_taichi.presets import PRESETS
+from npga_taichi.presets import PRESETS, preset_overrides
 
 
 @click.command(name="fit")
@@ -37,8 +37,9 @@ from npga_taichi.presets import PRESETS
               show_default=True, help="Rasterizer (reference: the slow PyTorch oracle).")
 @click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
 @click.option("--json", "as_json", is_flag=True, help="Print the final summary as JSON.")
-@config_options(AvatarConfig, exclude=("exp_dim", "eye_closure_dim"), aliases={"use_prior_field": ["--no-prior"]})
-@config_options(TrainConfig, aliases={"num_threads": ["--threads"]})
+@config_options(AvatarConfig, exclude=("exp_dim", "eye_closure_dim"), aliases={"use_prior_field": ["--no-prior"]},
+                defaults=preset_overrides("default", "avatar"))
+@config_options(TrainConfig, aliases={"num_threads": ["--threads"]}, defaults=preset_overrides("default", "train"))
 def command(data, run_dir, participant, prior, tracking_dir, field_dir, preset, all_stages, resume, force,
             device, rasterizer, no_progress, as_json, **options):
     """Train an NPGA avatar on the capture DATA into RUN.

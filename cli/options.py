@@ -34,20 +34,24 @@ class CommaTuple(click.ParamType):
 
 
 def config_options(cls: type, exclude: Iterable[str] = (), aliases: dict[str, list[str]] | None = None,
-                   dest_prefix: str = "") -> Callable:
+                   dest_prefix: str = "", defaults: dict[str, Any] | None = None) -> Callable:
     """A decorator adding one click option per field of dataclass ``cls`` (see module docstring).
 
     The option's destination is ``dest_prefix + field``; read them back with :func:`collect`.
     ``aliases`` adds extra option names for a field (kept for existing command lines).
+    ``defaults``: the values the help shows where they differ from the dataclass's (the default
+    preset's overrides).
     """
     helps = field_help(cls)
     hints = typing.get_type_hints(cls)
     aliases = aliases or {}
+    defaults = defaults or {}
     decorators = []
     for f in dataclasses.fields(cls):
         if f.name in exclude:
             continue
         default = f.default if f.default is not dataclasses.MISSING else None
+        default = defaults.get(f.name, default)
         help_ = helps.get(f.name, "") + (f" [default: {default}]" if not isinstance(default, bool) else "")
         dest = dest_prefix + f.name
         hint = hints[f.name]

@@ -25,7 +25,7 @@ from npga_taichi.cli.options import prior_option
                    "(first sequence) for the whole capture.")
 @click.option("--steps-first", type=click.IntRange(min=1), default=None,
               help="Steps for the first frame [default: 400; --photometric: 150].")
-@click.option("--steps", type=click.IntRange(min=1), default=None, help="Steps for every later frame [default: 25; --photometric: 40].")
+@click.option("--steps", type=click.IntRange(min=1), default=None, help="Steps for every later frame [default: 35; --photometric: 40].")
 @click.option("--points", type=click.IntRange(min=1), default=None,
               help="Points subsampled per frame [default: 1500].")
 @click.option("--import-mononphm", "import_dir", type=click.Path(exists=True, file_okay=False, path_type=Path),

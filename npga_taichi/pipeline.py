@@ -39,7 +39,7 @@ from npga_taichi.prior.config import PriorTrainConfig
 from npga_taichi.prior.pretrained import obtain_prior, shipped_prior_for
 from npga_taichi.processes import worker_pool
 
-PRESETS = tuple(PRESET_REGISTRY)  # "tiny", "default"
+PRESETS = tuple(PRESET_REGISTRY)  # "tiny", "quick", "default", "long"
 
 
 @dataclass
@@ -47,7 +47,7 @@ class DemoConfig:
     """What the demo builds."""
 
     out: str                      # demo folder (stage folders live inside it)
-    preset: str = "default"       # "tiny": minutes, for CI and tests; "default": the README numbers
+    preset: str = "default"       # see npga_taichi.presets: "tiny" (CI, tests), "quick", "default", "long"
     identity: int = 0             # seed of the synthetic person (npga synth --identity)
     render_frames: int | None = None  # frames in the final video (None: the whole held-out sequence)
     force: bool = False           # rerun every stage even if its output exists

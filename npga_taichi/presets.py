@@ -1,7 +1,8 @@
-"""The one preset registry: what ``tiny`` and ``default`` mean for every stage of the pipeline.
+"""The one preset registry: what ``tiny``, ``quick``, ``default`` and ``long`` mean for every stage.
 
 A preset is a set of overrides of each stage's configuration dataclass (the dataclasses keep
-every field's default and meaning; ``default`` overrides nothing but the prior's size):
+every field's default and meaning; ``long`` overrides nothing of the avatar's configs, the
+``default`` pipeline shortens their schedule):
 
     capture  -> npga_taichi.data.capture.CaptureConfig.preset(name, **overrides)
     prior    -> npga_taichi.prior.config.PriorTrainConfig
@@ -11,7 +12,8 @@ every field's default and meaning; ``default`` overrides nothing but the prior's
     train    -> npga_taichi.avatar.config.TrainConfig
     demo     -> what ``npga demo`` changes on top, per stage (e.g. fewer frames and steps)
 
-``npga demo --preset``, ``npga fit --preset`` and ``npga fit --all-stages`` all read it here.
+``npga demo --preset``, ``npga fit --preset`` and ``npga fit --all-stages`` all read it here;
+``npga track`` and ``npga distill`` take the default pipeline's settings from their configs.
 """
 from __future__ import annotations
 
@@ -69,32 +71,34 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
                       lr_scales=1e-2, lr_colors=5e-3),
         "demo": {},
     },
-    # The default pipeline with a shorter avatar fit: 1400 steps of 2 views (each from its own
-    # frame; on a CPU the two run in two processes, one per core: npga_taichi.avatar.fitting.
-    # local_ranks), G 64 x 2 (a quarter of its cost per Gaussian), densification from step 110
-    # every 55, one opacity reset at step 450 (off the validation steps), 35 tracking steps per
-    # later frame (with their rates cosine-decayed as accurate as 50 at a constant rate; 25 were
-    # not) and a 1500-step distillation (F's held-out cycle error 0.08 mm mean, 0.34 mm p95,
-    # against 2500 steps' 0.07 / 0.27; a pixel is ~1.2 mm). Measured 11-30 (idle 2-core machine,
-    # warm kernel cache): the whole demo in 22 min 3 s for 31337 (fit 594 s), held out
-    # 32.04 dB (masked 26.63), and in 21 min 44 s for 4242 (fit 598 s), 33.47 dB (masked 27.56),
-    # against the default preset's 31.70 (26.33) and 33.15 (27.21). README, *Time to an avatar*.
-    "fast": {
-        "capture": dict(preset="default"),
-        "prior": dict(preset="small"),
-        "track": dict(steps=35),
-        "distill": dict(steps=1500, lr_decay_every=480),
-        "avatar": dict(detail_hidden=64, detail_layers=2),
-        "train": dict(steps=1400, views_per_step=2, densify_from=110, densify_interval=55,
-                      opacity_reset_interval=450, val_interval=250, checkpoint_interval=250),
-        "demo": {},
-    },
-    # The schedule the README's numbers come from (default synthetic capture, 2-core CPU).
+    # The default pipeline (`npga demo OUT`, `npga fit` without --preset): 1400 fit steps of 2
+    # views (each from its own frame; on a CPU the two run in two processes, one per core:
+    # npga_taichi.avatar.fitting.local_ranks), G 64 x 2 (a quarter of its cost per Gaussian),
+    # densification from step 110 every 55, one opacity reset at step 450 (off the validation
+    # steps); tracking and distillation take their configs' defaults (35 cosine-decayed steps per
+    # later frame, a 1500-step distillation). Measured 11-30 (8th session, idle 2-core machine):
+    # the whole demo in 12 min 13 s for 31337 (empty kernel cache; 31.62 dB held out, masked 26.24;
+    # three fit seeds 31.62-32.23, mean 31.97) and 11 min 29 s for 4242 (33.64 dB, masked 27.72),
+    # against the `long` pipeline's 31.70 (26.33) and 33.15 (27.21); on 31337's tracks and F of
+    # this preset the 6000-step fit gives 32.62 dB in 3x the fit's time. README, *Time to an avatar*.
     "default": {
         "capture": dict(preset="default"),
         "prior": dict(preset="small"),
         "track": {},
         "distill": {},
+        "avatar": dict(detail_hidden=64, detail_layers=2),
+        "train": dict(steps=1400, views_per_step=2, densify_from=110, densify_interval=55,
+                      opacity_reset_interval=450, val_interval=250, checkpoint_interval=250),
+        "demo": {},
+    },
+    # The schedule before issue 16, which the README's older tables and ablations come from: the
+    # avatar configs' own defaults (6000 fit steps of one view, G 128 x 3), 25 tracking steps per
+    # later frame, a 2500-step distillation. About 45 minutes for the whole demo on 2 cores.
+    "long": {
+        "capture": dict(preset="default"),
+        "prior": dict(preset="small"),
+        "track": dict(steps=25),
+        "distill": dict(steps=2500, lr_decay_every=800),
         "avatar": {},
         "train": {},
         "demo": {},

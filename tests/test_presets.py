@@ -54,3 +54,17 @@ def test_a_misspelt_field_is_caught():
         _build("track", {"steps_frist": 10})
     with pytest.raises(TypeError):
         _build("capture", {"preset": "tiny", "frames_per_sequense": 2})
+
+
+def test_fit_help_shows_the_default_presets_values():
+    """`npga fit --help` states the default preset's value of a field it overrides (G's width is
+    64 there, 128 in AvatarConfig), and the dataclass's for the others."""
+    from npga_taichi.cli.fit import command
+
+    helps = {p.name: p.help for p in command.params}
+    overrides = {**preset_overrides("default", "avatar"), **preset_overrides("default", "train")}
+    assert overrides["detail_hidden"] != AvatarConfig().detail_hidden
+    for name, value in overrides.items():
+        if not isinstance(value, bool):
+            assert helps[name].endswith(f"[default: {value}]"), (name, helps[name])
+    assert helps["latent_dim"].endswith(f"[default: {AvatarConfig().latent_dim}]")

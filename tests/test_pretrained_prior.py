@@ -65,7 +65,7 @@ def test_prior_pretrained_command_copies_refuses_and_reports(tmp_path):
     assert bad.exit_code != 0 and str(a_file) in bad.output and "Traceback" not in bad.output
 
 
-@pytest.mark.parametrize("preset", ["default", "fast", "quick"])
+@pytest.mark.parametrize("preset", ["default", "long", "quick"])
 def test_demo_prior_stage_uses_the_shipped_prior(tmp_path, preset):
     cfg = DemoConfig(out=str(tmp_path / "demo"), preset=preset)
     paths = DemoPaths(cfg)

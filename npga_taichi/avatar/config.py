@@ -145,7 +145,7 @@ class TrainConfig(DictConfig):
 
 
 def preset(name: str) -> tuple[AvatarConfig, TrainConfig]:
-    """Configs of a named preset (:mod:`npga_taichi.presets`: "tiny" or "default")."""
+    """Configs of a named preset (:mod:`npga_taichi.presets`: "tiny", "quick", "default", "long")."""
     from npga_taichi.presets import preset_overrides
 
     return (AvatarConfig(**preset_overrides(name, "avatar")).validate(),

@@ -37,10 +37,10 @@ class DistillConfig:
     hidden_dim: int = 128          # F's MLP width
     n_layers: int = 4              # F's hidden layers
     n_freqs: int = 4               # Fourier frequencies of x in F's input
-    steps: int = 2500              # optimisation steps
+    steps: int = 1500              # optimisation steps (2500: held-out cycle error p95 0.27 mm instead of 0.34)
     batch_points: int = 4096       # (point, code) samples per step
     lr: float = 1e-3               # Adam learning rate (halved every lr_decay_every)
-    lr_decay_every: int = 800      # steps between learning-rate halvings
+    lr_decay_every: int = 480      # steps between learning-rate halvings
     surface_points: int = 20000    # canonical points on the zero level set (pool)
     near_fraction: float = 0.3     # share of each batch perturbed off the surface
     near_sigma: float = 0.01       # std of that perturbation (canonical units)
