@@ -93,7 +93,8 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     },
     # The schedule before issue 16, which the README's older tables and ablations come from: the
     # avatar configs' own defaults (6000 fit steps of one view, G 128 x 3), 25 tracking steps per
-    # later frame, a 2500-step distillation. About 45 minutes for the whole demo on 2 cores.
+    # later frame, a 2500-step distillation. About 45 minutes for the whole demo on the slower
+    # 2-core machine of the sessions before 11-30's 8th (which ran the default demo in 22).
     "long": {
         "capture": dict(preset="default"),
         "prior": dict(preset="small"),
