@@ -39,6 +39,7 @@ class AvatarConfig(DictConfig):
     init_scale_mult: float = 1.0        # initial scale = mult * mean distance to the 3 nearest neighbours
     init_latent_std: float = 0.05       # std of the random initial latents (zero would be a saddle)
     init_surface_band: float = 0.002    # |SDF| tolerance (canonical units, 0.5 mm) for accepted surface samples
+    init_neck_extension: float = 0.25   # how far (canonical units; 0.25 = 6 cm) the initial Gaussians reach down the neck below F's distillation box
     init_colors_from_images: bool = True  # initial colours read from the first training frame's images (off: prior albedo)
     exp_dim: int = 0                    # expression code size (filled from the tracking at init)
     use_eye_closure: bool = True        # the blink input: each frame's eye closure (label maps, npga track) into G and per-Gaussian closure blend shapes, when every track has it
@@ -57,6 +58,8 @@ class AvatarConfig(DictConfig):
             raise ValueError(f"latent_dim must be >= 1, got {self.latent_dim}")
         if self.knn_k < 1:
             raise ValueError(f"knn_k must be >= 1, got {self.knn_k}")
+        if self.init_neck_extension < 0:
+            raise ValueError(f"init_neck_extension must be >= 0, got {self.init_neck_extension}")
         if not 0 < self.init_opacity < 1:
             raise ValueError(f"init_opacity must be in (0, 1), got {self.init_opacity}")
         return self
