@@ -20,7 +20,7 @@ from npga_taichi.presets import PRESETS
 @click.argument("out", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--preset", type=click.Choice(list(PRESETS)), default="default",
               help="On 2 CPU cores: tiny ~1 min, a blurry avatar, for CI; quick < 5 min, a recognisable "
-                   "avatar at 220x320; default 12-22 min (by machine), the full capture at 275x401 (its "
+                   "avatar at 220x320; default 11-22 min (by machine), the full capture at 275x401 (its "
                    "fit in one process per core); long ~45 min, the 6000-step schedule of the README's "
                    "older tables.")
 @click.option("--identity", type=click.IntRange(min=0), default=0, metavar="SEED",
@@ -44,7 +44,7 @@ def command(out, preset, identity, render_frames, device, force, train_prior, as
     \b
     Examples:
       npga demo demo/ --preset quick     # the README's main job (< 5 min)
-      npga demo demo/                    # the default schedule (12-22 min)
+      npga demo demo/                    # the default schedule (11-22 min)
       npga demo demo_tiny/ --preset tiny # a few minutes
     """
     from npga_taichi.evaluation import format_table, json_safe

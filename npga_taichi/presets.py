@@ -76,11 +76,12 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     # npga_taichi.avatar.fitting.local_ranks), G 64 x 2 (a quarter of its cost per Gaussian),
     # densification from step 110 every 55, one opacity reset at step 450 (off the validation
     # steps); tracking and distillation take their configs' defaults (35 cosine-decayed steps per
-    # later frame, a 1500-step distillation). Measured 11-30 (8th session, idle 2-core machine):
-    # the whole demo in 12 min 13 s for 31337 (empty kernel cache; 31.62 dB held out, masked 26.24;
-    # three fit seeds 31.62-32.23, mean 31.97) and 11 min 29 s for 4242 (33.64 dB, masked 27.72),
-    # against the `long` pipeline's 31.70 (26.33) and 33.15 (27.21); on 31337's tracks and F of
-    # this preset the 6000-step fit gives 32.62 dB in 3x the fit's time. README, *Time to an avatar*.
+    # later frame, a 1500-step distillation). Measured 11-30 (9th session, idle 2-core machine,
+    # with the Gaussians started down the neck: AvatarConfig.init_neck_extension): the whole demo
+    # in 11 min 1 s for 31337 (32.04 dB held out, masked 26.63; three fit seeds 31.92-32.43, mean
+    # 32.25) and 10 min 56 s for 4242 (33.60 dB, masked 27.67), against the `long` pipeline's
+    # 31.70 (26.33) and 33.15 (27.21); on 31337's tracks and F of this preset the 6000-step fit
+    # (before the neck) gave 32.62 dB in 3x the fit's time. README, *Time to an avatar*.
     "default": {
         "capture": dict(preset="default"),
         "prior": dict(preset="small"),

@@ -298,6 +298,30 @@ def test_initialize_sets_colours_scales_and_opacity():
     assert torch.allclose(cloud.scales()[0], torch.full((3,), 0.2), atol=1e-6)
 
 
+def test_initial_gaussians_reach_down_the_neck_only_as_far_as_asked():
+    """The capture's cameras see the neck below F's distillation box (the back of the neck in a
+    profile camera went missing without Gaussians started there): init_neck_extension lowers
+    the sampled box's floor, on the shipped prior's surface."""
+    from npga_taichi.avatar.model import create_avatar
+    from npga_taichi.prior.distill import canonical_box
+    from npga_taichi.prior.model import load_prior
+    from npga_taichi.prior.pretrained import SHIPPED_PRIOR
+
+    prior = load_prior(SHIPPED_PRIOR)
+    z_geo, z_app = torch.zeros(prior.config.lat_dim_geo), torch.zeros(prior.config.lat_dim_app)
+    floor = float(canonical_box(prior, z_geo)[0][1])
+    lows = {}
+    for extension in (0.0, 0.25):
+        cfg = AvatarConfig(num_init_gaussians=400, max_gaussians=800, latent_dim=4, sh_degree=0,
+                           detail_hidden=16, detail_layers=2, init_neck_extension=extension)
+        y = create_avatar(cfg, prior, z_geo, z_app, exp_dim=4, field=None).gaussians.means[:, 1]
+        assert float(y.min()) >= floor - extension - 1e-4
+        lows[extension] = int((y < floor - 0.1).sum())
+    assert lows[0.0] == 0 and lows[0.25] >= 10
+    with pytest.raises(ValueError, match="init_neck_extension"):
+        AvatarConfig(init_neck_extension=-0.1).validate()
+
+
 # --------------------------------------------------------------------------- config, checkpoint
 def test_config_round_trip_and_validation():
     a, t = preset("tiny")
