@@ -299,8 +299,9 @@ def create_avatar(config: AvatarConfig, prior: Any, z_geo: torch.Tensor, z_app: 
     generator = torch.Generator().manual_seed(seed)
     z_geo = torch.as_tensor(z_geo, dtype=torch.float32).reshape(-1)
     z_app = torch.as_tensor(z_app, dtype=torch.float32).reshape(-1)
-    # The same canonical box (face and cranium, neck cut short) and level-set sampler F was
-    # distilled on; 3x oversampling leaves room for even thinning.
+    # The canonical box and level-set sampler F was distilled on, its floor lowered down the
+    # neck: the cameras see the neck below F's box, and densification alone left the back of it
+    # bare in profile views. 3x oversampling leaves room for even thinning.
     lo, hi = canonical_box(prior, z_geo)
     lo = lo - torch.tensor([0.0, config.init_neck_extension, 0.0])
     try:
