@@ -303,7 +303,7 @@ def create_avatar(config: AvatarConfig, prior: Any, z_geo: torch.Tensor, z_app: 
     # neck: the cameras see the neck below F's box, and densification alone left the back of it
     # bare in profile views. 3x oversampling leaves room for even thinning.
     lo, hi = canonical_box(prior, z_geo)
-    lo = lo - torch.tensor([0.0, config.init_neck_extension, 0.0])
+    lo = lo - lo.new_tensor([0.0, config.init_neck_extension, 0.0])
     try:
         candidates = sample_level_set(lambda x: prior.sdf(x, z_geo), 3 * config.num_init_gaussians, lo, hi,
                                       generator=generator, tolerance=config.init_surface_band)
