@@ -45,7 +45,9 @@ def command(run_dir, sequences, camera_spec, stride, max_frames, no_lpips, no_fi
     gets PSNR / SSIM inside the eye and mouth regions (from its label maps) and the median
     blink / jaw / brow ratios: mean|avatar - truth| / mean|avatar - truth without the
     expression| where the expression changes the image (< 1: the avatar shows it). A real
-    capture gets the whole-image numbers, and the output says so.
+    capture gets the whole-image numbers, and the output says so. PSNR and PSNR(mask) composite
+    the render with the true matte (NPGA's convention: what the avatar draws outside the matte
+    is free); PSNR(all) takes the render as drawn, so silhouette spill and floaters count.
 
     \b
     Examples:

@@ -43,7 +43,7 @@ def test_identical_images_give_inf_psnr_and_unit_ssim(tmp_path):
     result = evaluation.evaluate([EvalItem("FREE", 0, "cam", img, img.clone(), alpha)], use_lpips=False,
                                  progress=False)
     row = result.rows[0]
-    assert row.psnr == math.inf and row.psnr_masked == math.inf
+    assert row.psnr == math.inf and row.psnr_masked == math.inf and row.psnr_unmasked == math.inf
     assert row.ssim == pytest.approx(1.0, abs=1e-9)
     assert row.lpips is None
     evaluation.write_csv(result, tmp_path / "m.csv")
@@ -68,6 +68,10 @@ def test_masking_ignores_everything_outside_the_matte():
     pred[alpha[..., 0] == 0] = torch.rand(int((alpha == 0).sum()), 3, dtype=torch.float64)  # garbage outside
     score = evaluation.score_item(EvalItem("S", 0, "c", pred, gt, alpha), torch.ones(3, dtype=torch.float64), None)
     assert score.psnr == math.inf and score.psnr_masked == math.inf
+    # ... except psnr_unmasked, which takes the render as drawn: the garbage is spill there
+    outside = (alpha[..., 0] == 0)
+    spill_mse = float(((pred[outside] - 1.0) ** 2).sum() / (outside.numel() * 3))
+    assert score.psnr_unmasked == pytest.approx(10 * math.log10(1.0 / spill_mse))
     pred_in = pred.clone()
     pred_in[10, 10] += 0.5  # one wrong pixel inside the matte does count
     score = evaluation.score_item(EvalItem("S", 0, "c", pred_in.clamp(0, 1), gt, alpha),
