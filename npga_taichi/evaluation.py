@@ -255,8 +255,10 @@ def score_item(item: EvalItem, background: torch.Tensor, lpips_metric: LpipsMetr
     if item.pred.shape != item.gt.shape:
         raise ValueError(f"rendered {tuple(item.pred.shape)} and ground truth {tuple(item.gt.shape)} "
                          f"differ in size ({item.sequence} t={item.timestep} cam {item.camera})")
-    pred = composite(item.pred.double().clamp(0, 1), item.alpha.double(), background.double())
-    gt = composite(item.gt.double(), item.alpha.double(), background.double())
+    drawn = item.pred.double().clamp(0, 1)  # the render as drawn (psnr_unmasked, psnr_masked)
+    alpha = item.alpha.double()
+    pred = composite(drawn, alpha, background.double())
+    gt = composite(item.gt.double(), alpha, background.double())
     ssim_map = metrics.ssim_map(pred, gt)  # one for the whole image and its regions (float64: slow)
     regions = {}
     if item.labels is not None:
@@ -268,8 +270,8 @@ def score_item(item: EvalItem, background: torch.Tensor, lpips_metric: LpipsMetr
     return FrameScore(
         sequence=item.sequence, timestep=int(item.timestep), camera=str(item.camera),
         psnr=psnr_value(pred, gt),
-        psnr_masked=masked_psnr_value(item.pred.double().clamp(0, 1), item.gt.double(), item.alpha.double()),
-        psnr_unmasked=psnr_value(item.pred.double().clamp(0, 1), gt),
+        psnr_masked=masked_psnr_value(drawn, item.gt.double(), alpha),
+        psnr_unmasked=psnr_value(drawn, gt),
         ssim=float(ssim_map.mean()),
         lpips=lpips_metric(pred, gt) if lpips_metric is not None else None,
         regions=regions, ratios=ratios, core_ratios=core_ratios,
