@@ -270,6 +270,49 @@ def test_untrained_detail_network_and_lifting_change_nothing():
     assert avatar.gaussians.latents.grad is not None and avatar.detail.mlp.out.weight.grad.abs().sum() > 0
 
 
+def test_detail_network_sees_fs_displacement_or_the_code_as_configured():
+    """A deformation-conditioned G changes with z only through F's displacement of each Gaussian
+    (where F does not move a Gaussian, a new code changes nothing G adds there); a
+    code-conditioned G changes with z even where F is still."""
+    from npga_taichi.avatar.detail_network import DEFORMATION_SCALE, fourier_features
+
+    z0, z1 = torch.randn(5), torch.randn(5)
+    frame = lambda z: FrameCode(z, torch.eye(3), torch.zeros(3), 1.0)  # noqa: E731
+    for conditioning in ("deformation", "code"):
+        torch.manual_seed(0)
+        avatar = _small_avatar(detail_conditioning=conditioning)
+        with torch.no_grad():
+            avatar.detail.mlp.out.weight.normal_(0, 0.1)  # a trained G: its output depends on its inputs
+        still = [avatar.deform(frame(z)).means for z in (z0, z1)]  # F is the identity at init
+        assert torch.equal(still[0], still[1]) == (conditioning == "deformation")
+    # with F moving the Gaussians, G's input is exactly that motion (scaled, detached)
+    with torch.no_grad():
+        avatar_d = _small_avatar(detail_conditioning="deformation")
+        avatar_d.field.mlp.out.weight.normal_(0, 0.1)
+        avatar_d.detail.mlp.out.weight.normal_(0, 0.1)
+    g = avatar_d.gaussians
+    moved = avatar_d.field(g.means, z1, features=g.latents)
+    inputs = torch.cat([fourier_features(g.means, avatar_d.config.detail_pos_freqs), g.latents,
+                        DEFORMATION_SCALE * (moved - g.means)], dim=-1)
+    d_means = avatar_d.detail.mlp(inputs, None)[:, :3]
+    posed = avatar_d.deform(frame(z1))
+    assert torch.allclose(posed.means, moved + d_means, atol=1e-6)
+    assert not torch.allclose(posed.means, avatar_d.deform(frame(z0)).means)
+    # G does not push F: F's parameters get no gradient through G's input
+    avatar_d.zero_grad()
+    avatar_d.detail(g.means, g.latents, None, moved - g.means)["d_means"].sum().backward()
+    assert all(p.grad is None or not p.grad.any() for p in avatar_d.field.parameters())
+
+
+def test_runs_saved_before_detail_conditioning_load_with_a_code_conditioned_g():
+    data = AvatarConfig().to_dict()
+    del data["detail_conditioning"]
+    assert AvatarConfig.from_dict(data).detail_conditioning == "code"
+    assert AvatarConfig.from_dict(AvatarConfig().to_dict()).detail_conditioning == "deformation"
+    with pytest.raises(ValueError, match="detail_conditioning"):
+        AvatarConfig(detail_conditioning="pose").validate()
+
+
 def test_scratch_field_is_identity_at_init_and_rejects_missing_features():
     f = ScratchForwardField(exp_dim=4, feature_dim=3, hidden=8, layers=2)
     x = torch.randn(10, 3)

@@ -110,10 +110,10 @@ def test_tracking_file_rejects_a_malformed_eye_closure(tmp_path):
         save_tracking(track, path)
 
 
-def _avatar(eye_closure_dim):
+def _avatar(eye_closure_dim, detail_conditioning="code"):
     cfg = AvatarConfig(num_init_gaussians=30, max_gaussians=60, latent_dim=4, sh_degree=1, detail_hidden=16,
                        detail_layers=2, scratch_field_hidden=16, scratch_field_layers=2, knn_k=4,
-                       eye_closure_dim=eye_closure_dim)
+                       eye_closure_dim=eye_closure_dim, detail_conditioning=detail_conditioning)
     torch.manual_seed(0)
     avatar = NPGAAvatar(cfg, None, exp_dim=5)
     with torch.no_grad():
@@ -148,10 +148,11 @@ def test_closure_blend_shapes_act_on_the_closing_eye_only():
     assert torch.equal(cloud.closure_colors.grad[:, 0], torch.tensor([1.0, 0.0, 1.0, 0.0]))
 
 
-def test_detail_network_sees_the_eye_closure_and_checkpoints_keep_it():
-    avatar = _avatar(2)
+@pytest.mark.parametrize("conditioning, code_dims", [("code", (7, 5)), ("deformation", (2, 0))])
+def test_detail_network_sees_the_eye_closure_and_checkpoints_keep_it(conditioning, code_dims):
+    avatar = _avatar(2, conditioning)
     z = torch.randn(5)
-    assert avatar.detail.mlp.code_dim == 7
+    assert avatar.detail.mlp.code_dim == code_dims[0]
     frame = lambda closure: FrameCode(z, torch.eye(3), torch.zeros(3), 1.0, closure)  # noqa: E731
     open_eyes, closed = avatar.deform(frame(torch.zeros(2))), avatar.deform(frame(torch.ones(2)))
     assert not torch.allclose(open_eyes.means, closed.means)
@@ -161,8 +162,8 @@ def test_detail_network_sees_the_eye_closure_and_checkpoints_keep_it():
     assert restored.eye_closure_dim == 2
     assert torch.equal(restored.deform(frame(torch.ones(2))).means, closed.means)
     # an avatar trained without the input ignores a closure it is given
-    plain = _avatar(0)
-    assert plain.detail.mlp.code_dim == 5
+    plain = _avatar(0, conditioning)
+    assert plain.detail.mlp.code_dim == code_dims[1]
     assert torch.equal(plain.deform(frame(torch.ones(2))).means, plain.deform(frame(None)).means)
 
 

@@ -13,6 +13,9 @@ from typing import Any
 from npga_taichi.config_io import DictConfig
 
 
+DETAIL_CONDITIONINGS = ("deformation", "code")
+
+
 @dataclass
 class AvatarConfig(DictConfig):
     """What the avatar is: its Gaussians, latent features and networks."""
@@ -30,6 +33,7 @@ class AvatarConfig(DictConfig):
     detail_hidden: int = 128            # hidden width of G
     detail_layers: int = 3              # hidden layers of G
     detail_pos_freqs: int = 4           # sin/cos frequencies of the canonical position fed to G
+    detail_conditioning: str = "deformation"  # what G sees of the expression: "deformation" = F's displacement of each Gaussian (local, so unseen combinations of expressions look familiar), "code" = z_exp (the paper's G)
     use_prior_field: bool = True        # F distilled from the prior (off, --no-prior: F learned from scratch)
     scratch_field_hidden: int = 128     # hidden width of F when learned from scratch
     scratch_field_layers: int = 4       # hidden layers of F when learned from scratch
@@ -60,9 +64,18 @@ class AvatarConfig(DictConfig):
             raise ValueError(f"knn_k must be >= 1, got {self.knn_k}")
         if self.init_neck_extension < 0:
             raise ValueError(f"init_neck_extension must be >= 0, got {self.init_neck_extension}")
+        if self.detail_conditioning not in DETAIL_CONDITIONINGS:
+            raise ValueError(f"detail_conditioning must be one of {DETAIL_CONDITIONINGS}, "
+                             f"got {self.detail_conditioning!r}")
         if not 0 < self.init_opacity < 1:
             raise ValueError(f"init_opacity must be in (0, 1), got {self.init_opacity}")
         return self
+
+    @classmethod
+    def from_dict(cls, data: dict, source: str | None = None) -> "AvatarConfig":
+        """As :meth:`DictConfig.from_dict`; a run saved before ``detail_conditioning`` existed had
+        G conditioned on the code."""
+        return super().from_dict({"detail_conditioning": "code", **data}, source)
 
     @property
     def feature_dim(self) -> int:

@@ -93,11 +93,12 @@ def deform_canonical(gaussians: CanonicalGaussians, field: nn.Module | None, det
                      eye_closure: torch.Tensor | None = None) -> PosedGaussians:
     """Apply F (+ latents) and G to the canonical cloud; output stays in canonical units.
 
-    F sees the expression code ``z_exp`` (E,); G sees ``detail_code`` (E + extra inputs such as
-    the eye closure), ``z_exp`` when None. A cloud with closure blend shapes adds
-    ``w_i * closure_colors_i`` and ``w_i * closure_opacity_i``, w_i = how closed the Gaussian's eye
-    is (:func:`npga_taichi.eye_closure.closure_weights` of ``eye_closure`` (2,), None = open):
-    a blink is a large, local change of appearance that a per-Gaussian parameter learns from the
+    F sees the expression code ``z_exp`` (E,); G sees ``detail_code`` (its per-frame code:
+    :meth:`NPGAAvatar.detail_code`, None for none) and, when built for it, F's displacement of
+    each Gaussian. A cloud with closure blend shapes adds ``w_i * closure_colors_i`` and
+    ``w_i * closure_opacity_i``, w_i = how closed the Gaussian's eye is
+    (:func:`npga_taichi.eye_closure.closure_weights` of ``eye_closure`` (2,), None = open): a
+    blink is a large, local change of appearance that a per-Gaussian parameter learns from the
     closed frames alone, where G would have to carve it out of its shared weights."""
     x_can = gaussians.means
     latents = gaussians.latents if use_latents else None
@@ -111,7 +112,7 @@ def deform_canonical(gaussians: CanonicalGaussians, field: nn.Module | None, det
     if field is not None:
         x = field(x_can, z_exp, features=latents) if latents is not None else field(x_can, z_exp)
     if detail is not None:
-        d = detail(x_can, latents, z_exp if detail_code is None else detail_code)
+        d = detail(x_can, latents, detail_code, x - x_can)
         d_means = d["d_means"]
         x = x + d_means
         identity = torch.zeros(4, dtype=quats.dtype, device=quats.device)

@@ -1,8 +1,21 @@
-"""The detail network G(x, f, z_exp) and the conditioned MLP it (and a scratch F) is built from.
+"""The detail network G and the conditioned MLP it (and a scratch F) is built from.
 
 G predicts, per Gaussian and frame, what the forward field F cannot: a residual position
 offset, a rotation change, a log-scale change, a colour change and an opacity change. Its last
 layer starts at zero, so an untrained G is the identity (the avatar starts as "F only").
+
+What G sees of the expression (``AvatarConfig.detail_conditioning``):
+
+* ``"code"``: the paper's G(x, f, z_exp), the frame's whole expression code;
+* ``"deformation"`` (default): G(x, f, F(x, z_exp, f) - x), F's displacement of this Gaussian.
+  A held-out sequence combines expressions that training showed only apart (NPGA's FREE); for a
+  code-conditioned G such a code is new everywhere on the face, while F's displacement at the
+  chin or a mouth corner is one it has seen there. The tracked codes also wander on frames where
+  nothing changes (a quarter of their change on active frames) while F moves the surface by
+  ~0.1 mm there (``benchmarks/code_content.py``): a code-conditioned G fits that wander as if
+  it were expression. Measured in the README (*What G should see*).
+
+Either way the frame's eye closure (when the avatar takes one) is G's per-frame code.
 """
 from __future__ import annotations
 
@@ -60,8 +73,17 @@ class ConditionedMLP(nn.Module):
         return self.out(h)
 
 
+# F's displacements are a few hundredths of a canonical unit (the jaw ~0.1): x10 brings them to
+# the range of the other inputs.
+DEFORMATION_SCALE = 10.0
+
+
 class DetailNetwork(nn.Module):
-    """G(x_can, f, z_exp) -> per-Gaussian changes (all zero at initialisation).
+    """G(x_can, f, [F's displacement,] code) -> per-Gaussian changes (all zero at initialisation).
+
+    ``code_dim``: size of the per-frame code (z_exp and/or the eye closure; 0 for none);
+    ``deformation_input``: G also takes F's displacement (N, 3) of each Gaussian, in canonical
+    units scaled by :data:`DEFORMATION_SCALE`, detached (G does not push F).
 
     Returns a dict of
       ``d_means``      (N, 3)  position offset in canonical units, added after F
@@ -71,23 +93,29 @@ class DetailNetwork(nn.Module):
       ``d_opacity``    (N,)    added to the opacity logit
     """
 
-    def __init__(self, latent_dim: int, exp_dim: int, color_dim: int, hidden: int, layers: int,
-                 pos_freqs: int = 4):
+    def __init__(self, latent_dim: int, code_dim: int, color_dim: int, hidden: int, layers: int,
+                 pos_freqs: int = 4, deformation_input: bool = False):
         super().__init__()
         self.latent_dim, self.color_dim, self.pos_freqs = latent_dim, color_dim, pos_freqs
+        self.deformation_input = deformation_input
         self.out_dims = {"d_means": 3, "d_quats": 4, "d_log_scales": 3, "d_colors": color_dim,
                          "d_opacity": 1}
-        self.mlp = ConditionedMLP(3 + 6 * pos_freqs + latent_dim, exp_dim, sum(self.out_dims.values()),
-                                  hidden, layers)
+        point_dim = 3 + 6 * pos_freqs + latent_dim + (3 if deformation_input else 0)
+        self.mlp = ConditionedMLP(point_dim, code_dim, sum(self.out_dims.values()), hidden, layers)
 
-    def forward(self, x_can: torch.Tensor, latents: torch.Tensor | None, z_exp: torch.Tensor
-                ) -> dict[str, torch.Tensor]:
+    def forward(self, x_can: torch.Tensor, latents: torch.Tensor | None, code: torch.Tensor | None,
+                deformation: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """x_can (N, 3), latents (N, D) or None, code (C,) or None, deformation (N, 3) or None."""
         inputs = [fourier_features(x_can, self.pos_freqs)]
         if self.latent_dim > 0:
             if latents is None:
                 raise ValueError("DetailNetwork was built with latents but got none")
             inputs.append(latents)
-        out = self.mlp(torch.cat(inputs, dim=-1), z_exp)
+        if self.deformation_input:
+            if deformation is None:
+                raise ValueError("DetailNetwork was built to see F's displacement but got none")
+            inputs.append(DEFORMATION_SCALE * deformation.detach())
+        out = self.mlp(torch.cat(inputs, dim=-1), code)
         parts = dict(zip(self.out_dims, out.split(list(self.out_dims.values()), dim=-1)))
         parts["d_opacity"] = parts["d_opacity"][:, 0]
         return parts

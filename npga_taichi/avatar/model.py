@@ -100,8 +100,10 @@ class NPGAAvatar(nn.Module):
             field.expand_feature_input(config.feature_dim)
         self.field = field
         self.eye_closure_dim = int(config.eye_closure_dim)
-        self.detail = (DetailNetwork(config.feature_dim, exp_dim + self.eye_closure_dim, color_dim, config.detail_hidden,
-                                     config.detail_layers, config.detail_pos_freqs)
+        by_code = config.detail_conditioning == "code"
+        self.detail = (DetailNetwork(config.feature_dim, (exp_dim if by_code else 0) + self.eye_closure_dim,
+                                     color_dim, config.detail_hidden, config.detail_layers,
+                                     config.detail_pos_freqs, deformation_input=not by_code)
                        if config.use_detail and not config.static else None)
         self.cnn = (ScreenCNN(color_dim, config.cnn_hidden, config.cnn_layers, background)
                     if config.use_cnn else None)
@@ -123,14 +125,16 @@ class NPGAAvatar(nn.Module):
         return cached
 
     # ------------------------------------------------------------------------------ per frame
-    def detail_code(self, z_exp: torch.Tensor, eye_closure: torch.Tensor | None) -> torch.Tensor:
-        """G's per-frame input: z_exp (E,), then the eye closure (2,) when this avatar takes it
-        (None: open eyes, e.g. codes from a video without label maps or the viewer's sliders)."""
-        if self.eye_closure_dim == 0:
-            return z_exp
-        if eye_closure is None:
-            eye_closure = z_exp.new_zeros(self.eye_closure_dim)
-        return torch.cat([z_exp, eye_closure.to(z_exp).reshape(-1)])
+    def detail_code(self, z_exp: torch.Tensor, eye_closure: torch.Tensor | None) -> torch.Tensor | None:
+        """G's per-frame code: z_exp (E,) when G is conditioned on the code, then the eye closure
+        (2,) when this avatar takes it (None: open eyes, e.g. codes from a video without label
+        maps or the viewer's sliders); None when G takes neither."""
+        parts = [z_exp] if self.config.detail_conditioning == "code" else []
+        if self.eye_closure_dim > 0:
+            if eye_closure is None:
+                eye_closure = z_exp.new_zeros(self.eye_closure_dim)
+            parts.append(eye_closure.to(z_exp).reshape(-1))
+        return torch.cat(parts) if parts else None
 
     def deform(self, frame: FrameCode) -> PosedGaussians:
         """World-space Gaussians of one frame (differentiable w.r.t. everything trainable)."""
