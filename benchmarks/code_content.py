@@ -39,25 +39,12 @@ from npga_taichi.data import synthetic as syn  # noqa: E402
 MOVES_MM = 1.0  # a point is in a parameter's region when a full parameter moves it this far
 
 
-def main(argv=None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--capture", required=True, help="synthetic capture participant folder CAP/<pid>")
-    ap.add_argument("--field", required=True, help="forward field folder (npga distill's output)")
-    ap.add_argument("--tracking", help="folder of <SEQ>.npz [default: CAP/<pid>/annotations/tracking]")
-    ap.add_argument("--points", type=int, default=20000, help="canonical surface points")
-    ap.add_argument("--out", required=True, help="JSON file to write")
-    args = ap.parse_args(argv)
-
-    from npga_taichi.prior.forward_field import load_forward_field
-    from npga_taichi.prior.tracking import load_tracking
-
-    pdir = Path(args.capture)
-    truth = json.loads((pdir / "groundtruth" / "groundtruth.json").read_text())
-    names = list(truth["expression_names"])
-    head = syn.SyntheticHead(np.asarray(truth["identity"], np.float32))
-    field = load_forward_field(args.field)
-    tracking_dir = Path(args.tracking) if args.tracking else pdir / "annotations" / "tracking"
-    x = head.sample_surface(args.points, seed=0, device="cpu")
+def measure(plan: dict, head, field, codes: dict, points: int = 20000) -> dict:
+    """The module docstring's numbers. ``plan``: the capture's ``groundtruth.json``; ``head``: its
+    SyntheticHead; ``field``: F, called as ``field(x (N, 3), z (E,)) -> (N, 3)``; ``codes``:
+    sequence -> tracked codes (T, E) (FREE and sequences without codes are skipped)."""
+    names = list(plan["expression_names"])
+    x = head.sample_surface(points, seed=0, device="cpu")
 
     def true_motion(expr) -> torch.Tensor:  # (N,) mm
         e = torch.as_tensor(np.asarray(expr, np.float32))
@@ -72,14 +59,11 @@ def main(argv=None) -> dict:
     rows = {name: {"truth": [], "field": []} for name in names}
     drift = {name: [] for name in names}
     dz_neutral, dz_active = [], []
-    for seq, plan in truth["sequences"].items():
-        if seq == "FREE" or not (tracking_dir / f"{seq}.npz").is_file():
+    for seq, seq_plan in plan["sequences"].items():
+        expr = np.asarray(seq_plan["expression"], np.float32)
+        if seq == "FREE" or seq not in codes or expr[0].any():  # the reference frame must be neutral
             continue
-        track = load_tracking(tracking_dir / f"{seq}.npz")
-        expr = np.asarray(plan["expression"], np.float32)
-        z = torch.as_tensor(np.asarray(track.z_exp, np.float32))
-        if expr[0].any():
-            continue  # the reference frame must be neutral
+        z = torch.as_tensor(np.asarray(codes[seq], np.float32))
         with torch.no_grad():
             f0 = field(x, z[0])
             for t in range(1, len(z)):
@@ -97,27 +81,49 @@ def main(argv=None) -> dict:
                         rows[name]["truth"].append(float(truth_t[region].mean()))
                         rows[name]["field"].append(float(moved[region].mean()))
 
-    result = {"capture": str(pdir), "field": str(args.field), "tracking": str(tracking_dir),
-              "points": int(args.points), "parameters": {},
+    result = {"points": int(points), "parameters": {},
               "code_drift": {"neutral_frames_mean": float(np.mean(dz_neutral)) if dz_neutral else None,
                              "active_frames_mean": float(np.mean(dz_active)) if dz_active else None,
                              "neutral_frames": len(dz_neutral)}}
     for name in names:
         a, b = np.asarray(rows[name]["truth"]), np.asarray(rows[name]["field"])
-        entry = {"region_points": int(regions[name].sum()), "frames": len(a),
-                 "truth_max_mm": float(a.max()) if len(a) else None,
-                 "share": float((a * b).sum() / (a * a).sum()) if len(a) and (a * a).sum() > 0 else None,
-                 "correlation": float(np.corrcoef(a, b)[0, 1]) if len(a) > 2 and a.std() > 0 and b.std() > 0 else None,
-                 "drift_mm": float(np.mean(drift[name])) if drift[name] else None}
-        result["parameters"][name] = entry
+        result["parameters"][name] = {
+            "region_points": int(regions[name].sum()), "frames": len(a),
+            "truth_max_mm": float(a.max()) if len(a) else None,
+            "share": float((a * b).sum() / (a * a).sum()) if len(a) and (a * a).sum() > 0 else None,
+            "correlation": float(np.corrcoef(a, b)[0, 1]) if len(a) > 2 and a.std() > 0 and b.std() > 0 else None,
+            "drift_mm": float(np.mean(drift[name])) if drift[name] else None}
+    return result
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--capture", required=True, help="synthetic capture participant folder CAP/<pid>")
+    ap.add_argument("--field", required=True, help="forward field folder (npga distill's output)")
+    ap.add_argument("--tracking", help="folder of <SEQ>.npz [default: CAP/<pid>/annotations/tracking]")
+    ap.add_argument("--points", type=int, default=20000, help="canonical surface points")
+    ap.add_argument("--out", required=True, help="JSON file to write")
+    args = ap.parse_args(argv)
+
+    from npga_taichi.prior.forward_field import load_forward_field
+    from npga_taichi.prior.tracking import load_tracking
+
+    pdir = Path(args.capture)
+    plan = json.loads((pdir / "groundtruth" / "groundtruth.json").read_text())
+    head = syn.SyntheticHead(np.asarray(plan["identity"], np.float32))
+    tracking_dir = Path(args.tracking) if args.tracking else pdir / "annotations" / "tracking"
+    codes = {seq: load_tracking(tracking_dir / f"{seq}.npz").z_exp for seq in plan["sequences"]
+             if (tracking_dir / f"{seq}.npz").is_file()}
+    result = {"capture": str(pdir), "field": str(args.field), "tracking": str(tracking_dir),
+              **measure(plan, head, load_forward_field(args.field), codes, args.points)}
     Path(args.out).write_text(json.dumps(result, indent=2))
+    fmt = lambda v, d: "-" if v is None else f"{v:.{d}f}"  # noqa: E731
     for name, e in result["parameters"].items():
-        print(f"{name:16s} share {e['share'] if e['share'] is None else round(e['share'], 3)!s:>6}  "
-              f"corr {e['correlation'] if e['correlation'] is None else round(e['correlation'], 2)!s:>5}  "
-              f"truth max {e['truth_max_mm'] if e['truth_max_mm'] is None else round(e['truth_max_mm'], 2)!s:>5} mm  "
-              f"drift {e['drift_mm'] if e['drift_mm'] is None else round(e['drift_mm'], 3)!s:>6} mm")
-    print("code drift |z_t - z_0|: neutral frames", result["code_drift"]["neutral_frames_mean"],
-          "active frames", result["code_drift"]["active_frames_mean"])
+        print(f"{name:16s} share {fmt(e['share'], 3):>6}  corr {fmt(e['correlation'], 2):>5}  "
+              f"truth max {fmt(e['truth_max_mm'], 2):>5} mm  drift {fmt(e['drift_mm'], 3):>6} mm")
+    drift = result["code_drift"]
+    print(f"code drift |z_t - z_0|: neutral frames {fmt(drift['neutral_frames_mean'], 3)}, "
+          f"active frames {fmt(drift['active_frames_mean'], 3)}")
     return result
 
 
