@@ -1,21 +1,11 @@
 """benchmarks/code_content.py: how much of each expression's true motion F reproduces."""
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-
-
-def _benchmark():
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "code_content.py"
-    spec = importlib.util.spec_from_file_location("code_content_benchmark", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault("code_content_benchmark", module)
-    spec.loader.exec_module(module)
-    return module
+from benchmark_modules import load_benchmark
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +18,7 @@ def truth(tiny_demo):
 
 
 def test_a_field_that_moves_as_the_truth_gets_all_of_it_and_one_that_ignores_the_codes_none(truth):
-    bench = _benchmark()
+    bench = load_benchmark("code_content")
     _, plan, head = truth
     # "codes" = the true expression parameters; the oracle F inverts the analytic backward offset
     # to first order, which is exact in the benchmark's own measure (|B(x, e) - x| at x)
@@ -50,7 +40,7 @@ def test_a_field_that_moves_as_the_truth_gets_all_of_it_and_one_that_ignores_the
 
 
 def test_the_command_reads_a_tracked_capture_and_its_distilled_field(truth, tiny_demo, tmp_path):
-    bench = _benchmark()
+    bench = load_benchmark("code_content")
     pdir, plan, _ = truth
     out = tmp_path / "content.json"
     result = bench.main(["--capture", str(pdir), "--field", str(Path(tiny_demo["out"], "distill")),

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from benchmark_modules import load_benchmark
 from click.testing import CliRunner
 
 from npga_taichi.cli.main import cli
@@ -202,18 +203,6 @@ def test_label_maps_and_eye_closure_follow_a_true_blink(tiny_demo, tmp_path):
         load_monocular(out)
 
 
-def _benchmark():
-    import importlib.util
-    import sys
-
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "monocular.py"
-    spec = importlib.util.spec_from_file_location("monocular_benchmark", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault("monocular_benchmark", module)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_benchmark_truth_and_grading(video, tiny_demo):
     """The cross-identity truth (the synthetic head re-rendered from the held-out cameras) of A
     driven by A's own plan is the capture's image; the true pose grades as error-free."""
@@ -222,7 +211,7 @@ def test_benchmark_truth_and_grading(video, tiny_demo):
     from npga_taichi.evaluation import psnr_value
     from npga_taichi.reenactment import LoadedRun, ground_truth
 
-    bench = _benchmark()
+    bench = load_benchmark("monocular")
     out, _, pdir = video
     run = LoadedRun(tiny_demo["out"] / "run")
     v = load_monocular(out)

@@ -6,28 +6,16 @@ every gradient (hand-written backward) against the oracle's autograd, and finite
 """
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 
 from npga_taichi import reference as R
 from npga_taichi.contract import T_EPS
+from benchmark_modules import load_benchmark
 from scenes import F64, camera_points, make_scene, positional, set_camera_points
 
 
-def _load_peer():
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "tiled_peer.py"
-    spec = importlib.util.spec_from_file_location("tiled_peer", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault("tiled_peer", module)  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
-
-rasterize_tiled = _load_peer().rasterize_tiled
+rasterize_tiled = load_benchmark("tiled_peer").rasterize_tiled
 
 
 def _grads(outputs, inputs, seed):
