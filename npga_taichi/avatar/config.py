@@ -13,7 +13,7 @@ from typing import Any
 from npga_taichi.config_io import DictConfig
 
 
-DETAIL_CONDITIONINGS = ("deformation", "code")
+DETAIL_CONDITIONINGS = ("code", "deformation")
 
 
 @dataclass
@@ -33,7 +33,7 @@ class AvatarConfig(DictConfig):
     detail_hidden: int = 128            # hidden width of G
     detail_layers: int = 3              # hidden layers of G
     detail_pos_freqs: int = 4           # sin/cos frequencies of the canonical position fed to G
-    detail_conditioning: str = "deformation"  # what G sees of the expression: "deformation" = F's displacement of each Gaussian (local, so unseen combinations of expressions look familiar), "code" = z_exp (the paper's G)
+    detail_conditioning: str = "code"   # what G sees of the expression: "code" = z_exp (the paper's G), "deformation" = F's displacement of each Gaussian (better where the tracked codes carry little but the jaw; README, *What G should see*)
     use_prior_field: bool = True        # F distilled from the prior (off, --no-prior: F learned from scratch)
     scratch_field_hidden: int = 128     # hidden width of F when learned from scratch
     scratch_field_layers: int = 4       # hidden layers of F when learned from scratch
@@ -70,12 +70,6 @@ class AvatarConfig(DictConfig):
         if not 0 < self.init_opacity < 1:
             raise ValueError(f"init_opacity must be in (0, 1), got {self.init_opacity}")
         return self
-
-    @classmethod
-    def from_dict(cls, data: dict, source: str | None = None) -> "AvatarConfig":
-        """As :meth:`DictConfig.from_dict`; a run saved before ``detail_conditioning`` existed had
-        G conditioned on the code."""
-        return super().from_dict({"detail_conditioning": "code", **data}, source)
 
     @property
     def feature_dim(self) -> int:

@@ -6,14 +6,14 @@ layer starts at zero, so an untrained G is the identity (the avatar starts as "F
 
 What G sees of the expression (``AvatarConfig.detail_conditioning``):
 
-* ``"code"``: the paper's G(x, f, z_exp), the frame's whole expression code;
-* ``"deformation"`` (default): G(x, f, F(x, z_exp, f) - x), F's displacement of this Gaussian.
-  A held-out sequence combines expressions that training showed only apart (NPGA's FREE); for a
+* ``"code"`` (default): the paper's G(x, f, z_exp), the frame's whole expression code;
+* ``"deformation"``: G(x, f, F(x, z_exp, f) - x), F's displacement of this Gaussian. A held-out
+  sequence combines expressions that training showed only apart (NPGA's FREE); for a
   code-conditioned G such a code is new everywhere on the face, while F's displacement at the
-  chin or a mouth corner is one it has seen there. The tracked codes also wander on frames where
-  nothing changes (a quarter of their change on active frames) while F moves the surface by
-  ~0.1 mm there (``benchmarks/code_content.py``): a code-conditioned G fits that wander as if
-  it were expression. Measured in the README (*What G should see*).
+  chin or a mouth corner is one it has seen there. But G then sees only what F moves: where the
+  tracked codes carry more than F makes of them, the code serves G better. Measured both ways
+  in the README (*What G should see*): better for an identity whose codes carry little but the
+  jaw and wander (``benchmarks/code_content.py``), worse for one whose codes carry more.
 
 Either way the frame's eye closure (when the avatar takes one) is G's per-frame code.
 """
