@@ -112,7 +112,7 @@ def deform_canonical(gaussians: CanonicalGaussians, field: nn.Module | None, det
     if field is not None:
         x = field(x_can, z_exp, features=latents) if latents is not None else field(x_can, z_exp)
     if detail is not None:
-        d = detail(x_can, latents, detail_code, x - x_can)
+        d = detail(x_can, latents, detail_code, x - x_can if detail.deformation_input else None)
         d_means = d["d_means"]
         x = x + d_means
         identity = torch.zeros(4, dtype=quats.dtype, device=quats.device)
