@@ -19,7 +19,7 @@ all), ``correlation`` of the two over frames, and ``drift_mm`` = F's motion in t
 frames whose true expression is neutral again (t > 0): motion the codes carry without any
 expression. ``code_drift`` is |z_t - z_0| on those neutral frames against its value on active
 ones: how far the codes wander while nothing changes (what a code-conditioned detail network G
-sees as if it were expression; README, *What G should see*).
+can take for expression; README, *What G should see*).
 """
 from __future__ import annotations
 
@@ -39,15 +39,16 @@ from npga_taichi.data import synthetic as syn  # noqa: E402
 MOVES_MM = 1.0  # a point is in a parameter's region when a full parameter moves it this far
 
 
-def measure(plan: dict, head, field, codes: dict, points: int = 20000) -> dict:
+def measure(plan: dict, head, field, codes: dict, points: int = 20000, device: str = "cpu") -> dict:
     """The module docstring's numbers. ``plan``: the capture's ``groundtruth.json``; ``head``: its
     SyntheticHead; ``field``: F, called as ``field(x (N, 3), z (E,)) -> (N, 3)``; ``codes``:
-    sequence -> tracked codes (T, E) (FREE and sequences without codes are skipped)."""
+    sequence -> tracked codes (T, E) (FREE and sequences without codes are skipped); ``device``:
+    where the points, the head's queries and F run."""
     names = list(plan["expression_names"])
-    x = head.sample_surface(points, seed=0, device="cpu")
+    x = head.sample_surface(points, seed=0, device=device)
 
     def true_motion(expr) -> torch.Tensor:  # (N,) mm
-        e = torch.as_tensor(np.asarray(expr, np.float32))
+        e = torch.as_tensor(np.asarray(expr, np.float32), device=x.device)
         return (head.backward(x, e) - x).norm(dim=-1) * MM_PER_UNIT
 
     regions = {}
@@ -63,7 +64,7 @@ def measure(plan: dict, head, field, codes: dict, points: int = 20000) -> dict:
         expr = np.asarray(seq_plan["expression"], np.float32)
         if seq == "FREE" or seq not in codes or expr[0].any():  # the reference frame must be neutral
             continue
-        z = torch.as_tensor(np.asarray(codes[seq], np.float32))
+        z = torch.as_tensor(np.asarray(codes[seq], np.float32), device=x.device)
         with torch.no_grad():
             f0 = field(x, z[0])
             for t in range(1, len(z)):
@@ -102,6 +103,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--field", required=True, help="forward field folder (npga distill's output)")
     ap.add_argument("--tracking", help="folder of <SEQ>.npz [default: CAP/<pid>/annotations/tracking]")
     ap.add_argument("--points", type=int, default=20000, help="canonical surface points")
+    ap.add_argument("--device", default="cpu", help="torch device of the points and F (cpu, cuda)")
     ap.add_argument("--out", required=True, help="JSON file to write")
     args = ap.parse_args(argv)
 
@@ -115,7 +117,8 @@ def main(argv=None) -> dict:
     codes = {seq: load_tracking(tracking_dir / f"{seq}.npz").z_exp for seq in plan["sequences"]
              if (tracking_dir / f"{seq}.npz").is_file()}
     result = {"capture": str(pdir), "field": str(args.field), "tracking": str(tracking_dir),
-              **measure(plan, head, load_forward_field(args.field), codes, args.points)}
+              **measure(plan, head, load_forward_field(args.field, map_location=args.device), codes,
+                        args.points, args.device)}
     Path(args.out).write_text(json.dumps(result, indent=2))
     fmt = lambda v, d: "-" if v is None else f"{v:.{d}f}"  # noqa: E731
     for name, e in result["parameters"].items():
