@@ -256,9 +256,9 @@ def score_item(item: EvalItem, background: torch.Tensor, lpips_metric: LpipsMetr
         raise ValueError(f"rendered {tuple(item.pred.shape)} and ground truth {tuple(item.gt.shape)} "
                          f"differ in size ({item.sequence} t={item.timestep} cam {item.camera})")
     drawn = item.pred.double().clamp(0, 1)  # the render as drawn (psnr_unmasked, psnr_masked)
-    alpha = item.alpha.double()
+    truth, alpha = item.gt.double(), item.alpha.double()
     pred = composite(drawn, alpha, background.double())
-    gt = composite(item.gt.double(), alpha, background.double())
+    gt = composite(truth, alpha, background.double())
     ssim_map = metrics.ssim_map(pred, gt)  # one for the whole image and its regions (float64: slow)
     regions = {}
     if item.labels is not None:
@@ -270,7 +270,7 @@ def score_item(item: EvalItem, background: torch.Tensor, lpips_metric: LpipsMetr
     return FrameScore(
         sequence=item.sequence, timestep=int(item.timestep), camera=str(item.camera),
         psnr=psnr_value(pred, gt),
-        psnr_masked=masked_psnr_value(drawn, item.gt.double(), alpha),
+        psnr_masked=masked_psnr_value(drawn, truth, alpha),
         psnr_unmasked=psnr_value(drawn, gt),
         ssim=float(ssim_map.mean()),
         lpips=lpips_metric(pred, gt) if lpips_metric is not None else None,
