@@ -69,8 +69,8 @@ def measure(plan: dict, head, field, codes: dict, points: int = 20000, device: s
             f0 = field(x, z[0])
             for t in range(1, len(z)):
                 moved = (field(x, z[t]) - f0).norm(dim=-1) * MM_PER_UNIT
-                truth_t = true_motion(expr[t])
                 neutral = not expr[t].any()
+                truth_t = None if neutral else true_motion(expr[t])  # neutral frames score drift only
                 (dz_neutral if neutral else dz_active).append(float((z[t] - z[0]).norm()))
                 for i, name in enumerate(names):
                     region = regions[name]
