@@ -37,7 +37,7 @@ from npga_taichi.presets import PRESETS, preset_overrides
               show_default=True, help="Rasterizer (reference: the slow PyTorch oracle).")
 @click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
 @click.option("--json", "as_json", is_flag=True, help="Print the final summary as JSON.")
-@config_options(AvatarConfig, exclude=("exp_dim", "eye_closure_dim"), aliases={"use_prior_field": ["--no-prior"]},
+@config_options(AvatarConfig, exclude=("exp_dim", "eye_closure_dim", "part_motion_dim"), aliases={"use_prior_field": ["--no-prior"]},
                 defaults=preset_overrides("default", "avatar"))
 @config_options(TrainConfig, aliases={"num_threads": ["--threads"]}, defaults=preset_overrides("default", "train"))
 def command(data, run_dir, participant, prior, tracking_dir, field_dir, preset, all_stages, resume, force,

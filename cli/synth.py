@@ -62,7 +62,8 @@ def command(out, identity_seed, participant, preset, downscale, frames, sequence
     \b
     --monocular writes one sequence seen by one moving camera into OUT itself:
       video.mp4, frames/frame_<i>.png (lossless), mattes/frame_<i>.png (8-bit alpha),
-      labels/frame_<i>.png (uint8 part ids: `npga track-video --labels` reads the eye closure),
+      labels/frame_<i>.png (uint8 part ids: `npga track-video --labels` reads the eye closure
+      and the brows' and mouth corners' motion from them),
       landmarks.json (true 2D landmarks: named canonical surface points of the head, projected;
       with a visibility flag), cameras.json (per-frame K and world->camera viewmat, OpenCV),
       groundtruth.json (expressions, head poses, also as a static camera would see them; for

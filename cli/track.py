@@ -55,6 +55,9 @@ def command(data: Path, prior_dir: Path | None, participant: str | None, sequenc
     identity codes, rotation, translation, scale and the fit residual per frame. Sequences whose
     file exists are skipped (resume) unless --force. Point rows with NaN/Inf are dropped (and
     counted); anything in sequences/ that is not a sequence folder is reported as skipped.
+    Where the capture has label maps (<frame>/labels/cam_<serial>.png), every track also gets
+    each frame's eye closure and the brows' and mouth corners' motion measured from them: what
+    the codes miss, which the avatar reads beside them.
     """
     from npga_taichi.prior.tracking import track_capture
 

@@ -28,8 +28,9 @@ from npga_taichi.cli.options import prior_option
 @click.option("--labels", "labels", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
               help="Label maps of the same frames: a folder of single-channel 8-bit PNGs of ids into "
                    "npga_taichi.data.synthetic.LABEL_NAMES (`npga synth --monocular` writes OUT/labels). "
-                   "Adds the per-frame eye closure (0 open, 1 closed; the video's own open eye as reference), "
-                   "which `npga drive` passes to avatars that take it.")
+                   "Adds the per-frame eye closure (0 open, 1 closed; the video's own open eye as reference) "
+                   "and the brows' and mouth corners' motion (from the video's median frame), which "
+                   "`npga drive` passes to avatars that take them.")
 @click.option("--fov", type=float, default=None,
               help="Horizontal field of view of the camera in degrees (principal point at the centre).")
 @click.option("--K", "K_path", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,

@@ -213,8 +213,10 @@ def driven_drive(run, tracking, relative: bool = False, neutral: str | None = No
         rot, trans = as_t([p[1] for p in poses]), as_t([p[2] for p in poses])
         scale = torch.full((len(drive),), 1.0, device=run.device) * torch.tensor(
             [p[0] for p in poses], dtype=torch.float32, device=run.device)
-    # the eye closure is already relative (0 = that person's open eye), so it passes as measured
-    return Drive(f"drive:{drive.sequence}", drive.timesteps, z, rot, trans, scale, drive.eye_closure), drive
+    # the eye closure and the part motion are already relative (0 = that person's open eye, their
+    # parts at rest), so they pass as measured
+    return Drive(f"drive:{drive.sequence}", drive.timesteps, z, rot, trans, scale, drive.eye_closure,
+                 drive.part_motion), drive
 
 
 def driving_view(camera, tracked_drive, drive, i: int):

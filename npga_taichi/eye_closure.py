@@ -21,7 +21,7 @@ do not take one.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import numpy as np
 import torch
@@ -120,20 +120,30 @@ def closure_from_counts(counts: Mapping[str, np.ndarray]) -> dict[str, np.ndarra
             for seq, c in counts.items()}
 
 
+def add_label_measurement(capture: Any, tracking_folder: str | Path, attribute: str,
+                          measure: Callable[[dict[str, Any], list[str]], dict[str, np.ndarray]]
+                          ) -> dict[str, np.ndarray]:
+    """Measure ``Tracking.<attribute>`` of every track in ``tracking_folder`` whose sequence
+    ``capture`` has, and rewrite the tracks with it. ``measure({sequence: Tracking}, serials)``
+    returns {sequence: values}, ``serials`` the :func:`measuring_cameras`. Returns those values;
+    {} (nothing written) unless every one of the tracks' sequences has label maps."""
+    from npga_taichi.prior.tracking import load_trackings, save_tracking, tracking_files
+
+    trackings = {seq: tr for seq, tr in load_trackings(tracking_folder).items() if seq in capture.sequences()}
+    if not trackings or not all(has_label_maps(capture, seq) for seq in trackings):
+        return {}
+    values = measure(trackings, measuring_cameras(capture))
+    files = tracking_files(tracking_folder)
+    for seq, tr in trackings.items():
+        setattr(tr, attribute, values[seq])
+        save_tracking(tr, files[seq])
+    return values
+
+
 def add_eye_closure(capture: Any, tracking_folder: str | Path) -> dict[str, float]:
     """Measure the eye closure of every track in ``tracking_folder`` of ``capture`` and write it
     into the tracks (``Tracking.eye_closure``). Returns {sequence: mean closure}; {} (nothing
     written) when the capture has no label maps."""
-    from npga_taichi.prior.tracking import load_trackings, save_tracking, tracking_files
-
-    trackings = load_trackings(tracking_folder)
-    trackings = {seq: tr for seq, tr in trackings.items() if seq in capture.sequences()}
-    if not trackings or not all(has_label_maps(capture, seq) for seq in trackings):
-        return {}
-    serials = measuring_cameras(capture)
-    closure = closure_from_counts({seq: eye_pixel_counts(capture, tr, serials) for seq, tr in trackings.items()})
-    files = tracking_files(tracking_folder)
-    for seq, tr in trackings.items():
-        tr.eye_closure = closure[seq]
-        save_tracking(tr, files[seq])
+    closure = add_label_measurement(capture, tracking_folder, "eye_closure", lambda trackings, serials: (
+        closure_from_counts({seq: eye_pixel_counts(capture, tr, serials) for seq, tr in trackings.items()})))
     return {seq: float(c.mean()) for seq, c in closure.items()}

@@ -38,6 +38,7 @@ class Drive:
     trans:     (T, 3) head translation (metres)
     scale:     (T,) or (T, k) head scale
     eye_closure: (T, 2) eye closure (left, right; 0 open) or None (:mod:`npga_taichi.eye_closure`)
+    part_motion: (T, 8) brows' and mouth corners' motion or None (:mod:`npga_taichi.part_motion`)
     """
 
     sequence: str
@@ -47,6 +48,7 @@ class Drive:
     trans: torch.Tensor
     scale: torch.Tensor
     eye_closure: torch.Tensor | None = None
+    part_motion: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return len(self.timesteps)
@@ -54,23 +56,27 @@ class Drive:
     def frame(self, i: int) -> dict:
         """Frame ``i`` as keyword arguments of the avatar's per-frame deformation."""
         return {"z_exp": self.z_exp[i], "rot": self.rot[i], "trans": self.trans[i], "scale": self.scale[i],
-                "eye_closure": None if self.eye_closure is None else self.eye_closure[i]}
+                "eye_closure": None if self.eye_closure is None else self.eye_closure[i],
+                "part_motion": None if self.part_motion is None else self.part_motion[i]}
 
     def select(self, indices) -> "Drive":
         idx = list(indices)
+        rows = lambda x: None if x is None else x[idx]  # noqa: E731
         return Drive(self.sequence, self.timesteps[idx], self.z_exp[idx], self.rot[idx],
-                     self.trans[idx], self.scale[idx], None if self.eye_closure is None else self.eye_closure[idx])
+                     self.trans[idx], self.scale[idx], rows(self.eye_closure), rows(self.part_motion))
 
     def with_codes(self, z_exp: torch.Tensor, timesteps=None, sequence: str | None = None,
-                   eye_closure: torch.Tensor | None = None) -> "Drive":
+                   eye_closure: torch.Tensor | None = None, part_motion: torch.Tensor | None = None) -> "Drive":
         """This drive's first pose held fixed while ``z_exp (T, E)`` (and ``eye_closure (T, 2)``,
-        open eyes when None) changes (cross-reenactment / interpolation)."""
+        ``part_motion (T, 8)``: open eyes, parts at rest when None) changes (cross-reenactment /
+        interpolation)."""
         t = len(z_exp)
         rep = lambda x: x[:1].expand(t, *x.shape[1:]).clone()  # noqa: E731
+        like = lambda x: None if x is None else x.to(self.z_exp)  # noqa: E731
         return Drive(sequence or self.sequence,
                      np.arange(t) if timesteps is None else np.asarray(timesteps),
                      z_exp.to(self.z_exp), rep(self.rot), rep(self.trans), rep(self.scale),
-                     None if eye_closure is None else eye_closure.to(self.z_exp))
+                     like(eye_closure), like(part_motion))
 
 
 def _tensor(x, device) -> torch.Tensor:
@@ -94,6 +100,7 @@ def drive_from_tracking(tracking, device="cpu") -> Drive:
         trans=_tensor(tracking.trans, device),
         scale=_tensor(scale, device),
         eye_closure=None if tracking.eye_closure is None else _tensor(tracking.eye_closure, device),
+        part_motion=None if tracking.part_motion is None else _tensor(tracking.part_motion, device),
     )
 
 
@@ -225,7 +232,7 @@ class LoadedRun:
         if source_pose:
             return other
         own = self.reference_drive()
-        return own.with_codes(other.z_exp, other.timesteps, other.sequence, other.eye_closure)
+        return own.with_codes(other.z_exp, other.timesteps, other.sequence, other.eye_closure, other.part_motion)
 
     def tracked_sequences(self) -> list[str]:
         """The capture's sequences (in capture order) that have a tracking file."""
@@ -244,7 +251,7 @@ class LoadedRun:
     def gaussians(self, frame: Mapping[str, torch.Tensor]) -> dict:
         """Deformed world-space Gaussians of one frame as rasterize keyword arrays (float32)."""
         out = self.avatar.gaussians_for_frame(frame["z_exp"], frame["rot"], frame["trans"], frame["scale"],
-                                              frame.get("eye_closure"))
+                                              frame.get("eye_closure"), frame.get("part_motion"))
         return normalise_gaussians(out)
 
     def raster_background(self, gaussians: Mapping[str, object]) -> torch.Tensor | None:

@@ -1,7 +1,6 @@
 """Eye closure from label maps (npga_taichi/eye_closure.py), its tracks, and the avatar input it feeds."""
 from pathlib import Path
 
-import imageio.v3 as iio
 import numpy as np
 import pytest
 import torch
@@ -9,60 +8,31 @@ import torch
 from npga_taichi.avatar.config import AvatarConfig
 from npga_taichi.avatar.deformation import FrameCode
 from npga_taichi.avatar.model import NPGAAvatar, avatar_from_state, avatar_state
-from npga_taichi.cameras import Camera
 from npga_taichi.data.synthetic import LABEL_NAMES
 from npga_taichi.eye_closure import (EYE_CENTRES, add_eye_closure, closure_from_counts, eye_pixel_counts,
                                      has_label_maps)
 from npga_taichi.prior.tracking import Tracking, load_tracking, posed_to_world, save_tracking
 from npga_taichi.reenactment import drive_from_tracking
 
+from label_captures import PaintedCapture
+
 EYES = LABEL_NAMES.index("eyes")
 SKIN = LABEL_NAMES.index("skin")
 
 
-class DiscCapture:
-    """A capture stand-in: two frontal-ish cameras whose label maps hold one disc of "eyes" per
-    eye, centred on the projected eye centre, of a radius the test chooses per frame and eye."""
+def DiscCapture(root: Path, radii: dict[str, list[tuple[float, float]]]) -> PaintedCapture:
+    """Two frontal-ish cameras whose label maps hold one disc of "eyes" per eye, centred on the
+    projected eye centre, of a radius the test chooses per frame and eye."""
 
-    def __init__(self, root: Path, radii: dict[str, list[tuple[float, float]]], size=(96, 128)):
-        self.root, self.size = root, size
-        h, w = size
-        K = np.array([[600.0, 0, w / 2], [0, 600.0, h / 2], [0, 0, 1]])
-        self.cameras = {}
-        for serial, yaw in (("cam_a", 0.0), ("cam_b", 0.2)):
-            c, s = np.cos(yaw), np.sin(yaw)
-            R = np.array([[c, 0, -s], [0, -1, 0], [-s, 0, -c]])  # looks at the head's face (-z world)
-            viewmat = np.eye(4)
-            viewmat[:3, :3] = R
-            viewmat[:3, 3] = -R @ np.array([1.0 * s, 0.0, 1.0 * c])
-            self.cameras[serial] = Camera(serial, viewmat, K, w, h)
-        self.radii = radii
-        self.tracks = {}
-        for seq, per_frame in radii.items():
-            t = len(per_frame)
-            self.tracks[seq] = Tracking(seq, np.arange(t), np.zeros((t, 4), np.float32), np.zeros(3, np.float32),
-                                        np.zeros(3, np.float32), np.repeat(np.eye(3)[None], t, 0).astype(np.float32),
-                                        np.zeros((t, 3), np.float32), 0.25, np.zeros(t, np.float32))
-            for i, (r_left, r_right) in enumerate(per_frame):
-                world = posed_to_world(torch.tensor(EYE_CENTRES, dtype=torch.float32), torch.eye(3), torch.zeros(3), 0.25)
-                for serial, cam in self.cameras.items():
-                    uv = cam.project(world)[0].numpy()
-                    yy, xx = np.mgrid[:h, :w]
-                    labels = np.full((h, w), SKIN, np.uint8)
-                    for (u, v), r in zip(uv, (r_left, r_right)):
-                        labels[(xx - u) ** 2 + (yy - v) ** 2 < r * r] = EYES
-                    path = self.frame_dir(seq, i) / "labels" / f"cam_{serial}.png"
-                    path.parent.mkdir(parents=True, exist_ok=True)
-                    iio.imwrite(path, labels)
+    def paint(per_eye, cam, rot, trans):
+        uv = cam.project(posed_to_world(torch.tensor(EYE_CENTRES, dtype=torch.float32), rot, trans, 0.25))[0].numpy()
+        yy, xx = np.mgrid[:cam.height, :cam.width]
+        labels = np.full((cam.height, cam.width), SKIN, np.uint8)
+        for (u, v), r in zip(uv, per_eye):
+            labels[(xx - u) ** 2 + (yy - v) ** 2 < r * r] = EYES
+        return labels
 
-    def sequences(self):
-        return list(self.radii)
-
-    def timesteps(self, seq):
-        return list(range(len(self.radii[seq])))
-
-    def frame_dir(self, seq, t):
-        return self.root / seq / f"frame_{t:05d}"
+    return PaintedCapture(root, radii, paint)
 
 
 def test_closure_follows_the_visible_eye_area_per_eye(tmp_path):
@@ -97,16 +67,17 @@ def test_add_eye_closure_writes_the_tracks_and_skips_captures_without_labels(tmp
     assert not has_label_maps(cap, "A") and add_eye_closure(cap, folder) == {}
 
 
-def test_tracking_file_rejects_a_malformed_eye_closure(tmp_path):
+@pytest.mark.parametrize("name, width", [("eye_closure", 2), ("part_motion", 8)])
+def test_tracking_file_rejects_a_malformed_label_measurement(tmp_path, name, width):
     t = 3
     track = Tracking("S", np.arange(t), np.zeros((t, 4)), np.zeros(3), np.zeros(3), np.repeat(np.eye(3)[None], t, 0),
-                     np.zeros((t, 3)), 0.25, np.zeros(t), eye_closure=np.zeros((t, 3)))
+                     np.zeros((t, 3)), 0.25, np.zeros(t), **{name: np.zeros((t, width + 1))})
     path = tmp_path / "S.npz"
     save_tracking(track, path)
-    with pytest.raises(ValueError, match="eye_closure has shape"):
+    with pytest.raises(ValueError, match=f"{name} has shape"):
         load_tracking(path)
-    track.eye_closure = np.full((t, 2), np.nan)
-    with pytest.raises(ValueError, match="eye_closure"):
+    setattr(track, name, np.full((t, width), np.nan))
+    with pytest.raises(ValueError, match=name):
         save_tracking(track, path)
 
 

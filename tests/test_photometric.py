@@ -26,6 +26,7 @@ from npga_taichi.prior.photometric import (
     track_video,
 )
 from npga_taichi.fidelity import label_path
+from npga_taichi.part_motion import PART_MOTION_DIM
 from npga_taichi.prior.tracking import load_tracking, posed_to_world
 from npga_taichi.reenactment import drive_from_tracking
 
@@ -453,6 +454,9 @@ def test_track_video_writes_a_tracking_file_render_accepts(tiny_demo, tmp_path):
     # the eye closure from the label maps (closure vs the blink: tests/test_monocular.py), and what npga drive reads
     assert tracking.eye_closure.shape == (3, 2) and ((tracking.eye_closure >= 0) & (tracking.eye_closure <= 1)).all()
     assert torch.equal(drive_from_tracking(tracking).eye_closure, torch.from_numpy(tracking.eye_closure))
+    # and the brows' and mouth corners' motion (its accuracy: tests/test_part_motion.py)
+    assert tracking.part_motion.shape == (3, PART_MOTION_DIM) and np.isfinite(tracking.part_motion).all()
+    assert torch.equal(drive_from_tracking(tracking).part_motion, torch.from_numpy(tracking.part_motion))
     # the file drives an avatar: npga render --expressions
     render = CliRunner().invoke(cli, ["render", str(tiny_demo["out"] / "run"), "--expressions", str(out),
                                       "--max-frames", "1", "--out", str(tmp_path / "render"), "--json"])

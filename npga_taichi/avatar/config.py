@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from npga_taichi.config_io import DictConfig
+from npga_taichi.part_motion import DISPLACED_PARTS
 
 
 DETAIL_CONDITIONINGS = ("code", "deformation")
@@ -48,6 +49,9 @@ class AvatarConfig(DictConfig):
     exp_dim: int = 0                    # expression code size (filled from the tracking at init)
     use_eye_closure: bool = True        # the blink input: each frame's eye closure (label maps, npga track) into G and per-Gaussian closure blend shapes, when every track has it
     eye_closure_dim: int = 0            # eye-closure inputs: 2 (left, right) or 0 (filled at init)
+    use_part_motion: bool = True        # the brows' and mouth corners' motion (label maps, npga track), which the codes barely carry, into G and part_displacement, when every track has it
+    part_displacement: str = "brows_corners"  # parts whose measured motion moves their canonical neighbourhood directly: "none", "brows", "brows_corners" (npga_taichi.part_motion)
+    part_motion_dim: int = 0            # part-motion inputs: 8 (npga_taichi.part_motion) or 0 (filled at init)
 
     def validate(self) -> "AvatarConfig":
         """Raise ValueError naming the offending field; return self."""
@@ -64,6 +68,9 @@ class AvatarConfig(DictConfig):
             raise ValueError(f"knn_k must be >= 1, got {self.knn_k}")
         if self.init_neck_extension < 0:
             raise ValueError(f"init_neck_extension must be >= 0, got {self.init_neck_extension}")
+        if self.part_displacement not in DISPLACED_PARTS:
+            raise ValueError(f"part_displacement must be one of {tuple(DISPLACED_PARTS)}, "
+                             f"got {self.part_displacement!r}")
         if self.detail_conditioning not in DETAIL_CONDITIONINGS:
             raise ValueError(f"detail_conditioning must be one of {DETAIL_CONDITIONINGS}, "
                              f"got {self.detail_conditioning!r}")

@@ -23,6 +23,7 @@ from npga_taichi.avatar.detail_network import ConditionedMLP, DetailNetwork, fou
 from npga_taichi.avatar.gaussians import CanonicalGaussians
 from npga_taichi.avatar.rotations import quat_multiply, rotmat_to_quat
 from npga_taichi.eye_closure import closure_weights
+from npga_taichi.part_motion import part_displacement
 
 
 @dataclass
@@ -31,7 +32,9 @@ class FrameCode:
 
     z_exp: (E,) expression code; rot: (3, 3) rotation; trans: (3,) metres; scale: canonical
     units -> metres (about 0.25); eye_closure: (2,) left, right in [0, 1] (0 open) or None
-    (:mod:`npga_taichi.eye_closure`; avatars that take it read None as open eyes).
+    (:mod:`npga_taichi.eye_closure`; avatars that take it read None as open eyes); part_motion:
+    (8,) brows' and mouth corners' motion, canonical units, or None
+    (:mod:`npga_taichi.part_motion`; avatars that take it read None as rest).
     """
 
     z_exp: torch.Tensor
@@ -39,11 +42,13 @@ class FrameCode:
     trans: torch.Tensor
     scale: float
     eye_closure: torch.Tensor | None = None
+    part_motion: torch.Tensor | None = None
 
     def to(self, device: torch.device | str, dtype: torch.dtype = torch.float32) -> "FrameCode":
-        closure = None if self.eye_closure is None else self.eye_closure.to(device, dtype)
+        move = lambda x: None if x is None else x.to(device, dtype)  # noqa: E731
         return FrameCode(self.z_exp.to(device, dtype), self.rot.to(device, dtype),
-                         self.trans.to(device, dtype), float(self.scale), closure)
+                         self.trans.to(device, dtype), float(self.scale), move(self.eye_closure),
+                         move(self.part_motion))
 
 
 class ScratchForwardField(nn.Module):
@@ -90,13 +95,17 @@ class PosedGaussians:
 
 def deform_canonical(gaussians: CanonicalGaussians, field: nn.Module | None, detail: DetailNetwork | None,
                      z_exp: torch.Tensor, use_latents: bool, detail_code: torch.Tensor | None = None,
-                     eye_closure: torch.Tensor | None = None) -> PosedGaussians:
+                     eye_closure: torch.Tensor | None = None, part_motion: torch.Tensor | None = None,
+                     displaced_parts: int = 0) -> PosedGaussians:
     """Apply F (+ latents) and G to the canonical cloud; output stays in canonical units.
 
     F sees the expression code ``z_exp`` (E,); G sees ``detail_code`` (its per-frame code:
     :meth:`NPGAAvatar.detail_code`, None for none) and, when built for it, F's displacement of
-    each Gaussian. A cloud with closure blend shapes adds ``w_i * closure_colors_i`` and
-    ``w_i * closure_opacity_i``, w_i = how closed the Gaussian's eye is
+    each Gaussian. With F, the measured ``part_motion`` (8,) of the first ``displaced_parts``
+    parts adds :func:`npga_taichi.part_motion.part_displacement` to F's motion: the brows move
+    several millimetres, which the codes do not carry and which photometric gradients do not
+    find for G (a brow band is narrower than its motion). A cloud with closure blend shapes adds
+    ``w_i * closure_colors_i`` and ``w_i * closure_opacity_i``, w_i = how closed the Gaussian's eye is
     (:func:`npga_taichi.eye_closure.closure_weights` of ``eye_closure`` (2,), None = open): a
     blink is a large, local change of appearance that a per-Gaussian parameter learns from the
     closed frames alone, where G would have to carve it out of its shared weights."""
@@ -111,6 +120,8 @@ def deform_canonical(gaussians: CanonicalGaussians, field: nn.Module | None, det
     x = x_can
     if field is not None:
         x = field(x_can, z_exp, features=latents) if latents is not None else field(x_can, z_exp)
+        if part_motion is not None and displaced_parts > 0:
+            x = x + part_displacement(x_can.detach(), part_motion, displaced_parts)
     if detail is not None:
         d = detail(x_can, latents, detail_code, x - x_can if detail.deformation_input else None)
         d_means = d["d_means"]

@@ -17,6 +17,7 @@ from npga_taichi.avatar.config import AvatarConfig, TrainConfig, configs_to_json
 from npga_taichi.avatar.model import NPGAAvatar, create_avatar, get_rasterizer
 from npga_taichi.avatar.trainer import AvatarData, Trainer, View, build_views
 from npga_taichi.checkpoint import write_text_atomic
+from npga_taichi.part_motion import PART_MOTION_DIM
 from npga_taichi.prior.tracking import load_trackings
 
 
@@ -89,8 +90,10 @@ def prepare_training(run_dir: str | os.PathLike, root: str | os.PathLike, partic
             field = None
         closure_dim = 2 if avatar_cfg.use_eye_closure and all(
             t.eye_closure is not None for t in trackings.values()) else 0
+        part_dim = PART_MOTION_DIM if avatar_cfg.use_part_motion and all(
+            t.part_motion is not None for t in trackings.values()) else 0
         avatar_cfg = avatar_cfg.__class__(**{**avatar_cfg.__dict__, "exp_dim": exp_dim,
-                                             "eye_closure_dim": closure_dim})
+                                             "eye_closure_dim": closure_dim, "part_motion_dim": part_dim})
         torch.manual_seed(train_cfg.seed)
         avatar = create_avatar(avatar_cfg, prior, z_geo, z_app, exp_dim, field,
                                tuple(train_cfg.background), seed=train_cfg.seed).to(device)

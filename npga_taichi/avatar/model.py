@@ -34,6 +34,7 @@ from npga_taichi.avatar.screen_cnn import ScreenCNN
 from npga_taichi.cameras import Camera
 from npga_taichi.checkpoint import load_checkpoint, load_weights
 from npga_taichi.contract import RasterOutput
+from npga_taichi.part_motion import DISPLACED_PARTS, PART_MOTION_SCALE
 from npga_taichi.prior.forward_field import ForwardDeformationField, ForwardFieldConfig
 
 RASTERIZERS = ("taichi", "reference")
@@ -100,8 +101,10 @@ class NPGAAvatar(nn.Module):
             field.expand_feature_input(config.feature_dim)
         self.field = field
         self.eye_closure_dim = int(config.eye_closure_dim)
+        self.part_motion_dim = int(config.part_motion_dim)
         by_code = config.detail_conditioning == "code"
-        self.detail = (DetailNetwork(config.feature_dim, (exp_dim if by_code else 0) + self.eye_closure_dim,
+        self.detail = (DetailNetwork(config.feature_dim,
+                                     (exp_dim if by_code else 0) + self.eye_closure_dim + self.part_motion_dim,
                                      color_dim, config.detail_hidden, config.detail_layers,
                                      config.detail_pos_freqs, deformation_input=not by_code)
                        if config.use_detail and not config.static else None)
@@ -125,22 +128,26 @@ class NPGAAvatar(nn.Module):
         return cached
 
     # ------------------------------------------------------------------------------ per frame
-    def detail_code(self, z_exp: torch.Tensor, eye_closure: torch.Tensor | None) -> torch.Tensor | None:
+    def detail_code(self, z_exp: torch.Tensor, eye_closure: torch.Tensor | None,
+                    part_motion: torch.Tensor | None = None) -> torch.Tensor | None:
         """G's per-frame code: z_exp (E,) when G is conditioned on the code, then the eye closure
-        (2,) when this avatar takes it (None: open eyes, e.g. codes from a video without label
-        maps or the viewer's sliders); None when G takes neither."""
+        (2,) and the part motion (8,) x :data:`~npga_taichi.part_motion.PART_MOTION_SCALE` when this
+        avatar takes them (None: open eyes / parts at rest, e.g. codes from a video without label
+        maps or the viewer's pad); None when G takes none of them."""
         parts = [z_exp] if self.config.detail_conditioning == "code" else []
-        if self.eye_closure_dim > 0:
-            if eye_closure is None:
-                eye_closure = z_exp.new_zeros(self.eye_closure_dim)
-            parts.append(eye_closure.to(z_exp).reshape(-1))
+        for dim, value, gain in ((self.eye_closure_dim, eye_closure, 1.0),
+                                 (self.part_motion_dim, part_motion, PART_MOTION_SCALE)):
+            if dim > 0:
+                parts.append(z_exp.new_zeros(dim) if value is None else value.to(z_exp).reshape(-1) * gain)
         return torch.cat(parts) if parts else None
 
     def deform(self, frame: FrameCode) -> PosedGaussians:
         """World-space Gaussians of one frame (differentiable w.r.t. everything trainable)."""
         z = frame.z_exp.to(self.gaussians.means)
         posed = deform_canonical(self.gaussians, self.field, self.detail, z, self.config.use_latents,
-                                 self.detail_code(z, frame.eye_closure), frame.eye_closure)
+                                 self.detail_code(z, frame.eye_closure, frame.part_motion), frame.eye_closure,
+                                 frame.part_motion if self.part_motion_dim > 0 else None,
+                                 DISPLACED_PARTS[self.config.part_displacement])
         return apply_rigid_pose(posed, frame.rot, frame.trans, _scale_value(frame.scale))
 
     def raster_colors(self, posed: PosedGaussians) -> tuple[torch.Tensor, int | None]:
@@ -158,12 +165,13 @@ class NPGAAvatar(nn.Module):
                 "opacities": posed.opacities, "colors": colors, "sh_degree": sh_degree}
 
     def gaussians_for_frame(self, z_exp: torch.Tensor, rot: torch.Tensor, trans: torch.Tensor,
-                            scale: Any, eye_closure: torch.Tensor | None = None) -> dict[str, Any]:
+                            scale: Any, eye_closure: torch.Tensor | None = None,
+                            part_motion: torch.Tensor | None = None) -> dict[str, Any]:
         """World-space rasterize inputs of one frame (see the module docstring)."""
         device = self.gaussians.means.device
+        flat = lambda x: None if x is None else torch.as_tensor(x).reshape(-1)  # noqa: E731
         frame = FrameCode(torch.as_tensor(z_exp).reshape(-1), torch.as_tensor(rot), torch.as_tensor(trans),
-                          _scale_value(scale),
-                          None if eye_closure is None else torch.as_tensor(eye_closure).reshape(-1)).to(device)
+                          _scale_value(scale), flat(eye_closure), flat(part_motion)).to(device)
         return self.raster_inputs(self.deform(frame))
 
 

@@ -68,11 +68,14 @@ def frame_code(tracking: Any, index: int) -> FrameCode:
     """FrameCode of row ``index`` of a Tracking (scale per sequence or per frame)."""
     scale = np.asarray(tracking.scale, dtype=np.float64).reshape(-1)
     s = float(scale[index] if scale.size > 1 else scale[0])
-    closure = getattr(tracking, "eye_closure", None)
+    def row(name: str) -> torch.Tensor | None:  # a measurement the track may not have
+        values = getattr(tracking, name, None)
+        return None if values is None else torch.as_tensor(np.asarray(values[index]), dtype=torch.float32)
+
     return FrameCode(torch.as_tensor(np.asarray(tracking.z_exp[index]), dtype=torch.float32).reshape(-1),
                      torch.as_tensor(np.asarray(tracking.rot[index]), dtype=torch.float32),
                      torch.as_tensor(np.asarray(tracking.trans[index]), dtype=torch.float32), s,
-                     None if closure is None else torch.as_tensor(np.asarray(closure[index]), dtype=torch.float32))
+                     row("eye_closure"), row("part_motion"))
 
 
 class AvatarData:

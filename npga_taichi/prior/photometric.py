@@ -1227,12 +1227,15 @@ def track_video_file(video, prior_dir, out, *, mattes=None, landmarks=None, labe
 
     ``mattes``: video/folder of the same frames' mattes; ``landmarks``: ``.npy``/JSON file;
     ``labels``: folder of the frames' label maps, which adds the eye closure
-    (``Tracking.eye_closure``, :func:`video_eye_closure`) (:mod:`npga_taichi.data.video_input`); camera from ``fov`` (horizontal degrees) or ``K`` (a 3x3
+    (``Tracking.eye_closure``, :func:`video_eye_closure`) and the brows' and mouth corners' motion
+    (``Tracking.part_motion``, :func:`npga_taichi.part_motion.video_part_motion`)
+    (:mod:`npga_taichi.data.video_input`); camera from ``fov`` (horizontal degrees) or ``K`` (a 3x3
     ``.npy``/JSON file), exactly one of them. ``max_frames``: track only the first frames.
     Existing outputs are kept unless ``force`` (FileExistsError). Returns the summary dict
     (``tracking`` path, ``frames``, ``seconds``, ``seconds_per_frame`` …).
     """
     from npga_taichi.data import video_input as vi
+    from npga_taichi.part_motion import video_part_motion
     from npga_taichi.prior.model import load_prior
 
     config = (config or PhotometricConfig()).validate()
@@ -1268,6 +1271,7 @@ def track_video_file(video, prior_dir, out, *, mattes=None, landmarks=None, labe
     if label_arr is not None:
         tracking.eye_closure = video_eye_closure(label_arr[:T], camera, tracking.rot, tracking.trans, tracking.scale,
                                                  source=f"labels {labels}")
+        tracking.part_motion = video_part_motion(label_arr[:T], camera, tracking.rot, tracking.trans, tracking.scale)
     tracking.meta.update({"video": str(video), "prior": str(prior_dir), "seconds": seconds,
                           "K": json.dumps(Kmat.tolist())})
     path = save_tracking(tracking, out)

@@ -56,6 +56,7 @@ from tqdm import tqdm
 
 from npga_taichi.checkpoint import atomic_path, ensure_output_dir, write_text_atomic
 from npga_taichi.data.pcd import finite_points
+from npga_taichi.part_motion import PART_MOTION_DIM
 from npga_taichi.prior.model import MonoNPHM
 from npga_taichi.processes import available_cores, one_torch_thread, worker_pool
 
@@ -134,6 +135,9 @@ class Tracking:
     # (T, 2) eye closure (subject's left, right), 0 open .. 1 closed, measured from label maps
     # (npga_taichi.eye_closure); None when the capture has none
     eye_closure: np.ndarray | None = None
+    # (T, 8) motion of the brows and mouth corners from their rest, canonical units, measured from
+    # label maps (npga_taichi.part_motion); None when the capture has none
+    part_motion: np.ndarray | None = None
 
     def summary(self) -> dict:
         """JSON-able summary; residuals are None when unknown (imported tracks store NaN)."""
@@ -149,7 +153,7 @@ class Tracking:
     def check_finite(self, where: str) -> None:
         """ValueError naming ``where`` if a code, pose or the scale is NaN/Inf (the residual may be
         NaN: MonoNPHM imports do not have one)."""
-        bad = [name for name in ("z_exp", "z_geo", "z_app", "rot", "trans", "eye_closure")
+        bad = [name for name in ("z_exp", "z_geo", "z_app", "rot", "trans", "eye_closure", "part_motion")
                if getattr(self, name) is not None
                and not np.isfinite(np.asarray(getattr(self, name), np.float64)).all()]
         if not (math.isfinite(float(self.scale)) and float(self.scale) > 0):
@@ -170,8 +174,8 @@ def save_tracking(tracking: Tracking, path: str | os.PathLike) -> Path:
                  z_app=tracking.z_app.astype(np.float32), rot=tracking.rot.astype(np.float32),
                  trans=tracking.trans.astype(np.float32), scale=np.array(tracking.scale, np.float64),
                  residual=tracking.residual.astype(np.float32), meta=np.array(json.dumps(tracking.meta)),
-                 **({} if tracking.eye_closure is None
-                    else {"eye_closure": np.asarray(tracking.eye_closure, np.float32)}))
+                 **{name: np.asarray(getattr(tracking, name), np.float32) for name in ("eye_closure", "part_motion")
+                    if getattr(tracking, name) is not None})
     write_text_atomic(json.dumps(tracking.summary(), indent=2), path.with_suffix(".json"))
     return path
 
@@ -241,10 +245,11 @@ def load_tracking(path: str | os.PathLike) -> Tracking:
     if arrays["timesteps"].ndim != 1:
         raise ValueError(f"tracking file {path}: timesteps has shape {arrays['timesteps'].shape}, expected (T,)")
     t = len(arrays["timesteps"])
-    if "eye_closure" in arrays and arrays["eye_closure"].dtype.kind not in "biuf":
-        raise ValueError(f"tracking file {path}: eye_closure is not numeric")
+    for key in ("eye_closure", "part_motion"):
+        if key in arrays and arrays[key].dtype.kind not in "biuf":
+            raise ValueError(f"tracking file {path}: {key} is not numeric")
     for key, shape in (("z_exp", (t, None)), ("rot", (t, 3, 3)), ("trans", (t, 3)), ("residual", (t,)),
-                       ("eye_closure", (t, 2))):
+                       ("eye_closure", (t, 2)), ("part_motion", (t, PART_MOTION_DIM))):
         if key not in arrays:
             continue
         arr = arrays[key]
@@ -260,7 +265,8 @@ def load_tracking(path: str | os.PathLike) -> Tracking:
                         arrays["z_geo"].reshape(-1), arrays["z_app"].reshape(-1), arrays["rot"], arrays["trans"],
                         float(arrays["scale"].reshape(-1)[0]), arrays["residual"],
                         meta if isinstance(meta, dict) else {},
-                        arrays["eye_closure"].astype(np.float32) if "eye_closure" in arrays else None)
+                        *(arrays[key].astype(np.float32) if key in arrays else None
+                          for key in ("eye_closure", "part_motion")))
     tracking.check_finite(f"tracking file {path}")
     return tracking
 
@@ -873,11 +879,15 @@ def track_capture(data: str | os.PathLike, prior_dir: str | os.PathLike | None =
                 bar.update(1)
             bar.close()
     from npga_taichi.eye_closure import add_eye_closure
+    from npga_taichi.part_motion import add_part_motion
 
     closure = add_eye_closure(capture, out_dir)  # {} when the capture has no label maps
     for seq, mean in closure.items():
         summary.setdefault(seq, {})["eye_closure_mean"] = mean
+    for seq, mean in add_part_motion(capture, out_dir).items():
+        summary.setdefault(seq, {})["part_motion_mm_mean"] = mean
     if not closure:
-        notes.append("no label maps in the capture: the tracks carry no eye closure, so avatars "
-                     "trained on them cannot blink (npga_taichi/eye_closure.py)")
+        notes.append("no label maps in the capture: the tracks carry no eye closure and no brow or "
+                     "mouth-corner motion, so avatars trained on them cannot blink and move their brows "
+                     "only as far as the codes do (npga_taichi/eye_closure.py, npga_taichi/part_motion.py)")
     return {"tracking_dir": str(out_dir), "seconds": time.time() - t0, "sequences": summary, "warnings": notes}

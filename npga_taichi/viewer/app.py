@@ -29,6 +29,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from npga_taichi.conventions import MM_PER_UNIT
+from npga_taichi.part_motion import PART_MOTION_NAMES
 from npga_taichi.reenactment import LoadedRun
 from npga_taichi.viewer.camera import camera_pose, frontal_serial, resized_keep_fov, viewer_camera
 from npga_taichi.viewer.expressions import MODES, Applied, ExpressionSource, ViewState, save_expression
@@ -197,6 +199,16 @@ class Viewer:
                                     for side in ("left", "right")]
                 for i, slider in enumerate(self.gui_closure):
                     slider.on_update(lambda e, i=i: self._record_closure(i, float(e.target.value)))
+            if any(run.avatar.part_motion_dim for run in self.runs):
+                # the "up" motions: how far a brow or a mouth corner is raised (mm; < 0 lowers it)
+                self.gui_part_motion = {}
+                for name in ("brow_left_up", "brow_right_up", "corner_left_up", "corner_right_up"):
+                    part, side = name.split("_")[:2]
+                    label = f"{'Brow' if part == 'brow' else 'Mouth corner'} up ({side}, mm)"
+                    slider = gui.add_slider(label, -5.0, 10.0, 0.1, 0.0,
+                                            hint="measured from label maps in tracked mode; here yours")
+                    slider.on_update(lambda e, name=name: self._record_part_motion(name, float(e.target.value)))
+                    self.gui_part_motion[name] = slider
 
         with gui.add_folder("Tracked"):
             self.gui_sequence = gui.add_dropdown("Sequence", self.source.sequences, initial_value=self._state.sequence)
@@ -260,6 +272,14 @@ class Viewer:
             closure = list(self._state.closure)
             closure[side] = value
             self._state = dataclasses.replace(self._state, closure=tuple(closure))
+        self._wake.set()
+
+    def _record_part_motion(self, name: str, mm: float) -> None:
+        """Set one of PART_MOTION_NAMES of the pad's expression to ``mm`` millimetres."""
+        with self._lock:
+            motion = list(self._state.part_motion)
+            motion[PART_MOTION_NAMES.index(name)] = mm / MM_PER_UNIT
+            self._state = dataclasses.replace(self._state, part_motion=tuple(motion))
         self._wake.set()
 
     def _on_cursor(self, event) -> None:
@@ -633,7 +653,8 @@ class Viewer:
         meta = {"mode": state.mode, "description": self.source.describe(state),
                 "corners": [self.source.label(s, i) for s, i in state.corners], "uv": list(state.uv)}
         path = save_expression(path, self.runs[0], z, self.source.pose(state, 0), meta,
-                               eye_closure=self.source.eye_closure(state))
+                               eye_closure=self.source.eye_closure(state),
+                               part_motion=self.source.part_motion(state))
         self._notify(client_id, "Saved expression", f"{path} — use it with: npga render RUN --expressions {path}")
         return path
 

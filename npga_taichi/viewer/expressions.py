@@ -23,6 +23,8 @@ import numpy as np
 import torch
 
 from npga_taichi.camera_paths import bilinear_code
+from npga_taichi.conventions import MM_PER_UNIT
+from npga_taichi.part_motion import PART_MOTION_DIM, PART_MOTION_NAMES
 from npga_taichi.reenactment import LoadedRun, normalise_gaussians, tracking_file
 
 MODES = ("tracked", "interpolate", "canonical")
@@ -34,7 +36,9 @@ class ViewState:
 
     corners: four (sequence, frame index) pairs; uv: the pad cursor; sequence/frame: tracked mode;
     closure: the eye closure (left, right; 0 open, 1 closed) the pad's expression is shown with
-    (tracked mode plays the measured one; avatars fitted without a closure ignore it).
+    (tracked mode plays the measured one; avatars fitted without a closure ignore it);
+    part_motion: the brows' and mouth corners' motion (:data:`npga_taichi.part_motion.PART_MOTION_NAMES`,
+    canonical units) the pad's expression is shown with, likewise.
     """
 
     mode: str
@@ -43,13 +47,14 @@ class ViewState:
     uv: tuple[float, float]
     corners: tuple[tuple[str, int], ...]
     closure: tuple[float, float] = (0.0, 0.0)
+    part_motion: tuple[float, ...] = (0.0,) * PART_MOTION_DIM
 
     def key(self) -> tuple:
         """Equal keys <=> the same Gaussians: what the worker compares before sending splats."""
         if self.mode == "tracked":
             return ("tracked", self.sequence, self.frame)
         if self.mode == "interpolate":
-            return ("interpolate", self.uv, self.corners, self.closure)
+            return ("interpolate", self.uv, self.corners, self.closure, self.part_motion)
         return ("canonical",)
 
 
@@ -155,7 +160,9 @@ class ExpressionSource:
             return f"tracked {self.label(state.sequence, state.frame)}"
         if state.mode == "interpolate":
             closed = f" eyes closed {state.closure[0]:.2f}/{state.closure[1]:.2f}" if any(state.closure) else ""
-            return f"pad u={state.uv[0]:.3f} v={state.uv[1]:.3f}{closed}"
+            moved = ", ".join(f"{name} {value * MM_PER_UNIT:+.1f} mm" for name, value
+                              in zip(PART_MOTION_NAMES, state.part_motion) if value)
+            return f"pad u={state.uv[0]:.3f} v={state.uv[1]:.3f}{closed}" + (f" {moved}" if moved else "")
         return "canonical"
 
     def eye_closure(self, state: ViewState) -> torch.Tensor | None:
@@ -167,18 +174,29 @@ class ExpressionSource:
             return torch.tensor(state.closure, dtype=torch.float32)
         return None
 
+    def part_motion(self, state: ViewState) -> torch.Tensor | None:
+        """(8,) brows' and mouth corners' motion of ``state``: measured in tracked mode, the
+        sliders' on the pad, None in canonical mode."""
+        if state.mode == "tracked":
+            return self.drive(state.sequence).frame(state.frame)["part_motion"]
+        if state.mode == "interpolate":
+            return torch.tensor(state.part_motion, dtype=torch.float32)
+        return None
+
     def gaussians(self, state: ViewState, z_exp: torch.Tensor | None, avatar_index: int) -> dict:
         """World-space rasterize arrays of one avatar (no side-by-side offset applied)."""
         run = self.runs[avatar_index]
         pose = self.pose(state, avatar_index)
         if z_exp is None:
             return canonical_gaussians(run.avatar, pose["rot"], pose["trans"], pose["scale"])
-        return run.gaussians({"z_exp": z_exp, **pose, "eye_closure": self.eye_closure(state)})
+        return run.gaussians({"z_exp": z_exp, **pose, "eye_closure": self.eye_closure(state),
+                              "part_motion": self.part_motion(state)})
 
 
 def save_expression(path: str | os.PathLike, run: LoadedRun, z_exp, pose: dict, meta: dict,
-                    eye_closure=None) -> Path:
-    """Write one expression code and head pose (and ``eye_closure`` (2,), when given) as a
+                    eye_closure=None, part_motion=None) -> Path:
+    """Write one expression code and head pose (and ``eye_closure`` (2,), ``part_motion`` (8,),
+    when given) as a
     one-frame tracking ``.npz`` (+ ``.json``), the format ``npga render --expressions FILE``
     reads (``prior.tracking.save_tracking``); the identity codes are copied from the run's
     reference tracking. Refuses to overwrite."""
@@ -195,5 +213,6 @@ def save_expression(path: str | os.PathLike, run: LoadedRun, z_exp, pose: dict, 
                         rot=as_np(pose["rot"]).reshape(1, 3, 3), trans=as_np(pose["trans"]).reshape(1, 3),
                         scale=float(as_np(pose["scale"]).reshape(-1)[0]), residual=np.zeros(1),
                         meta={"source": "npga view", **json.loads(json.dumps(meta, default=str))},
-                        eye_closure=None if eye_closure is None else as_np(eye_closure).reshape(1, 2))
+                        eye_closure=None if eye_closure is None else as_np(eye_closure).reshape(1, 2),
+                        part_motion=None if part_motion is None else as_np(part_motion).reshape(1, -1))
     return save_tracking(tracking, path)
