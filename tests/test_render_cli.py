@@ -176,8 +176,8 @@ def test_render_orbit_cross_and_interpolation(tiny_demo, tmp_path):
     # the corners are the four codes named in render.json (SEQ:T), found in the tracking
     corners = torch.stack([_code(run, label) for label in grid["corners"]])
     assert len(set(grid["corners"])) == 4
-    # interpolated codes come without an eye closure (open eyes)
-    pose = {k: v for k, v in run.reference_drive().frame(0).items() if k != "eye_closure"}
+    # interpolated codes come without an eye closure or part motion (open eyes, parts at rest)
+    pose = {k: v for k, v in run.reference_drive().frame(0).items() if k not in ("eye_closure", "part_motion")}
     # the grid's last tile is the bottom-right corner code on the reference pose
     last = run.render(run.gaussians({**pose, "z_exp": bilinear_code(corners, 1.0, 1.0)}), cam)
     assert np.array_equal(image[cam.height:, 2 * cam.width:], video.to_uint8(last))

@@ -300,9 +300,10 @@ def test_page_draws_avatar_and_u_slider_drives_expression(viewer, browser):
         cam, image = got[0], got[1]
         assert max(cam.width, cam.height) == min(viewer.max_side, max(client.camera.image_width,
                                                                       client.camera.image_height))
-        # the pad's codes come without an eye closure (open eyes)
+        # the pad's codes come without an eye closure or part motion (open eyes, parts at rest:
+        # the sliders at 0)
         frame = {"z_exp": expected, **{k: v for k, v in run.reference_drive().frame(0).items()
-                                       if k not in ("z_exp", "eye_closure")}}
+                                       if k not in ("z_exp", "eye_closure", "part_motion")}}
         reference = viewer.call(lambda: run.render(run.gaussians(frame), cam).numpy())
         assert np.array_equal(image, reference)  # what `npga render` computes for this camera
         saved = _click_save_view(page, viewer)                    # exact mode saves the server's image
