@@ -102,15 +102,16 @@ def _projected_frames(camera: Any, world: torch.Tensor, image_width: int) -> tup
     return centres, jacobian
 
 
-def part_offsets(labels: np.ndarray, camera: Any, world: torch.Tensor) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def part_offsets(labels: np.ndarray, camera: Any, world: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
     """One label map's part positions: (offsets (8,) canonical units in :data:`PART_MOTION_NAMES`
     order, NaN where the part shows fewer than :data:`MIN_PIXELS`; weights (4, 2, 2) = J^T J of
     each part (brow left, brow right, corner left, corner right) in its (out, up) coordinates,
-    pixels² per unit²; pixel counts (4,)).
+    pixels² per unit²).
 
     labels: (H, W) uint8; camera at any resolution with the label map's aspect ratio; world:
     :func:`part_centres_world` of the frame's pose."""
     from npga_taichi.data.synthetic import LABEL_NAMES
+    from npga_taichi.fidelity import REGIONS
 
     centres, jac = _projected_frames(camera, world, labels.shape[1])
     outward = (np.eye(2), np.diag([-1.0, 1.0]))  # head (x, y) -> (out, up) of the left / right side
@@ -118,7 +119,6 @@ def part_offsets(labels: np.ndarray, camera: Any, world: torch.Tensor) -> tuple[
     part_centre = [centres[0], centres[1], centres[2], centres[2]]
     part_jac = [jac[0] @ outward[0], jac[1] @ outward[1], jac[2] @ outward[0], jac[2] @ outward[1]]
     offsets = np.full(PART_MOTION_DIM, np.nan)
-    counts = np.zeros(4)
 
     def head_offsets(part: int, pix: np.ndarray) -> np.ndarray:  # (P, 2) pixels -> (P, 2) (out, up)
         j = part_jac[part]
@@ -130,22 +130,20 @@ def part_offsets(labels: np.ndarray, camera: Any, world: torch.Tensor) -> tuple[
     pix = np.stack([cols + 0.5, rows + 0.5], 1)
     nearer_left = ((pix - centres[0]) ** 2).sum(1) < ((pix - centres[1]) ** 2).sum(1)
     for part, mine in enumerate((nearer_left, ~nearer_left)):
-        counts[part] = mine.sum()
-        if counts[part] >= MIN_PIXELS:
+        if mine.sum() >= MIN_PIXELS:
             offsets[2 * part: 2 * part + 2] = head_offsets(part, pix[mine].mean(0, keepdims=True))[0]
 
-    mouth = np.isin(labels, [LABEL_NAMES.index(n) for n in ("lips", "teeth", "mouth_interior")])
+    mouth = np.isin(labels, [LABEL_NAMES.index(n) for n in REGIONS["mouth"]])
     rows, cols = np.nonzero(mouth)
     pix = np.stack([cols + 0.5, rows + 0.5], 1)
     for part in (2, 3):
         head = head_offsets(part, pix)
         mine = head[:, 0] > 0  # this side of the midline (none when seen edge-on)
-        counts[part] = mine.sum()
-        if counts[part] >= MIN_PIXELS:
-            keep = max(1, int(round(CORNER_SHARE * counts[part])))
+        if mine.sum() >= MIN_PIXELS:
+            keep = max(1, int(round(CORNER_SHARE * mine.sum())))
             offsets[2 * part: 2 * part + 2] = head[mine][np.argsort(head[mine, 0])[-keep:]].mean(0)
     weights = np.stack([j.T @ j for j in part_jac])
-    return offsets, weights, counts
+    return offsets, weights
 
 
 def part_measurements(capture: Any, tracking: Any, serials: list[str]) -> tuple[np.ndarray, np.ndarray]:
@@ -160,7 +158,7 @@ def part_measurements(capture: Any, tracking: Any, serials: list[str]) -> tuple[
         frame_dir = capture.frame_dir(tracking.sequence, int(t))
         for v, serial in enumerate(serials):
             labels = load_labels(label_path(frame_dir, serial))
-            offsets[i, v], weights[i, v], _ = part_offsets(labels, capture.cameras[serial], world)
+            offsets[i, v], weights[i, v] = part_offsets(labels, capture.cameras[serial], world)
     return offsets, weights
 
 
