@@ -9,11 +9,12 @@ from scipy.spatial.transform import Rotation
 
 from npga_taichi.avatar.config import AvatarConfig, configs_from_json, configs_to_json, preset
 from npga_taichi.avatar.deformation import FrameCode, ScratchForwardField
+from npga_taichi.avatar.detail_network import DetailNetwork
 from npga_taichi.avatar.density_control import GradientStats, densify_and_prune, reset_opacity
 from npga_taichi.avatar.gaussians import CanonicalGaussians
 from npga_taichi.conventions import SH_C0
 from npga_taichi.avatar.laplacian import KnnLaplacian, knn_graph, laplacian, laplacian_loss
-from npga_taichi.avatar.model import NPGAAvatar
+from npga_taichi.avatar.model import NPGAAvatar, avatar_from_state, avatar_state
 from npga_taichi.avatar.rotations import quat_multiply, quat_to_rotmat, rotmat_to_quat
 from npga_taichi.avatar.screen_cnn import ScreenCNN
 from npga_taichi.avatar.trainer import build_optimizer
@@ -292,9 +293,10 @@ def test_detail_network_sees_fs_displacement_or_the_code_as_configured():
         avatar_d.detail.mlp.out.weight.normal_(0, 0.1)
     g = avatar_d.gaussians
     moved = avatar_d.field(g.means, z1, features=g.latents)
-    inputs = torch.cat([fourier_features(g.means, avatar_d.config.detail_pos_freqs), g.latents,
-                        DEFORMATION_SCALE * (moved - g.means)], dim=-1)
-    d_means = avatar_d.detail.mlp(inputs, None)[:, :3]
+    point = torch.cat([fourier_features(g.means, avatar_d.config.detail_pos_freqs), g.latents], dim=-1)
+    inputs = torch.cat([point, DEFORMATION_SCALE * (moved - g.means)], dim=-1)
+    at_rest = torch.cat([point, torch.zeros_like(moved)], dim=-1)  # G relative to rest: no displacement
+    d_means = (avatar_d.detail.mlp(inputs, None) - avatar_d.detail.mlp(at_rest, None))[:, :3]
     posed = avatar_d.deform(frame(z1))
     assert torch.allclose(posed.means, moved + d_means, atol=1e-6)
     assert not torch.allclose(posed.means, avatar_d.deform(frame(z0)).means)
@@ -312,6 +314,63 @@ def test_runs_saved_before_detail_conditioning_existed_load_with_the_code_condit
     assert AvatarConfig.from_dict(saved).detail_conditioning == "deformation"
     with pytest.raises(ValueError, match="detail_conditioning"):
         AvatarConfig(detail_conditioning="pose").validate()
+
+
+@pytest.mark.parametrize("conditioning", ["code", "deformation"])
+def test_detail_network_relative_to_rest_is_zero_at_rest_and_its_difference_elsewhere(conditioning):
+    torch.manual_seed(0)
+    avatar = _small_avatar(detail_conditioning=conditioning, detail_relative_to_rest=True)
+    plain = _small_avatar(detail_conditioning=conditioning, detail_relative_to_rest=False)
+    with torch.no_grad():
+        avatar.field.mlp.out.weight.normal_(0, 0.1)  # F moves the Gaussians for a non-zero code
+        avatar.detail.mlp.out.weight.normal_(0, 0.1)  # a trained G: not zero anywhere
+        avatar.detail.mlp.out.bias.normal_(0, 0.1)
+        plain.load_state_dict(avatar.state_dict())
+    g = avatar.gaussians
+    rest = torch.zeros(5)
+    moved = avatar.field(g.means, rest, features=g.latents)
+    # rest: a zero code, or no displacement from F; there every output of G is zero
+    rest_inputs = (rest, None) if conditioning == "code" else (None, torch.zeros_like(g.means))
+    for name, value in avatar.detail(g.means, g.latents, *rest_inputs).items():
+        assert torch.equal(value, torch.zeros_like(value)), name
+    # the same weights unconstrained are not zero at rest, so the zero above is the subtraction
+    assert plain.detail(g.means, g.latents, *rest_inputs)["d_colors"].abs().min() > 0
+    z = torch.randn(5)
+    code = None if conditioning == "deformation" else z
+    deformation = (avatar.field(g.means, z, features=g.latents) - g.means) if conditioning == "deformation" else None
+    relative = avatar.detail(g.means, g.latents, code, deformation)
+    unconstrained = plain.detail(g.means, g.latents, code, deformation)
+    zero_deformation = None if deformation is None else torch.zeros_like(deformation)
+    at_rest = plain.detail(g.means, g.latents, None if code is None else torch.zeros(5), zero_deformation)
+    for name in relative:
+        assert torch.allclose(relative[name], unconstrained[name] - at_rest[name], atol=1e-6), name
+    # the whole avatar at rest (zero code, no eye closure, no part motion) is F's motion alone
+    frame = FrameCode(rest, torch.eye(3), torch.zeros(3), 1.0)
+    posed = avatar.deform(frame)
+    if conditioning == "code":
+        assert torch.allclose(posed.means, moved, atol=1e-6)
+        assert torch.allclose(posed.colors, g.colors, atol=1e-6)
+        assert not torch.allclose(plain.deform(frame).means, moved, atol=1e-4)
+    # gradients reach G's weights through the difference
+    avatar.zero_grad()
+    avatar.deform(FrameCode(z, torch.eye(3), torch.zeros(3), 1.0)).means.sum().backward()
+    assert avatar.detail.mlp.point_in.weight.grad.abs().sum() > 0
+    # checkpoints keep the setting and G
+    with torch.no_grad():
+        restored = avatar_from_state(avatar_state(avatar), "test")
+        assert restored.detail.relative_to_rest and not avatar_from_state(avatar_state(plain), "test").detail.relative_to_rest
+        assert torch.equal(restored.deform(frame).means, avatar.deform(frame).means)
+
+
+def test_runs_saved_before_g_relative_to_rest_load_with_the_unconstrained_g_they_had():
+    assert AvatarConfig().detail_relative_to_rest is True
+    data = AvatarConfig().to_dict()
+    del data["detail_relative_to_rest"]
+    assert AvatarConfig.from_dict(data).detail_relative_to_rest is False
+    saved = AvatarConfig(detail_relative_to_rest=True).to_dict()
+    assert AvatarConfig.from_dict(saved).detail_relative_to_rest is True
+    with pytest.raises(ValueError, match="per-frame input"):
+        DetailNetwork(latent_dim=4, code_dim=0, color_dim=3, hidden=8, layers=2, relative_to_rest=True)
 
 
 def test_scratch_field_is_identity_at_init_and_rejects_missing_features():

@@ -16,6 +16,9 @@ from npga_taichi.part_motion import DISPLACED_PARTS
 
 DETAIL_CONDITIONINGS = ("code", "deformation")
 
+# Avatar fields whose default changed the behaviour: the value a run saved without the field had.
+SAVED_BEFORE = {"detail_relative_to_rest": False}
+
 
 @dataclass
 class AvatarConfig(DictConfig):
@@ -35,6 +38,7 @@ class AvatarConfig(DictConfig):
     detail_layers: int = 3              # hidden layers of G
     detail_pos_freqs: int = 4           # sin/cos frequencies of the canonical position fed to G
     detail_conditioning: str = "code"   # what G sees of the expression: "code" = z_exp (the paper's G), "deformation" = F's displacement of each Gaussian (better where the tracked codes carry little but the jaw; README, *What G should see*)
+    detail_relative_to_rest: bool = True  # G's output minus G at rest (zero code, open eyes, parts at rest): G carries only what the expression changes, the neutral face stays in the canonical Gaussians (off: an unconstrained G, mostly a correction common to every frame)
     use_prior_field: bool = True        # F distilled from the prior (off, --no-prior: F learned from scratch)
     scratch_field_hidden: int = 128     # hidden width of F when learned from scratch
     scratch_field_layers: int = 4       # hidden layers of F when learned from scratch
@@ -52,6 +56,12 @@ class AvatarConfig(DictConfig):
     use_part_motion: bool = True        # the brows' and mouth corners' motion (label maps, npga track), which the codes barely carry, into G and part_displacement, when every track has it
     part_displacement: str = "brows_corners"  # parts whose measured motion moves their canonical neighbourhood directly: "none", "brows", "brows_corners" (npga_taichi.part_motion)
     part_motion_dim: int = 0            # part-motion inputs: 8 (npga_taichi.part_motion) or 0 (filled at init)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str | None = None) -> "AvatarConfig":
+        """As :meth:`DictConfig.from_dict`; fields a run saved before they existed take the value
+        that run was trained with (:data:`SAVED_BEFORE`), not today's default."""
+        return super().from_dict({**SAVED_BEFORE, **data}, source)
 
     def validate(self) -> "AvatarConfig":
         """Raise ValueError naming the offending field; return self."""

@@ -90,7 +90,7 @@ class PosedGaussians:
     colors: torch.Tensor           # (N, C) SH DC or features
     sh_rest: torch.Tensor | None   # (N, K - 1, 3) or None
     dynamics: torch.Tensor | None  # (N, M) predicted per-Gaussian motion (None when static)
-    d_means: torch.Tensor | None   # (N, 3) G's position offset (None without G)
+    detail: dict[str, torch.Tensor] | None  # G's outputs (DetailNetwork.forward; None without G)
 
 
 def deform_canonical(gaussians: CanonicalGaussians, field: nn.Module | None, detail: DetailNetwork | None,
@@ -116,7 +116,7 @@ def deform_canonical(gaussians: CanonicalGaussians, field: nn.Module | None, det
     opacity_logits = gaussians.opacity_logits
     colors = gaussians.colors
     dynamics: list[torch.Tensor] = []
-    d_means = None
+    d = None
     x = x_can
     if field is not None:
         x = field(x_can, z_exp, features=latents) if latents is not None else field(x_can, z_exp)
@@ -124,8 +124,7 @@ def deform_canonical(gaussians: CanonicalGaussians, field: nn.Module | None, det
             x = x + part_displacement(x_can.detach(), part_motion, displaced_parts)
     if detail is not None:
         d = detail(x_can, latents, detail_code, x - x_can if detail.deformation_input else None)
-        d_means = d["d_means"]
-        x = x + d_means
+        x = x + d["d_means"]
         identity = torch.zeros(4, dtype=quats.dtype, device=quats.device)
         identity[0] = 1
         quats = quat_multiply(quats, identity + d["d_quats"])
@@ -143,7 +142,7 @@ def deform_canonical(gaussians: CanonicalGaussians, field: nn.Module | None, det
     sh_rest = gaussians.sh_rest if "sh_rest" in gaussians.names else None
     return PosedGaussians(means=x, quats=quats, scales=torch.exp(log_scales),
                           opacities=torch.sigmoid(opacity_logits), colors=colors, sh_rest=sh_rest,
-                          dynamics=torch.cat(dynamics, dim=-1) if dynamics else None, d_means=d_means)
+                          dynamics=torch.cat(dynamics, dim=-1) if dynamics else None, detail=d)
 
 
 def apply_rigid_pose(posed: PosedGaussians, rot: torch.Tensor, trans: torch.Tensor, scale: float
@@ -156,4 +155,4 @@ def apply_rigid_pose(posed: PosedGaussians, rot: torch.Tensor, trans: torch.Tens
         quats=quat_multiply(q_rot.expand_as(posed.quats), posed.quats),
         scales=posed.scales * scale,
         opacities=posed.opacities, colors=posed.colors, sh_rest=posed.sh_rest,
-        dynamics=posed.dynamics, d_means=posed.d_means)
+        dynamics=posed.dynamics, detail=posed.detail)

@@ -16,6 +16,12 @@ What G sees of the expression (``AvatarConfig.detail_conditioning``):
   jaw and wander (``benchmarks/code_content.py``), worse for one whose codes carry more.
 
 Either way the frame's eye closure (when the avatar takes one) is G's per-frame code.
+
+``relative_to_rest`` (``AvatarConfig.detail_relative_to_rest``, on by default): G's output minus
+its output at the rest inputs (a zero code, the prior's neutral expression, with open eyes and
+parts at rest; no displacement from F), so G is zero at rest and carries only what changes with
+the expression. Unconstrained, G learns mostly a correction common to every frame (README,
+*G relative to rest*), which the canonical Gaussians hold better.
 """
 from __future__ import annotations
 
@@ -83,7 +89,9 @@ class DetailNetwork(nn.Module):
 
     ``code_dim``: size of the per-frame code (z_exp and/or the eye closure; 0 for none);
     ``deformation_input``: G also takes F's displacement (N, 3) of each Gaussian, in canonical
-    units scaled by :data:`DEFORMATION_SCALE`, detached (G does not push F).
+    units scaled by :data:`DEFORMATION_SCALE`, detached (G does not push F);
+    ``relative_to_rest``: return G(inputs) - G(rest inputs), a zero code and no displacement
+    (see the module docstring).
 
     Returns a dict of
       ``d_means``      (N, 3)  position offset in canonical units, added after F
@@ -94,10 +102,13 @@ class DetailNetwork(nn.Module):
     """
 
     def __init__(self, latent_dim: int, code_dim: int, color_dim: int, hidden: int, layers: int,
-                 pos_freqs: int = 4, deformation_input: bool = False):
+                 pos_freqs: int = 4, deformation_input: bool = False, relative_to_rest: bool = False):
         super().__init__()
+        if relative_to_rest and code_dim == 0 and not deformation_input:
+            raise ValueError("a DetailNetwork relative to rest needs a per-frame input "
+                             "(a code or F's displacement); without one it is zero everywhere")
         self.latent_dim, self.color_dim, self.pos_freqs = latent_dim, color_dim, pos_freqs
-        self.deformation_input = deformation_input
+        self.deformation_input, self.relative_to_rest = deformation_input, relative_to_rest
         self.out_dims = {"d_means": 3, "d_quats": 4, "d_log_scales": 3, "d_colors": color_dim,
                          "d_opacity": 1}
         point_dim = 3 + 6 * pos_freqs + latent_dim + (3 if deformation_input else 0)
@@ -111,11 +122,15 @@ class DetailNetwork(nn.Module):
             if latents is None:
                 raise ValueError("DetailNetwork was built with latents but got none")
             inputs.append(latents)
+        rest_inputs = list(inputs)
         if self.deformation_input:
             if deformation is None:
                 raise ValueError("DetailNetwork was built to see F's displacement but got none")
             inputs.append(DEFORMATION_SCALE * deformation.detach())
+            rest_inputs.append(torch.zeros_like(deformation))
         out = self.mlp(torch.cat(inputs, dim=-1), code)
+        if self.relative_to_rest:
+            out = out - self.mlp(torch.cat(rest_inputs, dim=-1), None if code is None else torch.zeros_like(code))
         parts = dict(zip(self.out_dims, out.split(list(self.out_dims.values()), dim=-1)))
         parts["d_opacity"] = parts["d_opacity"][:, 0]
         return parts

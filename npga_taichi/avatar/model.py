@@ -106,7 +106,8 @@ class NPGAAvatar(nn.Module):
         self.detail = (DetailNetwork(config.feature_dim,
                                      (exp_dim if by_code else 0) + self.eye_closure_dim + self.part_motion_dim,
                                      color_dim, config.detail_hidden, config.detail_layers,
-                                     config.detail_pos_freqs, deformation_input=not by_code)
+                                     config.detail_pos_freqs, deformation_input=not by_code,
+                                     relative_to_rest=config.detail_relative_to_rest)
                        if config.use_detail and not config.static else None)
         self.cnn = (ScreenCNN(color_dim, config.cnn_hidden, config.cnn_layers, background)
                     if config.use_cnn else None)

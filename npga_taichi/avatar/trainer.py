@@ -272,8 +272,8 @@ def regularizers(avatar: NPGAAvatar, posed, raster_alpha: torch.Tensor, alpha: t
             lap = avatar.graph_laplacian.loss(posed.dynamics)
             total = total + cfg.lambda_lap_dynamics * lap
             parts["lap_dynamics"] = lap.detach()
-    if posed.d_means is not None and cfg.lambda_detail_l2 > 0:
-        l2 = posed.d_means.pow(2).sum(-1).mean()
+    if posed.detail is not None and cfg.lambda_detail_l2 > 0:
+        l2 = posed.detail["d_means"].pow(2).sum(-1).mean()
         total = total + cfg.lambda_detail_l2 * l2
         parts["detail_l2"] = l2.detach()
     if cfg.lambda_alpha > 0:
