@@ -60,6 +60,8 @@ from npga_taichi.part_motion import PART_MOTION_DIM
 from npga_taichi.prior.model import MonoNPHM
 from npga_taichi.processes import available_cores, one_torch_thread, worker_pool
 
+# Optional per-frame arrays of a track, measured from label maps (saved only when present).
+LABEL_MEASUREMENTS = ("eye_closure", "part_motion")
 
 
 @dataclass
@@ -153,7 +155,7 @@ class Tracking:
     def check_finite(self, where: str) -> None:
         """ValueError naming ``where`` if a code, pose or the scale is NaN/Inf (the residual may be
         NaN: MonoNPHM imports do not have one)."""
-        bad = [name for name in ("z_exp", "z_geo", "z_app", "rot", "trans", "eye_closure", "part_motion")
+        bad = [name for name in ("z_exp", "z_geo", "z_app", "rot", "trans", *LABEL_MEASUREMENTS)
                if getattr(self, name) is not None
                and not np.isfinite(np.asarray(getattr(self, name), np.float64)).all()]
         if not (math.isfinite(float(self.scale)) and float(self.scale) > 0):
@@ -174,7 +176,7 @@ def save_tracking(tracking: Tracking, path: str | os.PathLike) -> Path:
                  z_app=tracking.z_app.astype(np.float32), rot=tracking.rot.astype(np.float32),
                  trans=tracking.trans.astype(np.float32), scale=np.array(tracking.scale, np.float64),
                  residual=tracking.residual.astype(np.float32), meta=np.array(json.dumps(tracking.meta)),
-                 **{name: np.asarray(getattr(tracking, name), np.float32) for name in ("eye_closure", "part_motion")
+                 **{name: np.asarray(getattr(tracking, name), np.float32) for name in LABEL_MEASUREMENTS
                     if getattr(tracking, name) is not None})
     write_text_atomic(json.dumps(tracking.summary(), indent=2), path.with_suffix(".json"))
     return path
@@ -245,7 +247,7 @@ def load_tracking(path: str | os.PathLike) -> Tracking:
     if arrays["timesteps"].ndim != 1:
         raise ValueError(f"tracking file {path}: timesteps has shape {arrays['timesteps'].shape}, expected (T,)")
     t = len(arrays["timesteps"])
-    for key in ("eye_closure", "part_motion"):
+    for key in LABEL_MEASUREMENTS:
         if key in arrays and arrays[key].dtype.kind not in "biuf":
             raise ValueError(f"tracking file {path}: {key} is not numeric")
     for key, shape in (("z_exp", (t, None)), ("rot", (t, 3, 3)), ("trans", (t, 3)), ("residual", (t,)),
@@ -266,7 +268,7 @@ def load_tracking(path: str | os.PathLike) -> Tracking:
                         float(arrays["scale"].reshape(-1)[0]), arrays["residual"],
                         meta if isinstance(meta, dict) else {},
                         *(arrays[key].astype(np.float32) if key in arrays else None
-                          for key in ("eye_closure", "part_motion")))
+                          for key in LABEL_MEASUREMENTS))
     tracking.check_finite(f"tracking file {path}")
     return tracking
 

@@ -196,9 +196,8 @@ class ExpressionSource:
 def save_expression(path: str | os.PathLike, run: LoadedRun, z_exp, pose: dict, meta: dict,
                     eye_closure=None, part_motion=None) -> Path:
     """Write one expression code and head pose (and ``eye_closure`` (2,), ``part_motion`` (8,),
-    when given) as a
-    one-frame tracking ``.npz`` (+ ``.json``), the format ``npga render --expressions FILE``
-    reads (``prior.tracking.save_tracking``); the identity codes are copied from the run's
+    when given) as a one-frame tracking ``.npz`` (+ ``.json``), the format ``npga render
+    --expressions FILE`` reads (``prior.tracking.save_tracking``); the identity codes are copied from the run's
     reference tracking. Refuses to overwrite."""
     from npga_taichi.prior.tracking import Tracking, load_tracking, save_tracking
 
