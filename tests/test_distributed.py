@@ -133,3 +133,21 @@ def test_a_killed_rank_ends_the_job_and_leaves_it_resumable(tmp_path):
     saved = load_checkpoint(latest)["step"]
     _wait(_launch(run, 1, steps=saved + 5, resume=True))
     assert load_checkpoint(latest)["step"] == saved + 5
+
+
+@pytest.mark.parametrize("collective", ["all_reduce_sum", "check_replicas"])
+def test_every_collective_names_resume_when_a_peer_is_gone(monkeypatch, collective):
+    # Which collective notices a dead rank first depends on timing (the killed-rank test above
+    # meets one or the other), so each must give the whole message.
+    from npga_taichi.avatar import distributed
+
+    def gone(*args, **kwargs):
+        raise RuntimeError("Connection reset by peer")
+
+    monkeypatch.setattr(distributed.dist, "all_reduce", gone)
+    monkeypatch.setattr(distributed.dist, "all_gather", gone)
+    ctx = distributed.DistContext(rank=0, world=2)
+    call = {"all_reduce_sum": lambda: distributed.all_reduce_sum(ctx, torch.zeros(1)),
+            "check_replicas": lambda: distributed.check_replicas(ctx, torch.zeros(2), "a step")}[collective]
+    with pytest.raises(distributed.RankFailure, match=r"lost contact with the other ranks.*--resume"):
+        call()

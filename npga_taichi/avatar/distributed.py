@@ -97,6 +97,12 @@ def init_from_env(device: str = "cpu") -> DistContext:
     return DistContext(rank, world, local_rank, dev)
 
 
+def _lost_contact(ctx: DistContext, err: Exception) -> RankFailure:
+    """The one message every collective gives when a peer is gone."""
+    return RankFailure(f"rank {ctx.rank}: lost contact with the other ranks ({err}); a rank probably died. "
+                       "The last checkpoint is intact: rerun with --resume.")
+
+
 def all_reduce_sum(ctx: DistContext, tensor: torch.Tensor) -> torch.Tensor:
     """Sum ``tensor`` over ranks in place (no-op for one process); :class:`RankFailure` when a
     peer is gone."""
@@ -104,8 +110,7 @@ def all_reduce_sum(ctx: DistContext, tensor: torch.Tensor) -> torch.Tensor:
         try:
             dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
         except (RuntimeError, dist.DistBackendError) as err:
-            raise RankFailure(f"rank {ctx.rank}: lost contact with the other ranks ({err}); a rank probably "
-                              "died. The last checkpoint is intact: rerun with --resume.") from None
+            raise _lost_contact(ctx, err) from None
     return tensor
 
 
@@ -128,7 +133,7 @@ def check_replicas(ctx: DistContext, checksum: torch.Tensor, what: str) -> None:
     try:
         dist.all_gather(gathered, local)
     except (RuntimeError, dist.DistBackendError) as err:
-        raise RankFailure(f"rank {ctx.rank}: lost contact with the other ranks ({err})") from None
+        raise _lost_contact(ctx, err) from None
     for r, other in enumerate(gathered):
         if not torch.equal(other, local):
             raise RuntimeError(f"ranks diverged after {what}: rank {ctx.rank} has checksum {local.tolist()}, "
