@@ -13,11 +13,17 @@ import inspect
 import io
 import textwrap
 import tokenize
-from typing import Any
+from typing import Any, ClassVar
 
 
 class DictConfig:
-    """Mixin for ``@dataclass`` configurations: ``to_dict`` / ``from_dict``."""
+    """Mixin for ``@dataclass`` configurations: ``to_dict`` / ``from_dict``.
+
+    ``SAVED_BEFORE``: fields whose default changed the behaviour, each with the value a run saved
+    without the field had; :meth:`from_dict` fills them from here, not from today's default, so an
+    older run loads (and resumes) as it was trained."""
+
+    SAVED_BEFORE: ClassVar[dict[str, Any]] = {}
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -25,6 +31,7 @@ class DictConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str | None = None):
         """Build from a dict; ValueError naming ``source`` (a file) and any unknown field."""
+        data = {**cls.SAVED_BEFORE, **data}
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:

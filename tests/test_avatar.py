@@ -7,7 +7,7 @@ import pytest
 import torch
 from scipy.spatial.transform import Rotation
 
-from npga_taichi.avatar.config import AvatarConfig, configs_from_json, configs_to_json, preset
+from npga_taichi.avatar.config import AvatarConfig, TrainConfig, configs_from_json, configs_to_json, preset
 from npga_taichi.avatar.deformation import FrameCode, ScratchForwardField
 from npga_taichi.avatar.detail_network import DetailNetwork
 from npga_taichi.avatar.density_control import GradientStats, densify_and_prune, reset_opacity
@@ -360,6 +360,35 @@ def test_detail_network_relative_to_rest_is_zero_at_rest_and_its_difference_else
         restored = avatar_from_state(avatar_state(avatar), "test")
         assert restored.detail.relative_to_rest and not avatar_from_state(avatar_state(plain), "test").detail.relative_to_rest
         assert torch.equal(restored.deform(frame).means, avatar.deform(frame).means)
+
+
+def test_detail_code_noise_reaches_g_alone():
+    # The trainer's augmentation: G sees z + noise, F (the prior's motion) the tracked z.
+    torch.manual_seed(0)
+    avatar = _small_avatar()
+    with torch.no_grad():
+        avatar.field.mlp.out.weight.normal_(0, 0.1)
+        avatar.detail.mlp.out.weight.normal_(0, 0.1)
+    g, z, noise = avatar.gaussians, torch.randn(5), 0.3 * torch.randn(5)
+    pose = (torch.eye(3), torch.zeros(3), 1.0)
+    with torch.no_grad():
+        noisy = avatar.deform(FrameCode(z, *pose), noise)
+        g_saw = avatar.deform(FrameCode(z + noise, *pose))
+        for name in noisy.detail:
+            assert torch.equal(noisy.detail[name], g_saw.detail[name]), name
+        f_part = noisy.means - noisy.detail["d_means"]
+        assert torch.allclose(f_part, avatar.field(g.means, z, features=g.latents), atol=1e-6)
+        assert not torch.allclose(f_part, avatar.field(g.means, z + noise, features=g.latents), atol=1e-4)
+        assert torch.equal(avatar.deform(FrameCode(z, *pose), torch.zeros(5)).means, avatar.deform(FrameCode(z, *pose)).means)
+
+
+def test_configs_saved_before_a_field_existed_load_as_they_were_trained():
+    data = TrainConfig().to_dict()
+    del data["detail_code_noise"]
+    assert TrainConfig().detail_code_noise > 0 and TrainConfig.from_dict(data).detail_code_noise == 0
+    assert TrainConfig.from_dict(TrainConfig(detail_code_noise=0.2).to_dict()).detail_code_noise == 0.2
+    with pytest.raises(ValueError, match="detail_code_noise"):
+        TrainConfig(detail_code_noise=-1).validate()
 
 
 def test_runs_saved_before_g_relative_to_rest_load_with_the_unconstrained_g_they_had():

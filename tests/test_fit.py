@@ -154,6 +154,30 @@ def test_training_reduces_loss_and_raises_psnr(tmp_path, capture):
     assert out["colors"].shape == (len(avatar.gaussians), 4, 3) and out["sh_degree"] == 1
 
 
+def test_detail_code_noise_comes_from_the_view_sampler_per_frame_group(tmp_path, capture):
+    # Drawn like the views (identically on every rank, resumed with the sampler's state): the
+    # two-rank and resume tests take the default noise through their bit-for-bit comparisons.
+    assert TrainConfig().detail_code_noise > 0
+    a = _trainer(tmp_path / "a", capture, steps=2, detail_code_noise=0.05)
+    b = _trainer(tmp_path / "b", capture, steps=2, detail_code_noise=0.05)
+    draws = torch.stack(a.detail_code_noise(4000))
+    assert draws.shape == (4000, EXP)
+    assert abs(float(draws.std()) - 0.05) < 0.002 and abs(float(draws.mean())) < 0.002
+    assert torch.equal(torch.stack(b.detail_code_noise(4000)), draws)
+    assert not torch.equal(torch.stack(a.detail_code_noise(4000)), draws)  # a stream, not one draw
+    assert _trainer(tmp_path / "c", capture, steps=2, detail_code_noise=0.0).detail_code_noise(3) == [None] * 3
+    # a training step hands each frame group's draw, taken after the views, to the deformation
+    seen, step = [], _trainer(tmp_path / "d", capture, steps=2, detail_code_noise=0.05)
+    deform = step.avatar.deform
+    step.avatar.deform = lambda frame, noise=None: (seen.append(noise), deform(frame, noise))[1]
+    step.train_step()
+    replay = _trainer(tmp_path / "e", capture, steps=2, detail_code_noise=0.05)
+    replay.sample_views()
+    assert len(seen) == 1 and torch.equal(seen[0], replay.detail_code_noise(1)[0])
+    a.avatar.config.detail_conditioning = "deformation"  # G without the code: nothing to perturb
+    assert a.detail_code_noise(3) == [None] * 3
+
+
 def test_resume_equals_uninterrupted_run(tmp_path, capture):
     steps = 40  # densification at 20 and 40, so resuming at 30 crosses an ADC pass
     straight = _trainer(tmp_path / "a", capture, steps)

@@ -16,13 +16,11 @@ from npga_taichi.part_motion import DISPLACED_PARTS
 
 DETAIL_CONDITIONINGS = ("code", "deformation")
 
-# Avatar fields whose default changed the behaviour: the value a run saved without the field had.
-SAVED_BEFORE = {"detail_relative_to_rest": False}
-
-
 @dataclass
 class AvatarConfig(DictConfig):
     """What the avatar is: its Gaussians, latent features and networks."""
+
+    SAVED_BEFORE = {"detail_relative_to_rest": False}
 
     num_init_gaussians: int = 6000      # Gaussians sampled on the prior's zero level set at init
     max_gaussians: int = 16000          # hard cap on the count during densification
@@ -56,12 +54,6 @@ class AvatarConfig(DictConfig):
     use_part_motion: bool = True        # the brows' and mouth corners' motion (label maps, npga track), which the codes barely carry, into G and part_displacement, when every track has it
     part_displacement: str = "brows_corners"  # parts whose measured motion moves their canonical neighbourhood directly: "none", "brows", "brows_corners" (npga_taichi.part_motion)
     part_motion_dim: int = 0            # part-motion inputs: 8 (npga_taichi.part_motion) or 0 (filled at init)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any], source: str | None = None) -> "AvatarConfig":
-        """As :meth:`DictConfig.from_dict`; fields a run saved before they existed take the value
-        that run was trained with (:data:`SAVED_BEFORE`), not today's default."""
-        return super().from_dict({**SAVED_BEFORE, **data}, source)
 
     def validate(self) -> "AvatarConfig":
         """Raise ValueError naming the offending field; return self."""
@@ -98,6 +90,8 @@ class AvatarConfig(DictConfig):
 class TrainConfig(DictConfig):
     """How the avatar is trained."""
 
+    SAVED_BEFORE = {"detail_code_noise": 0.0}
+
     steps: int = 6000                   # optimisation steps of the schedule
     views_per_step: int = 1             # (camera, frame) pairs rendered and averaged per step (split over ranks)
     cameras_per_frame: int = 1          # views of a step that share one sampled frame (one deformation, several cameras)
@@ -110,6 +104,7 @@ class TrainConfig(DictConfig):
     lambda_lap_latent: float = 1e-2     # Laplacian regulariser on the latent features
     lambda_lap_dynamics: float = 1e-1   # Laplacian regulariser on the predicted per-Gaussian dynamics
     lambda_detail_l2: float = 1e-3      # small L2 pull of G's position offsets towards 0 (F explains motion)
+    detail_code_noise: float = 0.05     # std of Gaussian noise on the z_exp G sees (not F) in training: G learns a smooth function of the code, not the training frames' own codes (README, *G that generalises*); 0 = off
     lambda_alpha: float = 0.05          # L1 between rendered alpha and the matte (keeps the silhouette)
     use_laplacian: bool = True          # Laplacian regularisers on the kNN graph (off: the --no-laplacian ablation)
     lr_means: float = 4e-4              # Adam LR of canonical positions (canonical units), decays to 1%
@@ -159,6 +154,8 @@ class TrainConfig(DictConfig):
             raise ValueError(f"image_scale must be in (0, 1], got {self.image_scale}")
         if len(self.background) != 3:
             raise ValueError(f"background must have 3 values, got {self.background}")
+        if not self.detail_code_noise >= 0:
+            raise ValueError(f"detail_code_noise must be >= 0, got {self.detail_code_noise}")
         if self.processes < 0:
             raise ValueError(f"processes must be >= 0 (0 = one per core), got {self.processes}")
         for name in ("densify_interval", "checkpoint_interval", "val_interval", "log_interval"):

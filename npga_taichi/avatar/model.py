@@ -142,11 +142,20 @@ class NPGAAvatar(nn.Module):
                 parts.append(z_exp.new_zeros(dim) if value is None else value.to(z_exp).reshape(-1) * gain)
         return torch.cat(parts) if parts else None
 
-    def deform(self, frame: FrameCode) -> PosedGaussians:
-        """World-space Gaussians of one frame (differentiable w.r.t. everything trainable)."""
+    @property
+    def detail_sees_code(self) -> bool:
+        """Whether G takes the expression code z_exp (``detail_conditioning`` "code")."""
+        return self.detail is not None and self.config.detail_conditioning == "code"
+
+    def deform(self, frame: FrameCode, detail_code_noise: torch.Tensor | None = None) -> PosedGaussians:
+        """World-space Gaussians of one frame (differentiable w.r.t. everything trainable).
+
+        ``detail_code_noise`` (E,): added to the z_exp that G sees, not F (the trainer's
+        augmentation, :attr:`TrainConfig.detail_code_noise`)."""
         z = frame.z_exp.to(self.gaussians.means)
+        z_detail = z if detail_code_noise is None else z + detail_code_noise.to(z)
         posed = deform_canonical(self.gaussians, self.field, self.detail, z, self.config.use_latents,
-                                 self.detail_code(z, frame.eye_closure, frame.part_motion), frame.eye_closure,
+                                 self.detail_code(z_detail, frame.eye_closure, frame.part_motion), frame.eye_closure,
                                  frame.part_motion if self.part_motion_dim > 0 else None,
                                  DISPLACED_PARTS[self.config.part_displacement])
         return apply_rigid_pose(posed, frame.rot, frame.trans, _scale_value(frame.scale))

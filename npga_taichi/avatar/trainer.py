@@ -472,6 +472,17 @@ class Trainer:
             groups.append([frame_views[int(j)] for j in take])
         return groups
 
+    def detail_code_noise(self, count: int) -> list[torch.Tensor | None]:
+        """Noise on G's z_exp for each of the step's ``count`` frame groups (Nones when off).
+
+        Drawn from the view sampler on every rank alike, like the views: any number of ranks
+        takes the step one process would, and a resumed run continues the same stream."""
+        std = self.cfg.detail_code_noise
+        if std == 0 or not self.avatar.detail_sees_code:
+            return [None] * count
+        draws = torch.from_numpy(self.sampler.standard_normal((count, self.avatar.exp_dim))).float()
+        return list((std * draws).to(self.device).unbind(0))
+
     def train_step(self) -> dict[str, Any]:
         """One optimisation step over ``views_per_step`` training views (this rank's share of them).
 
@@ -484,15 +495,17 @@ class Trainer:
         record: dict[str, Any] = {"step": self.step + 1}
         all_groups = self.sample_views()
         total = sum(len(g) for g in all_groups)
-        groups = all_groups[dist_ctx.share(len(all_groups))]
+        share = dist_ctx.share(len(all_groups))
+        groups = all_groups[share]
+        code_noise = self.detail_code_noise(len(all_groups))[share]
         n = len(avatar.gaussians)
         grad_sum = torch.zeros(n, dtype=torch.float64, device=self.device)
         grad_count = torch.zeros(n, dtype=torch.float64, device=self.device)
         terms: dict[str, torch.Tensor] = {}
         collect_stats = self.step + 1 < cfg.densify_until
-        for group in groups:
+        for group, noise in zip(groups, code_noise):
             t0 = time.perf_counter()
-            posed = avatar.deform(self.data.frame(group[0]))
+            posed = avatar.deform(self.data.frame(group[0]), noise)
             t0 = self._time("deform_forward", t0)
             if not _posed_finite(posed):  # the rasterizer rejects non-finite input: skip the step
                 terms["nonfinite"] = terms.get("nonfinite", 0.0) + 1.0
