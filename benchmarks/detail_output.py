@@ -13,6 +13,12 @@ output and split (the training sequences / the held-out ones, FREE by default):
 * ``dynamic_rms``: about that mean: what changes with the expression, the detail G is for;
 * ``dynamic_share`` = dynamic_rms / rms.
 
+For the position offsets also ``translation``: their mean over the Gaussians on each frame, a
+shift of the whole head (mm): ``rms`` over frames of its length and ``dynamic_rms`` about its mean
+over frames. A G that moves the whole head from frame to frame is correcting each training
+frame's tracked pose, which does not carry over to codes it never saw (README, *G that
+generalises*).
+
 An unconstrained G (``--no-detail-relative-to-rest``) learns mostly a static correction; one
 relative to rest is zero at a zero code (README, *G relative to rest*).
 """
@@ -63,6 +69,9 @@ def measure(avatar, trackings: dict, holdout: tuple[str, ...] = ("FREE",), strid
             dynamic = float((stack - mean).pow(2).mean().sqrt())
             rows[name] = {"rms": rms, "static_rms": float(mean.pow(2).mean().sqrt()),
                           "dynamic_rms": dynamic, "dynamic_share": dynamic / rms if rms > 0 else 0.0}
+        shift = torch.stack(outputs["d_means"]).mean(1)  # (F, 3): the whole head's shift per frame
+        rows["d_means"]["translation"] = {"rms": float(shift.pow(2).sum(1).mean().sqrt()),
+                                          "dynamic_rms": float((shift - shift.mean(0)).pow(2).sum(1).mean().sqrt())}
         result[split] = {"frames": len(outputs["d_means"]), "outputs": rows}
     return result
 
@@ -95,6 +104,9 @@ def main(argv=None) -> dict:
         for name, row in rows.get("held_out", rows.get("train", {})).get("outputs", {}).items():
             print(f"{run} {name}: rms {row['rms']:.4g}, static {row['static_rms']:.4g}, "
                   f"dynamic {row['dynamic_rms']:.4g} ({100 * row['dynamic_share']:.1f} %)")
+            if "translation" in row:
+                print(f"{run} {name} whole-head shift: rms {row['translation']['rms']:.4g} mm, "
+                      f"changing {row['translation']['dynamic_rms']:.4g} mm")
     return result
 
 

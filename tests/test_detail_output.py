@@ -56,6 +56,12 @@ def test_a_still_expression_is_all_static_and_a_g_relative_to_rest_is_zero_at_re
         raw = torch.stack([relative.detail(relative.gaussians.means, relative.gaussians.latents,
                                            torch.as_tensor(c, dtype=torch.float32))["d_means"] for c in varied])
     assert moved["rms"] == pytest.approx(float(raw.double().pow(2).mean().sqrt()) * MM_PER_UNIT, rel=1e-4)
+    shift = raw.double().mean(1) * MM_PER_UNIT  # (frames, 3): the whole head's shift per frame
+    assert moved["translation"]["rms"] == pytest.approx(float(shift.norm(dim=1).pow(2).mean().sqrt()), rel=1e-4)
+    assert moved["translation"]["dynamic_rms"] == pytest.approx(
+        float((shift - shift.mean(0)).norm(dim=1).pow(2).mean().sqrt()), rel=1e-4)
+    assert 0 < moved["translation"]["dynamic_rms"] < moved["translation"]["rms"]
+    assert still["train"]["outputs"]["d_means"]["translation"]["dynamic_rms"] == pytest.approx(0.0, abs=1e-9)
 
 
 def test_an_avatar_without_g_is_a_clear_error():
