@@ -14,12 +14,13 @@ The figure draws each arm's difference against the held-out frame, one panel per
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import sys
 from pathlib import Path
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 METRICS = ("psnr", "psnr_masked", "psnr_eyes", "psnr_mouth")
 
@@ -27,16 +28,17 @@ METRICS = ("psnr", "psnr_masked", "psnr_eyes", "psnr_mouth")
 def read_metrics(run: str | Path) -> dict[tuple[str, int, str], dict[str, float]]:
     """(sequence, timestep, camera) -> the row's metrics, from ``RUN/eval/metrics.csv`` (or a CSV
     path); ValueError naming the file when it is missing or has none of :data:`METRICS`."""
+    from npga_taichi.evaluation import read_csv
+
     path = Path(run)
     path = path if path.suffix == ".csv" else path / "eval" / "metrics.csv"
     if not path.is_file():
         raise ValueError(f"{path}: no metrics (run `npga eval` on the run first)")
     rows = {}
-    with open(path, newline="") as handle:
-        for row in csv.DictReader(handle):
-            if not set(METRICS) <= set(row):
-                raise ValueError(f"{path}: expected the columns {METRICS} of `npga eval`'s metrics.csv")
-            rows[(row["sequence"], int(row["timestep"]), row["camera"])] = {k: float(row[k]) for k in METRICS}
+    for row in read_csv(path):
+        if any(row.get(k) is None for k in METRICS):
+            raise ValueError(f"{path}: expected values in the columns {METRICS} of `npga eval`'s metrics.csv")
+        rows[(row["sequence"], row["timestep"], row["camera"])] = {k: row[k] for k in METRICS}
     if not rows:
         raise ValueError(f"{path}: no rows")
     return rows
@@ -118,7 +120,7 @@ def main(argv=None) -> dict:
         means = ", ".join(f"{k} {np.mean(diff[k]):+.2f}" for k in METRICS)
         worst = int(np.argmin(diff["psnr"]))
         print(f"{name} − {args.reference[0]}: {means}; worst frame {diff['frames'][worst]} "
-              f"{diff['psnr'][worst]:+.2f} dB", file=sys.stdout)
+              f"{diff['psnr'][worst]:+.2f} dB")
     return result
 
 

@@ -69,9 +69,10 @@ def measure(avatar, trackings: dict, holdout: tuple[str, ...] = ("FREE",), strid
             dynamic = float((stack - mean).pow(2).mean().sqrt())
             rows[name] = {"rms": rms, "static_rms": float(mean.pow(2).mean().sqrt()),
                           "dynamic_rms": dynamic, "dynamic_share": dynamic / rms if rms > 0 else 0.0}
-        shift = torch.stack(outputs["d_means"]).mean(1)  # (F, 3): the whole head's shift per frame
-        rows["d_means"]["translation"] = {"rms": float(shift.pow(2).sum(1).mean().sqrt()),
-                                          "dynamic_rms": float((shift - shift.mean(0)).pow(2).sum(1).mean().sqrt())}
+            if name == "d_means":
+                shift = stack.mean(1)  # (F, 3): the whole head's shift per frame
+                rows[name]["translation"] = {"rms": float(shift.pow(2).sum(1).mean().sqrt()),
+                                             "dynamic_rms": float((shift - shift.mean(0)).pow(2).sum(1).mean().sqrt())}
         result[split] = {"frames": len(outputs["d_means"]), "outputs": rows}
     return result
 

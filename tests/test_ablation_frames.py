@@ -50,3 +50,7 @@ def test_missing_or_mismatched_runs_are_clear_errors(tmp_path, capsys):
     with pytest.raises(SystemExit):
         bench.main(["--arm", "G", str(other), "--reference", "r", ref, "--out", str(tmp_path / "x")])
     assert "different held-out frames" in capsys.readouterr().err
+    (other / "eval" / "metrics.csv").write_text(",".join(COLUMNS) + "\nFREE,0,a,30,25,,18,0.9\n")  # no eye region
+    with pytest.raises(SystemExit):
+        bench.main(["--arm", "G", str(other), "--reference", "r", ref, "--out", str(tmp_path / "x")])
+    assert "expected values in the columns" in capsys.readouterr().err
