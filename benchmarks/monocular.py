@@ -9,7 +9,12 @@ Protocol (person A: the avatar RUN's capture; person B: ``--driver``, another sy
   world with the video's camera path (:func:`npga_taichi.data.monocular.world_pose`; the tracker
   never sees it); A's avatar, driven by those codes and poses, is compared with the capture's
   images from the run's held-out cameras — PSNR / masked PSNR / SSIM computed by
-  :func:`npga_taichi.evaluation.evaluate` exactly as ``npga eval`` does.
+  :func:`npga_taichi.evaluation.evaluate` exactly as ``npga eval`` does. Twice: with the prior's
+  proxy alone (``npga track-video``), and refined through A's avatar (``npga track-video
+  --avatar``, :func:`npga_taichi.avatar_tracking.track_through_avatar`; rows "through the
+  avatar"; its seconds per frame include the proxy's). Both measure the eye closure and the
+  brows' and mouth corners' motion from the video's label maps, as ``--labels`` does, and the
+  avatar gets them.
 * **cross-identity** — B's FREE video, tracked with A's prior, drives A; the truth is A rendered
   by the synthetic head (:func:`npga_taichi.data.head_render.render_head`, A's identity, B's true
   expressions and head poses, the held-out cameras at the run's resolution; the synthetic
@@ -67,6 +72,7 @@ from npga_taichi.data.monocular import MonocularConfig, load_monocular, world_po
 QUICK_PHOTOMETRIC = {"num_points": 1500, "first_frame_steps": 30, "steps_per_frame": 6, "views_per_step": 1,
                      "lr_rot": 1.5e-2, "lr_trans": 3e-3}
 QUICK_POINTCLOUD = {"first_frame_steps": 40, "steps_per_frame": 5, "points_per_frame": 400}
+QUICK_AVATAR = {"first_frame_steps": 10, "steps_per_frame": 3, "pose_steps_per_frame": 2}
 
 
 # ----------------------------------------------------------------------------- inputs
@@ -95,28 +101,35 @@ def video_for(pdir: Path, work: Path, camera_seed: int, static: bool) -> Path:
 
 
 # ----------------------------------------------------------------------------- tracking
-def track_monocular(video, prior, landmarks: bool, quick: bool, save=None) -> tuple[object, float]:
-    """(Tracking with poses mapped to the capture's world, seconds per frame); ``save``: also
-    write the track as tracked (apparent poses: the static camera's world) there, for
-    ``npga drive`` or a later look."""
-    from npga_taichi.prior.photometric import PhotometricConfig, track_video
+def track_monocular(video, prior, landmarks: bool, quick: bool, save=None, run=None) -> tuple[object, float]:
+    """(Tracking with poses mapped to the capture's world, seconds per frame), as ``npga
+    track-video --labels [--avatar RUN]`` tracks: the prior's proxy, the label measurements, and
+    with ``run`` (the video's own person's avatar) the track refined through it, the proxy with
+    :data:`~npga_taichi.avatar_tracking.PROXY_POINTS` surfels; ``save``: also write the track as
+    tracked (apparent poses: the static camera's world) there, for ``npga drive`` or a later look."""
+    from npga_taichi.avatar_tracking import PROXY_POINTS, AvatarTrackingConfig, track_through_avatar
+    from npga_taichi.prior.photometric import PhotometricConfig, add_video_labels, track_video
 
-    cfg = PhotometricConfig(**(QUICK_PHOTOMETRIC if quick else {}))
+    settings = dict(QUICK_PHOTOMETRIC if quick else {})
+    if run is not None:
+        settings["num_points"] = min(settings.get("num_points", PROXY_POINTS), PROXY_POINTS)
+    cfg = PhotometricConfig(**settings)
     lmk = None
     if landmarks:
         lmk = torch.from_numpy(np.where(video.visible[..., None], video.landmarks, np.nan).astype(np.float32))[:, None]
     start, cpu_start = time.perf_counter(), time.process_time()
+    mattes = None if video.mattes is None else torch.from_numpy(video.mattes)
     tracking = track_video(torch.from_numpy(video.frames)[:, None], [video.static_camera], prior,
-                           mattes=None if video.mattes is None else torch.from_numpy(video.mattes)[:, None],
+                           mattes=None if mattes is None else mattes[:, None],
                            landmarks=lmk, config=cfg, sequence=video.sequence, progress=False)
+    if video.labels is not None:  # what npga track-video --labels measures (static camera's poses)
+        add_video_labels(tracking, video.labels, video.static_camera, source=f"{video.path}/labels")
+    if run is not None:
+        tracking = track_through_avatar(run, torch.from_numpy(video.frames), video.static_camera, tracking, mattes,
+                                        AvatarTrackingConfig(**(QUICK_AVATAR if quick else {})), progress=False)
     seconds = (time.perf_counter() - start) / len(video.frames)
     # CPU seconds of this process: what one core would take, unaffected by other jobs on the machine
     cpu_seconds = (time.process_time() - cpu_start) / len(video.frames)
-    if video.labels is not None:  # the eye closure npga track-video --labels measures (static camera's poses)
-        from npga_taichi.prior.photometric import video_eye_closure
-
-        tracking.eye_closure = video_eye_closure(video.labels, video.static_camera, tracking.rot, tracking.trans,
-                                                 tracking.scale, source=f"{video.path}/labels")
     if save is not None:
         from npga_taichi.prior.tracking import save_tracking
 
@@ -201,14 +214,14 @@ def align_to_first(rot, trans, scale, ref) -> tuple[np.ndarray, np.ndarray, floa
     return np.stack([m[1] for m in moved]), np.stack([m[2] for m in moved]), moved[0][0]
 
 
-def make_drive(run, timesteps, z_exp, rot, trans, scale, eye_closure=None):
+def make_drive(run, timesteps, z_exp, rot, trans, scale, eye_closure=None, part_motion=None):
     from npga_taichi.reenactment import Drive
 
     as_t = lambda x: torch.tensor(np.array(x, np.float32), device=run.device)  # noqa: E731 (a copy: writable)
     t = len(timesteps)
     return Drive("FREE", np.asarray(timesteps, np.int64), as_t(z_exp), as_t(rot), as_t(trans),
                  as_t(np.broadcast_to(np.asarray(scale, np.float32).reshape(-1)[:1], (t,))),
-                 None if eye_closure is None else as_t(eye_closure))
+                 None if eye_closure is None else as_t(eye_closure), None if part_motion is None else as_t(part_motion))
 
 
 def score(run, drive, truth, serials) -> dict:
@@ -296,16 +309,19 @@ def run_benchmark(run_dir, driver: Path | None, work: Path, quick: bool = False,
     checkpoint(results)
     own_pose = (own.rot.cpu().numpy(), own.trans.cpu().numpy(), float(own.scale.reshape(-1)[0]))
     own_first = (own_pose[0][0], own_pose[1][0], own_pose[2])
-    for lm in landmark_modes:
-        tag = "with_landmarks" if lm else "without_landmarks"
-        tracking, spf = track_monocular(video_a, prior, lm, quick, work / f"track_self_{tag}.npz")
+    for lm, through_avatar in ((lm, through) for lm in landmark_modes for through in (False, True)):
+        # through the avatar: npga track-video --avatar, the proxy's track refined through A's avatar
+        tag = ("with_landmarks" if lm else "without_landmarks") + ("_through_avatar" if through_avatar else "")
+        tracking, spf = track_monocular(video_a, prior, lm, quick, work / f"track_self_{tag}.npz",
+                                        run if through_avatar else None)
         t = tracking.timesteps
         zeros = np.broadcast_to(zero, tracking.z_exp.shape)
         aligned = align_to_first(tracking.rot, tracking.trans, tracking.scale, own_first)
         world = (tracking.rot, tracking.trans, tracking.scale)
         by_frame = {}
         for frame_name, pose in (("aligned", aligned), ("world", world)):
-            mono = score(run, make_drive(run, t, tracking.z_exp, *pose, tracking.eye_closure), truth_a, serials)
+            mono = score(run, make_drive(run, t, tracking.z_exp, *pose, tracking.eye_closure, tracking.part_motion),
+                         truth_a, serials)
             floor = score(run, make_drive(run, t, zeros, *pose), truth_a, serials)
             by_frame[frame_name] = {"mono": mono, "floor": floor, "gap_closed": gap_closed(mono, floor, ceiling),
                                     "gap_closed_ssim": gap_closed(mono, floor, ceiling, "ssim"),
@@ -359,12 +375,19 @@ def run_benchmark(run_dir, driver: Path | None, work: Path, quick: bool = False,
                 floor = score(run, make_drive(run, t, zeros, *pose), truth_b, serials)
                 block["floor"] = floor
                 for name, f in transfer.items():
-                    mono = score(run, make_drive(run, t, f(tracking.z_exp), *pose, tracking.eye_closure), truth_b,
+                    mono = score(run, make_drive(run, t, f(tracking.z_exp), *pose, tracking.eye_closure,
+                                                 tracking.part_motion), truth_b,
                                  serials)
                     block[name] = {"mono": mono, "gap_closed": gap_closed(mono, floor, ceilings[name]),
                                    "gap_closed_ssim": gap_closed(mono, floor, ceilings[name], "ssim")}
             geometry = evaluate_against_groundtruth(prior, replace(tracking, meta={}), video_b.groundtruth)
             entry["chamfer_mm_mean"] = geometry["chamfer_mm_mean"]
+            # the codes alone (absolute), at the ceiling's poses: what the poses leave open
+            multi_pose = (multi.rot, multi.trans, multi.scale)
+            at_pose = {name: score(run, make_drive(run, t, z, *multi_pose), truth_b, serials)
+                       for name, z in (("mono_codes", tracking.z_exp), ("zero_codes", zeros))}
+            entry["at_ceiling_pose"] = {**at_pose, "codes_gap_closed": gap_closed(
+                at_pose["mono_codes"], at_pose["zero_codes"], ceilings["absolute"], min_span=0.1)}
             results["cross"][tag] = entry
             log(f"cross {tag}: {json.dumps(evaluation.json_safe(entry))}")
             checkpoint(results)
@@ -388,19 +411,23 @@ def markdown_table(results: dict) -> str:
         block = results.get(protocol)
         if not block:
             continue
-        for tag in ("with_landmarks", "without_landmarks"):
+        for tag in ("with_landmarks", "with_landmarks_through_avatar", "without_landmarks",
+                    "without_landmarks_through_avatar"):
             e = block.get(tag)
             if not e:
                 continue
             world = e.get("world_pose", {})
-            variants = [("", e, block["ceiling"], world)] if protocol == "self" else [
+            through = ", through the avatar" if tag.endswith("_through_avatar") else ""
+            variants = [(through, e, block["ceiling"], world)] if protocol == "self" else [
                 (f" ({name})", e[name], block["ceiling"][name], world.get(name, {})) for name in ("absolute", "relative")]
             for suffix, m, ceil, w in variants:
                 p = e["pose"]
+                # the codes at the ceiling's poses: absolute codes only
+                codes = None if suffix == " (relative)" else e.get("at_ceiling_pose", {}).get("codes_gap_closed")
                 rows.append(
-                    f"| {protocol}{suffix} | {'yes' if tag == 'with_landmarks' else 'no'} | "
+                    f"| {protocol}{suffix} | {'yes' if tag.startswith('with_') else 'no'} | "
                     f"{f(e['floor']['psnr'])} / {f(m['mono']['psnr'])} / {f(ceil['psnr'])} | {pct(m['gap_closed'])} | {pct(w.get('gap_closed'))} | "
-                    f"{pct(e.get('at_ceiling_pose', {}).get('codes_gap_closed'))} | "
+                    f"{pct(codes)} | "
                     f"{f(m['mono']['ssim'], 3)} | {f(p['rotation_deg_mean'])} | "
                     f"{f(p['translation_inplane_mm_mean'], 1)} / {f(p['translation_depth_mm_mean'], 1)} | "
                     f"{f(e['chamfer_mm_mean'])} | {f(e['jitter'], 3)} ({f(block['ceiling_jitter'], 3)}) | "

@@ -41,9 +41,18 @@ from npga_taichi.cli.options import prior_option
 @click.option("--steps-first", type=click.IntRange(min=1), default=None,
               help="Steps on the first frame (identity, lighting, pose, expression) [default: 150].")
 @click.option("--steps", type=click.IntRange(min=1), default=None,
-              help="Steps for every later frame [default: 20].")
+              help="Steps for every later frame [default: 40].")
 @click.option("--points", type=click.IntRange(min=100), default=None,
-              help="Surfel Gaussians of the proxy head [default: 6000].")
+              help="Surfel Gaussians of the proxy head [default: 6000; 3000 with --avatar, which refines "
+                   "the proxy's track].")
+@click.option("--avatar", "avatar", type=click.Path(path_type=Path), default=None, metavar="RUN",
+              help="An avatar of the person in the video (a folder written by `npga fit`): the track is then "
+                   "refined through it, frame by frame (codes, eye / brow / mouth measurements and head pose "
+                   "fitted so the avatar matches the frame; mattes recommended). The codes and poses are that "
+                   "avatar's own: drive it, not another avatar, with them.")
+@click.option("--avatar-steps", type=click.IntRange(min=0), default=None,
+              help="--avatar: joint steps per later frame [default: 12], each frame then fits the pose alone "
+                   "for 8 more.")
 @click.option("--image-scale", type=click.FloatRange(min=0.05, max=1.0), default=None,
               help="Fit on frames resampled by this factor [default: 0.5].")
 @click.option("--force", is_flag=True, help="Overwrite an existing tracking file.")
@@ -51,22 +60,32 @@ from npga_taichi.cli.options import prior_option
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def command(video: Path, prior_dir: Path, out: Path, mattes: Path | None, landmarks: Path | None,
             labels: Path | None, fov: float | None, K_path: Path | None, sequence: str | None, max_frames: int | None,
-            steps_first: int | None, steps: int | None, points: int | None, image_scale: float | None,
-            force: bool, as_json: bool, quiet: bool) -> None:
+            steps_first: int | None, steps: int | None, points: int | None, avatar: Path | None,
+            avatar_steps: int | None, image_scale: float | None, force: bool, as_json: bool, quiet: bool) -> None:
     """Track the expression codes and head pose of every frame of VIDEO (an mp4 or a folder of
     images) seen by one camera, by analysis by synthesis through the prior (photometric tracking).
 
     The camera sits at the world origin looking along +z; give its --fov or --K. Identity and
     lighting are fitted on the first frame, then each frame warm-starts from the previous one.
+    With --avatar RUN (a video of the avatar's own person) the track is refined through that
+    avatar, which reproduces the person far more closely than the prior's proxy.
 
     \b
-    Example:
+    Examples:
       npga track-video me.mp4 --mattes me_mattes/ --prior PRIOR --fov 40 --out me_track.npz
       npga render RUN --expressions me_track.npz
+      npga track-video me.mp4 --mattes me_mattes/ --prior PRIOR --fov 40 --avatar RUN --out me_own.npz
+      npga drive RUN --tracking me_own.npz --video me.mp4
     """
+    from npga_taichi.avatar_tracking import PROXY_POINTS, AvatarTrackingConfig
     from npga_taichi.prior.photometric import PhotometricConfig, track_video_file
 
     cfg = PhotometricConfig()
+    avatar_cfg = AvatarTrackingConfig()
+    if avatar is not None:
+        cfg.num_points = PROXY_POINTS
+        if avatar_steps is not None:
+            avatar_cfg.steps_per_frame = avatar_steps
     for name, value in (("first_frame_steps", steps_first), ("steps_per_frame", steps), ("num_points", points),
                         ("image_scale", image_scale)):
         if value is not None:
@@ -74,8 +93,8 @@ def command(video: Path, prior_dir: Path, out: Path, mattes: Path | None, landma
     try:
         result = track_video_file(video, prior_dir, out, mattes=mattes, landmarks=landmarks, labels=labels,
                                   fov=fov, K=K_path,
-                                  config=cfg, sequence=sequence, max_frames=max_frames, force=force,
-                                  progress=not quiet)
+                                  config=cfg, sequence=sequence, max_frames=max_frames, avatar=avatar,
+                                  avatar_config=avatar_cfg, force=force, progress=not quiet)
     except (ValueError, FileNotFoundError, FileExistsError) as err:
         raise click.ClickException(str(err)) from None
     if as_json:

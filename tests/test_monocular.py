@@ -237,3 +237,29 @@ def test_benchmark_truth_and_grading(video, tiny_demo):
     np.testing.assert_allclose(back_r, rot, atol=1e-9)
     np.testing.assert_allclose(back_t, trans, atol=1e-9)
     assert s == pytest.approx(0.25)
+
+
+def test_benchmark_runs_both_trackers_end_to_end(tiny_demo, tmp_path):
+    """The benchmark's self-driving protocol at CI size: the proxy's track and the track through
+    the avatar (``npga track-video --avatar``) are both tracked, written and scored, and the
+    table has a row for each (the numbers of a 100-step avatar mean nothing; the README's come
+    from default-size runs)."""
+    import math
+
+    from npga_taichi.prior.tracking import load_tracking
+
+    bench = load_benchmark("monocular")
+    results = bench.run_benchmark(tiny_demo["out"] / "run", None, tmp_path, quick=True, landmark_modes=(True,),
+                                  log=lambda message: None)
+    proxy, own = results["self"]["with_landmarks"], results["self"]["with_landmarks_through_avatar"]
+    for entry in (proxy, own):
+        assert entry["mono"]["num_images"] == entry["floor"]["num_images"] > 0
+        values = [entry["mono"]["psnr"], entry["floor"]["psnr"], entry["world_pose"]["mono"]["psnr"],
+                  *entry["pose"].values(), entry["cpu_seconds_per_frame"]]
+        assert all(math.isfinite(v) for v in values)
+    track = load_tracking(tmp_path / "track_self_with_landmarks_through_avatar.npz")
+    assert track.meta["tracked_through"] == str(tiny_demo["out"] / "run")
+    assert "tracked_through" not in load_tracking(tmp_path / "track_self_with_landmarks.npz").meta
+    assert track.part_motion is not None and track.eye_closure is not None  # measured from the labels, refined
+    table = bench.markdown_table(results)
+    assert "| self | yes |" in table and "| self, through the avatar | yes |" in table

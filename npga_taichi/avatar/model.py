@@ -152,13 +152,18 @@ class NPGAAvatar(nn.Module):
 
         ``detail_code_noise`` (E,): added to the z_exp that G sees, not F (the trainer's
         augmentation, :attr:`TrainConfig.detail_code_noise`)."""
+        return apply_rigid_pose(self.deform_head(frame, detail_code_noise), frame.rot, frame.trans,
+                                _scale_value(frame.scale))
+
+    def deform_head(self, frame: FrameCode, detail_code_noise: torch.Tensor | None = None) -> PosedGaussians:
+        """:meth:`deform` before the rigid head pose: the frame's Gaussians in the head's frame
+        (canonical units; ``frame.rot``, ``trans`` and ``scale`` are not read)."""
         z = frame.z_exp.to(self.gaussians.means)
         z_detail = z if detail_code_noise is None else z + detail_code_noise.to(z)
-        posed = deform_canonical(self.gaussians, self.field, self.detail, z, self.config.use_latents,
-                                 self.detail_code(z_detail, frame.eye_closure, frame.part_motion), frame.eye_closure,
-                                 frame.part_motion if self.part_motion_dim > 0 else None,
-                                 DISPLACED_PARTS[self.config.part_displacement])
-        return apply_rigid_pose(posed, frame.rot, frame.trans, _scale_value(frame.scale))
+        return deform_canonical(self.gaussians, self.field, self.detail, z, self.config.use_latents,
+                                self.detail_code(z_detail, frame.eye_closure, frame.part_motion), frame.eye_closure,
+                                frame.part_motion if self.part_motion_dim > 0 else None,
+                                DISPLACED_PARTS[self.config.part_displacement])
 
     def raster_colors(self, posed: PosedGaussians) -> tuple[torch.Tensor, int | None]:
         """Colour argument of rasterize and its sh_degree: SH (N, K, 3) or features (N, C)."""

@@ -1219,9 +1219,21 @@ def video_eye_closure(labels, camera: Camera, rot, trans, scale, source: str = "
         raise ValueError(f"{source}: {err}") from None
 
 
+def add_video_labels(tracking: Tracking, labels, camera: Camera, source: str = "labels") -> Tracking:
+    """Set ``tracking.eye_closure`` (:func:`video_eye_closure`) and ``tracking.part_motion``
+    (:func:`npga_taichi.part_motion.video_part_motion`) from a monocular video's label maps
+    (T, H, W) uint8, measured at the track's head poses seen by ``camera``; returns the track."""
+    from npga_taichi.part_motion import video_part_motion
+
+    tracking.eye_closure = video_eye_closure(labels, camera, tracking.rot, tracking.trans, tracking.scale, source=source)
+    tracking.part_motion = video_part_motion(labels, camera, tracking.rot, tracking.trans, tracking.scale)
+    return tracking
+
+
 def track_video_file(video, prior_dir, out, *, mattes=None, landmarks=None, labels=None, fov: float | None = None,
                      K=None, config: PhotometricConfig | None = None, sequence: str | None = None,
-                     max_frames: int | None = None, force: bool = False, progress: bool = True) -> dict:
+                     max_frames: int | None = None, avatar=None, avatar_config=None, force: bool = False,
+                     progress: bool = True) -> dict:
     """``npga track-video``: track a monocular video file or image folder with a prior and write
     the tracking file ``out`` (``.npz`` + ``.json``, :func:`npga_taichi.prior.tracking.save_tracking`).
 
@@ -1231,11 +1243,13 @@ def track_video_file(video, prior_dir, out, *, mattes=None, landmarks=None, labe
     (``Tracking.part_motion``, :func:`npga_taichi.part_motion.video_part_motion`)
     (:mod:`npga_taichi.data.video_input`); camera from ``fov`` (horizontal degrees) or ``K`` (a 3x3
     ``.npy``/JSON file), exactly one of them. ``max_frames``: track only the first frames.
-    Existing outputs are kept unless ``force`` (FileExistsError). Returns the summary dict
-    (``tracking`` path, ``frames``, ``seconds``, ``seconds_per_frame`` …).
+    ``avatar``: a run folder whose avatar shows the video's person: the proxy's track is then
+    refined through it (:func:`npga_taichi.avatar_tracking.track_through_avatar` with
+    ``avatar_config``; the codes and poses are that avatar's own). Existing outputs are kept
+    unless ``force`` (FileExistsError). Returns the summary dict (``tracking`` path, ``frames``,
+    ``seconds``, ``seconds_per_frame`` …).
     """
     from npga_taichi.data import video_input as vi
-    from npga_taichi.part_motion import video_part_motion
     from npga_taichi.prior.model import load_prior
 
     config = (config or PhotometricConfig()).validate()
@@ -1261,20 +1275,28 @@ def track_video_file(video, prior_dir, out, *, mattes=None, landmarks=None, labe
     Kmat = vi.camera_from_fov(float(fov), W, H) if fov is not None else vi.read_intrinsics(K)
     camera = vi.video_camera(Kmat, W, H)
     prior = load_prior(prior_dir)
+    run = None
+    if avatar is not None:  # loaded before the long tracking: a wrong folder fails at once
+        from npga_taichi.reenactment import LoadedRun
+
+        run = LoadedRun(avatar)
     name = sequence or Path(video).stem
     t0 = time.time()
     tracking = track_video(torch.from_numpy(frames)[:, None], [camera], prior,
                            mattes=None if matte_arr is None else torch.from_numpy(matte_arr)[:, None],
                            landmarks=None if lmk is None else torch.from_numpy(lmk)[:, None],
                            config=config, sequence=name, progress=progress)
-    seconds = time.time() - t0
     if label_arr is not None:
-        tracking.eye_closure = video_eye_closure(label_arr[:T], camera, tracking.rot, tracking.trans, tracking.scale,
-                                                 source=f"labels {labels}")
-        tracking.part_motion = video_part_motion(label_arr[:T], camera, tracking.rot, tracking.trans, tracking.scale)
+        add_video_labels(tracking, label_arr[:T], camera, source=f"labels {labels}")
+    if run is not None:
+        from npga_taichi.avatar_tracking import track_through_avatar
+
+        tracking = track_through_avatar(run, frames, camera, tracking, matte_arr, avatar_config, progress=progress)
+    seconds = time.time() - t0
     tracking.meta.update({"video": str(video), "prior": str(prior_dir), "seconds": seconds,
-                          "K": json.dumps(Kmat.tolist())})
+                          "seconds_per_frame": seconds / T, "K": json.dumps(Kmat.tolist())})
     path = save_tracking(tracking, out)
     return {**_summary(tracking), "tracking": str(path), "seconds": seconds, "width": W, "height": H,
             "mattes": mattes is not None, "landmarks": landmarks is not None, "labels": labels is not None,
+            "avatar": None if avatar is None else str(avatar),
             "eye_closure_mean": None if tracking.eye_closure is None else tracking.eye_closure.mean(0).tolist()}

@@ -303,7 +303,8 @@ def axis_angle_to_matrix(omega: torch.Tensor) -> torch.Tensor:
     theta2 = omega.square().sum()
     theta = torch.sqrt(theta2 + 1e-12)
     k = torch.zeros(3, 3, dtype=omega.dtype, device=omega.device)
-    k = k.index_put((torch.tensor([0, 0, 1, 1, 2, 2]), torch.tensor([1, 2, 0, 2, 0, 1])),
+    rows = torch.tensor([0, 0, 1, 1, 2, 2], device=omega.device)
+    k = k.index_put((rows, torch.tensor([1, 2, 0, 2, 0, 1], device=omega.device)),
                     torch.stack([-omega[2], omega[1], omega[2], -omega[0], -omega[1], omega[0]]))
     a = torch.sin(theta) / theta
     b = (1 - torch.cos(theta)) / (theta2 + 1e-12)
