@@ -53,6 +53,7 @@ Usage (tiny, CI-sized; the real measurement uses default-preset runs)::
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import sys
@@ -309,7 +310,7 @@ def run_benchmark(run_dir, driver: Path | None, work: Path, quick: bool = False,
     checkpoint(results)
     own_pose = (own.rot.cpu().numpy(), own.trans.cpu().numpy(), float(own.scale.reshape(-1)[0]))
     own_first = (own_pose[0][0], own_pose[1][0], own_pose[2])
-    for lm, through_avatar in ((lm, through) for lm in landmark_modes for through in (False, True)):
+    for lm, through_avatar in itertools.product(landmark_modes, (False, True)):
         # through the avatar: npga track-video --avatar, the proxy's track refined through A's avatar
         tag = ("with_landmarks" if lm else "without_landmarks") + ("_through_avatar" if through_avatar else "")
         tracking, spf = track_monocular(video_a, prior, lm, quick, work / f"track_self_{tag}.npz",
@@ -375,9 +376,8 @@ def run_benchmark(run_dir, driver: Path | None, work: Path, quick: bool = False,
                 floor = score(run, make_drive(run, t, zeros, *pose), truth_b, serials)
                 block["floor"] = floor
                 for name, f in transfer.items():
-                    mono = score(run, make_drive(run, t, f(tracking.z_exp), *pose, tracking.eye_closure,
-                                                 tracking.part_motion), truth_b,
-                                 serials)
+                    drive = make_drive(run, t, f(tracking.z_exp), *pose, tracking.eye_closure, tracking.part_motion)
+                    mono = score(run, drive, truth_b, serials)
                     block[name] = {"mono": mono, "gap_closed": gap_closed(mono, floor, ceilings[name]),
                                    "gap_closed_ssim": gap_closed(mono, floor, ceilings[name], "ssim")}
             geometry = evaluate_against_groundtruth(prior, replace(tracking, meta={}), video_b.groundtruth)
