@@ -56,6 +56,7 @@ from npga_taichi.cameras import Camera
 from npga_taichi.config_io import DictConfig
 from npga_taichi.metrics import ssim
 from npga_taichi.prior.tracking import axis_angle_to_matrix
+from npga_taichi.reenactment import unit_float
 
 
 # Surfels of the prior's proxy when the avatar refines its track (``npga track-video --avatar``):
@@ -176,8 +177,8 @@ def track_through_avatar(run, frames, camera: Camera, start, mattes=None, config
                            z_start[t] + (r.z - z_start[u]), z_start[t], {k: v[t] for k, v in parts_start.items()})
 
     def fit(t: int, init: _FrameStart, steps: int) -> _FrameResult:
-        matte = None if mattes is None else _unit(mattes[t]).to(device)
-        return _fit_frame(run, cam, _unit(frames[t]).to(device), matte, init, scale, steps, cfg)
+        matte = None if mattes is None else unit_float(mattes[t]).to(device)
+        return _fit_frame(run, cam, unit_float(frames[t]).to(device), matte, init, scale, steps, cfg)
 
     clock = time.perf_counter()
     requires = [p.requires_grad for p in avatar.parameters()]
@@ -263,8 +264,10 @@ def _fit_frame(run, cam: Camera, frame: torch.Tensor, matte: torch.Tensor | None
             with torch.no_grad():
                 parts["eye_closure"].clamp_(0.0, 1.0)
     with torch.no_grad():
+        if cfg.pose_steps_per_frame == 0:  # else `head` is the final code's, deformed for the pose steps
+            head = _head(run, z, parts)
         rot, trans = pose()
-        image, _ = _render(run, cam, _head(run, z, parts), rot, trans, scale, bg)
+        image, _ = _render(run, cam, head, rot, trans, scale, bg)
         return _FrameResult(rot, trans, z.detach().clone(), {k: v.detach().clone() for k, v in parts.items()},
                             float((image - target).abs().mean()) * 1000.0)
 
@@ -297,8 +300,3 @@ def _tensor(x, name: str) -> torch.Tensor:
     if x.dtype != torch.uint8 and not x.is_floating_point():
         raise ValueError(f"{name} must be uint8 or float, got {x.dtype}")
     return x
-
-
-def _unit(x: torch.Tensor) -> torch.Tensor:
-    """uint8 or float -> float32 in [0, 1]."""
-    return x.float() / 255.0 if x.dtype == torch.uint8 else x.float()

@@ -307,9 +307,9 @@ def ground_truth(run: LoadedRun, sequence: str, timestep: int, serial: str) -> t
     than the stored images; alpha is all ones when the capture has no mattes (NeRSemble v2).
     """
     cap = run.capture
-    image = _unit_float(cap.load_image(sequence, int(timestep), serial))[..., :3]
+    image = unit_float(cap.load_image(sequence, int(timestep), serial))[..., :3]
     try:
-        alpha = _unit_float(cap.load_alpha(sequence, int(timestep), serial))
+        alpha = unit_float(cap.load_alpha(sequence, int(timestep), serial))
         alpha = (alpha[..., None] if alpha.dim() == 2 else alpha)[..., :1]
     except FileNotFoundError:
         alpha = torch.ones(image.shape[:2] + (1,))
@@ -322,7 +322,7 @@ def ground_truth(run: LoadedRun, sequence: str, timestep: int, serial: str) -> t
     return image.to(run.device), alpha.to(run.device)
 
 
-def _unit_float(array) -> torch.Tensor:
+def unit_float(array) -> torch.Tensor:
     """Integer (uint8, uint16) or float image -> float32 tensor in [0, 1]."""
     if isinstance(array, torch.Tensor):
         return array.float() / 255.0 if array.dtype == torch.uint8 else array.float()
