@@ -30,8 +30,9 @@ Protocol (person A: the avatar RUN's capture; person B: ``--driver``, another sy
   multi-view tracker's head frame, which sits a few degrees / millimetres off the monocular
   tracker's (and the truth's), and at unaligned poses that constant offset, not the codes,
   decides the score. The unaligned (world) scores stay in the JSON as ``world_pose``;
-* self-driving also scores the codes *at the ceiling's poses* (``at_ceiling_pose``: tracked
-  codes vs the zero code, both with the multi-view poses the avatar was trained with) and the
+* both also score the codes *at the ceiling's poses* (``at_ceiling_pose``: tracked codes, with
+  the measured eye closure and part motion as the mono rows, vs the zero code, both with the
+  multi-view poses; :func:`at_poses`) and self-driving the
   tracked poses' difference from those (``pose_vs_ceiling``): the avatar lives in the multi-view
   tracker's frame, so a tracked pose that is close to the truth but not to that tracker's pose
   leaves the gap open however good the codes are;
@@ -242,6 +243,18 @@ def score(run, drive, truth, serials) -> dict:
     return {k: summary[k] for k in ("psnr", "psnr_masked", "ssim", "num_images")}
 
 
+def at_poses(run, tracking, pose, truth, serials) -> dict:
+    """The tracked codes with the measured eye closure and part motion (as the mono rows drive
+    the avatar: ``mono_codes``) and the zero code without them (as the floor: ``zero_codes``),
+    both at other poses ``pose`` (rot, trans, scale), e.g. the ceiling's: the mono row minus
+    ``mono_codes`` is what the tracked poses cost."""
+    t = tracking.timesteps
+    zeros = np.zeros_like(np.asarray(tracking.z_exp))
+    return {"mono_codes": score(run, make_drive(run, t, tracking.z_exp, *pose, tracking.eye_closure,
+                                                tracking.part_motion), truth, serials),
+            "zero_codes": score(run, make_drive(run, t, zeros, *pose), truth, serials)}
+
+
 def gap_closed(mono: dict, floor: dict, ceiling: dict, key: str = "psnr", min_span: float = 1e-9) -> float | None:
     """(mono − floor) / (ceiling − floor); None when the ceiling is not above the floor by
     ``min_span`` (no gap to close: the ratio would be noise)."""
@@ -331,8 +344,7 @@ def run_benchmark(run_dir, driver: Path | None, work: Path, quick: bool = False,
         geometry = evaluate_against_groundtruth(prior, replace(tracking, meta={}), video_a.groundtruth)
         # Where the gap lies: the avatar learnt the multi-view tracker's poses, so the same scores
         # at the ceiling's poses isolate what the codes close from what the poses leave open.
-        at_pose = {name: score(run, make_drive(run, t, z, *own_pose), truth_a, serials)
-                   for name, z in (("mono_codes", tracking.z_exp), ("zero_codes", zeros))}
+        at_pose = at_poses(run, tracking, own_pose, truth_a, serials)
         results["self"][tag] = {
             **by_frame["aligned"], "world_pose": by_frame["world"],
             "at_ceiling_pose": {**at_pose, "codes_gap_closed": gap_closed(at_pose["mono_codes"],
@@ -382,10 +394,9 @@ def run_benchmark(run_dir, driver: Path | None, work: Path, quick: bool = False,
                                    "gap_closed_ssim": gap_closed(mono, floor, ceilings[name], "ssim")}
             geometry = evaluate_against_groundtruth(prior, replace(tracking, meta={}), video_b.groundtruth)
             entry["chamfer_mm_mean"] = geometry["chamfer_mm_mean"]
-            # the codes alone (absolute), at the ceiling's poses: what the poses leave open
+            # the tracked codes (absolute), at the ceiling's poses: what the poses leave open
             multi_pose = (multi.rot, multi.trans, multi.scale)
-            at_pose = {name: score(run, make_drive(run, t, z, *multi_pose), truth_b, serials)
-                       for name, z in (("mono_codes", tracking.z_exp), ("zero_codes", zeros))}
+            at_pose = at_poses(run, tracking, multi_pose, truth_b, serials)
             entry["at_ceiling_pose"] = {**at_pose, "codes_gap_closed": gap_closed(
                 at_pose["mono_codes"], at_pose["zero_codes"], ceilings["absolute"], min_span=0.1)}
             results["cross"][tag] = entry

@@ -31,12 +31,15 @@ steps' motion away from the answer).
 
 Warm start: frame t starts from the proxy's pose composed with the previous frame's correction in
 the head frame, ``P_t ∘ (P_{t−1}⁻¹ ∘ P'_{t−1})`` — the offset between the proxy's head frame and the
-avatar's is nearly constant, so it is found once and carried — and from the proxy's code plus
-the previous frame's code correction. One view sees depth poorly until the head has turned a
-little, so after the last frame the first ``refit_first_frames`` are fitted again, backwards,
-each from its successor's correction. Frames past the end of the start track start from the
-previous frame's result moved on by its own head motion (constant velocity; without a proxy
-track to start from, the fit drifted 24 mm in depth within 20 frames).
+avatar's is nearly constant, so it is found once and carried — from the proxy's code and part
+motion plus the previous frame's corrections of them (a video measures the brows and mouth
+corners from its own median frame, the avatar learnt them from its capture's: another constant
+offset), and from the measured eye closure (a carried closure correction drifts where the one
+view sees an eye poorly: 0.5 closed on an open eye). One view sees depth poorly until the head
+has turned a little, so after the last frame the first ``refit_first_frames`` are fitted again,
+backwards, each from its successor's correction. Frames past the end of the start track start
+from the previous frame's result moved on by its own head motion (constant velocity; without a
+proxy track to start from, the fit drifted 24 mm in depth within 20 frames).
 
 Output: a :class:`~npga_taichi.prior.tracking.Tracking` in the video camera's world (as the input
 track), so ``npga drive`` and ``npga render --expressions`` read it like any other; its ``meta``
@@ -55,6 +58,7 @@ from tqdm import tqdm
 from npga_taichi.cameras import Camera
 from npga_taichi.config_io import DictConfig
 from npga_taichi.metrics import ssim
+from npga_taichi.part_motion import PART_MOTION_SCALE
 from npga_taichi.prior.tracking import axis_angle_to_matrix
 from npga_taichi.reenactment import unit_float
 
@@ -75,7 +79,8 @@ class AvatarTrackingConfig(DictConfig):
                                     # Gaussians deformed once: about a third of a joint step's cost)
     refit_first_frames: int = 3     # after the last frame, fit the first ones again, backwards
     lr_exp: float = 2e-2            # expression code learning rate
-    lr_parts: float = 1e-2          # eye closure / part motion learning rate (0: keep the track's)
+    lr_parts: float = 1e-2          # eye closure learning rate; the part motion's is this /
+                                    # PART_MOTION_SCALE (its full range is 0.03; 0: keep the track's)
     lr_rot: float = 2e-3            # rotation correction learning rate (radians)
     lr_trans: float = 6e-4          # translation correction learning rate (metres, camera axes)
     depth_lr_scale: float = 0.3     # the translation's step along the camera axis, times lr_trans
@@ -174,7 +179,8 @@ def track_through_avatar(run, frames, camera: Camera, start, mattes=None, config
         corr_rot = rot_start[u].T @ r.rot
         corr_trans = rot_start[u].T @ (r.trans - trans_start[u]) / scale
         return _FrameStart(rot_start[t] @ corr_rot, trans_start[t] + scale * rot_start[t] @ corr_trans,
-                           z_start[t] + (r.z - z_start[u]), z_start[t], {k: v[t] for k, v in parts_start.items()})
+                           z_start[t] + (r.z - z_start[u]), z_start[t],
+                           {k: v[t] + (r.parts[k] - v[u]) if k == "part_motion" else v[t] for k, v in parts_start.items()})
 
     def fit(t: int, init: _FrameStart, steps: int) -> _FrameResult:
         matte = None if mattes is None else unit_float(mattes[t]).to(device)
@@ -230,8 +236,10 @@ def _fit_frame(run, cam: Camera, frame: torch.Tensor, matte: torch.Tensor | None
     parts = {k: v.clone().requires_grad_(True) for k, v in init.parts.items()}
     groups = [{"params": [z], "lr": cfg.lr_exp}, {"params": [omega], "lr": cfg.lr_rot},
               {"params": [shift], "lr": cfg.lr_trans}]
-    if parts and cfg.lr_parts > 0:
-        groups.append({"params": list(parts.values()), "lr": cfg.lr_parts})
+    if cfg.lr_parts > 0:
+        # one rate in the units G reads: a full brow raise is 0.03 in part motion, 1 in eye closure
+        groups += [{"params": [value], "lr": cfg.lr_parts / (PART_MOTION_SCALE if name == "part_motion" else 1.0)}
+                   for name, value in parts.items()]
     optim = torch.optim.Adam(groups)
     to_world = cam.viewmat[:3, :3].T * torch.tensor([1.0, 1.0, cfg.depth_lr_scale], device=device)
 
