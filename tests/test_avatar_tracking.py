@@ -185,3 +185,22 @@ def test_track_video_avatar_cli(tiny_demo, tmp_path):
     assert track.meta["tracked_through"] == str(tiny_demo["out"] / "run")
     assert track.meta["avatar_tracking"]["steps_per_frame"] == 2
     assert np.isfinite(track.z_exp).all() and track.z_exp.shape[0] == 2
+
+
+def test_track_video_help_states_the_configs_defaults():
+    # the defaults are written into the help by hand (the CLI does not import the heavy config
+    # modules to start): this keeps them from drifting (--steps once said 20 for 40)
+    from npga_taichi.avatar_tracking import PROXY_POINTS
+    from npga_taichi.prior.photometric import PhotometricConfig
+
+    result = CliRunner().invoke(cli, ["track-video", "--help"])
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.output.split())
+    photo, own = PhotometricConfig(), AvatarTrackingConfig()
+    for stated in (f"expression) [default: {photo.first_frame_steps}]",
+                   f"Steps for every later frame [default: {photo.steps_per_frame}]",
+                   f"[default: {photo.num_points}; {PROXY_POINTS} with --avatar",
+                   f"joint steps per later frame [default: {own.steps_per_frame}]",
+                   f"fits the pose alone for {own.pose_steps_per_frame} more",
+                   f"resampled by this factor [default: {photo.image_scale}]"):
+        assert stated in text, stated
