@@ -197,9 +197,9 @@ TABLE_HEADER = ("| image | N | intersections | ours fwd / fwd+bwd ms (cpu ms) | 
 @click.command()
 @click.option("--out", "out_path", type=click.Path(dir_okay=False), default=None, help="write results as JSON here")
 @click.option("--quick", is_flag=True, help="only 256x256 with 20k Gaussians (the acceptance bar)")
-@click.option("--repeats", type=int, default=5, show_default=True, help="timed repeats (median)")
-@click.option("--peer-repeats", type=int, default=1, show_default=True,
-              help="timed repeats of the (slow) PyTorch peer (median)")
+@click.option("--repeats", type=click.IntRange(min=1), default=5, show_default=True, help="timed repeats (median)")
+@click.option("--peer-repeats", type=click.IntRange(min=1), default=1, show_default=True,
+              help="timed repeats of the (slow) PyTorch peer (median; skip it with --peer-budget 0)")
 @click.option("--peer-budget", type=float, default=60.0, show_default=True,
               help="skip the PyTorch peer where one fwd+bwd is estimated above this many seconds")
 @click.option("--per-pixel/--no-per-pixel", default=True, show_default=True,

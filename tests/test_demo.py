@@ -6,6 +6,7 @@ import json
 import math
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 
 from npga_taichi.cli.main import cli
@@ -50,8 +51,6 @@ def test_render_kernels_compiling_stops_its_process_when_the_stage_fails():
     """The process compiling render kernels beside the capture stage does not outlive a failed
     stage (nor hide its error)."""
     import multiprocessing
-
-    import pytest
 
     from npga_taichi.avatar.config import AvatarConfig
     from npga_taichi.pipeline import render_kernels_compiling
@@ -117,8 +116,6 @@ def test_demo_stages_run_with_the_tiny_settings(tiny_demo):
 
 
 def test_demo_library_refuses_other_settings_and_bad_config(tiny_demo, tmp_path):
-    import pytest
-
     from npga_taichi.pipeline import DemoConfig, run_pipeline
 
     with pytest.raises(ValueError, match="preset=tiny identity=0.*--force"):
@@ -142,3 +139,20 @@ def test_library_never_imports_click_or_the_cli():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("given, expected", [({}, "30000"), ({"OMP_WAIT_POLICY": "PASSIVE"}, None),
+                                             ({"GOMP_SPINCOUNT": "5"}, "5")])
+def test_the_package_caps_openmp_spinning_unless_the_user_chose(given, expected):
+    """Importing npga_taichi (before torch, as `npga` does) sets libgomp's short spin; a user's
+    OMP_WAIT_POLICY or GOMP_SPINCOUNT is left as given (README, *Both cores for the tracker*)."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
+    env.update(given)
+    code = "import os, npga_taichi; print(os.environ.get('GOMP_SPINCOUNT'))"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == str(expected)
