@@ -32,7 +32,8 @@ from npga_taichi.render_run import DEFAULT_CAMERA
                    "the avatar.")
 @click.option("--video-camera", type=click.Path(path_type=Path), default=None,
               help="JSON camera of the video ({K, viewmat, width, height} or a monocular folder's cameras.json) "
-                   "[default: the monocular folder's camera, else the tracking's meta camera].")
+                   "[default: the camera the tracking records (`npga track-video`), else the monocular "
+                   "folder's].")
 @click.option("--camera", "-c", default=None,
               help=f"Capture camera of the third panel [default: {DEFAULT_CAMERA} if the capture has it, "
                    "else the first held-out camera].")

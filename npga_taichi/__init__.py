@@ -9,12 +9,10 @@ import os
 
 # torch's OpenMP workers wait between parallel regions. libgomp's default spins ~300k
 # iterations, stealing the cores Taichi's thread pool needs next (compositing forward 280 ms CPU
-# vs 90 ms on 2 cores); passive waiting (no spin) puts every worker to sleep after each op,
-# which taxes code made of many small torch ops: `npga track-video --avatar` took 5.6 s per
-# frame passive against 4.2 s with this short spin, the prior's proxy alone 1.65x as long; a
-# training step was as fast or faster, the rasterizer alone ~10 % slower (2-core machine,
-# 12-01). Read when torch loads libgomp, so it must be set before; OMP_WAIT_POLICY or
-# GOMP_SPINCOUNT set by the user win.
+# vs 90 ms passive on 2 cores); passive waiting puts every worker to sleep after each op, which
+# taxes the trackers' thousands of small ops (`npga track-video --avatar`: 5.9-6.9 s per frame
+# passive, 4.3-4.7 with this short spin; benchmarks/wait_policy.py). Read when torch loads
+# libgomp, so it must be set before; a user's OMP_WAIT_POLICY or GOMP_SPINCOUNT wins.
 if "OMP_WAIT_POLICY" not in os.environ:
     os.environ.setdefault("GOMP_SPINCOUNT", "30000")
 # Taichi would otherwise phone home for a version check at init (no network here, and nothing

@@ -26,10 +26,11 @@ Head pose (``pose=``)
     ``"fixed"``: ``P'_t = P_ref``, the avatar holds still.
 
 Views
-    The *driving camera* (the video's camera, from ``video_camera``, a monocular folder, or the
-    tracking's meta, see :func:`tracking_camera`) sees the avatar as the video saw the driver: when the avatar's pose is not
-    the tracked one, the camera is moved with it, ``V'_t = V ∘ P_t ∘ P'_t⁻¹`` (a similarity; its
-    scale only changes depths, never the image). The *other view* is a capture camera
+    The *driving camera* (the video's camera: ``video_camera``, else the camera the tracking
+    records in its meta, see :func:`tracking_camera`, else a monocular folder's) sees the avatar
+    as the video saw the driver: when the avatar's pose is not the tracked one, the camera is moved
+    with it, ``V'_t = V ∘ P_t ∘ P'_t⁻¹`` (a similarity; its scale only changes depths, never the
+    image). The *other view* is a capture camera
     (``camera=SERIAL``, default the frontal 222200037) or an orbit around the head (``orbit``).
 
 Outputs in ``out`` (default ``RUN/renders/drive_<tracking name>``): ``video.mp4`` (per frame:
@@ -288,8 +289,11 @@ def drive_run(run_dir: str | os.PathLike, tracking_path: str | os.PathLike, out:
     tracking = load_driving_tracking(tracking_path)
     frames_in, cam_from_video = read_driving_video(video) if video is not None else (None, None)
     size = None if frames_in is None else (frames_in.shape[2], frames_in.shape[1])
-    drive_cam = read_camera_file(video_camera) if video_camera is not None else (cam_from_video or
-                                                                                 tracking_camera(tracking, size))
+    # the tracked poses are in the world of the camera they were tracked with: that camera, when the
+    # tracking records one, before a monocular folder's own (`npga track-video` puts its camera at
+    # the origin, the folder's static camera sits in the capture's world: the head fell outside it)
+    drive_cam = read_camera_file(video_camera) if video_camera is not None else (tracking_camera(tracking, size)
+                                                                                 or cam_from_video)
     try:
         run = LoadedRun(run_dir, device=device)
         drive, tracked = driven_drive(run, tracking, relative, neutral, pose, source=f"tracking file {tracking_path}")

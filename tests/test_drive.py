@@ -79,6 +79,43 @@ def test_outputs_and_the_driving_camera_panel(setup, tmp_path):
     assert json.loads((tmp_path / "fixed" / "drive.json").read_text())["panels"][-1] == "avatar (orbit)"
 
 
+def test_a_track_video_tracking_is_seen_from_its_own_camera_not_the_folders(setup, tmp_path):
+    """`npga track-video` tracks in the world of a camera at the origin (its meta holds K); a
+    monocular folder's cameras.json puts its static camera in the capture's world. The driving
+    camera must be the tracking's: with the folder's the head fell outside the middle panel."""
+    from dataclasses import replace
+
+    from npga_taichi.video import to_uint8, write_png_frames
+
+    run_dir, tracking, video, _, run = setup
+    cam = run.camera(SERIAL)
+    view = cam.viewmat.double().numpy()
+    free = load_tracking(tracking)
+    # the FREE track seen from SERIAL, with SERIAL moved to the origin: P' = V ∘ P
+    rot = np.einsum("ij,tjk->tik", view[:3, :3], np.asarray(free.rot, np.float64))
+    trans = np.asarray(free.trans, np.float64) @ view[:3, :3].T + view[:3, 3]
+    origin = replace(free, rot=rot.astype(np.float32), trans=trans.astype(np.float32),
+                     meta={**free.meta, "K": json.dumps(cam.K.tolist())})
+    origin_path = save_tracking(origin, tmp_path / "origin.npz")
+    folder = tmp_path / "mono"
+    write_png_frames(folder / "frames", [iio.imread(p) for p in sorted(video.glob("*.png"))])
+    (folder / "monocular.json").write_text("{}")
+    other = run.camera("222200037")
+    (folder / "cameras.json").write_text(json.dumps({"static_camera": {"K": other.K.tolist(),
+                                                                       "viewmat": other.viewmat.tolist()},
+                                                     "width": cam.width, "height": cam.height}))
+    out = tmp_path / "drive"
+    result = _drive([run_dir, "--tracking", origin_path, "--video", folder, "--pose", "tracked", "--out", out,
+                     "--png", "--max-frames", "1", "--quiet"])
+    assert result.exit_code == 0, result.output
+    w = cam.width
+    middle = iio.imread(out / "frames" / "frame_00000.png")[:, w + 2:2 * w + 2].astype(np.float64)
+    expected = to_uint8(run.render(run.gaussians(run.drive("FREE").frame(0)), cam)).astype(np.float64)
+    # the same view up to SH colours (evaluated with world-space view directions)
+    mse = np.mean((middle - expected) ** 2)
+    assert 10 * np.log10(255.0 ** 2 / max(mse, 1e-12)) > 28.0
+
+
 def test_relative_formula(setup):
     run_dir, tracking, _, _, run = setup
     ref = run.reference_drive()
