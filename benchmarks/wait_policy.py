@@ -70,7 +70,7 @@ def main(repeats, out_path, args):
                                                    if all(x["seconds_per_frame"] is not None for x in rs) else None),
                       "runs": rs} for name, rs in runs.items()}
     result = {"command": ["npga", *args], "repeats": repeats, "cpus": os.cpu_count(),
-              "settings": {name: changes for name, changes in SETTINGS.items()}, "results": summary}
+              "settings": SETTINGS, "results": summary}
     if out_path:
         Path(out_path).parent.mkdir(parents=True, exist_ok=True)
         Path(out_path).write_text(json.dumps(result, indent=2))

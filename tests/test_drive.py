@@ -10,6 +10,7 @@ from click.testing import CliRunner
 
 from npga_taichi.cli.main import cli
 from npga_taichi.driving import compose, driven_drive, invert, moved_viewmat, relative_codes
+from npga_taichi.metrics import psnr
 from npga_taichi.prior.tracking import load_tracking, save_tracking
 
 SERIAL = "222200040"  # a held-out camera of the tiny run: the "driving camera" of these tests
@@ -74,8 +75,7 @@ def test_outputs_and_the_driving_camera_panel(setup, tmp_path):
     assert result.exit_code == 0, result.output
     fixed = iio.imread(tmp_path / "fixed" / "frames" / "frame_00001.png")[:, :w].astype(np.float64)
     tracked_view = iio.imread(frames[1])[:, w + 2:2 * w + 2].astype(np.float64)
-    mse = np.mean((fixed - tracked_view) ** 2)
-    assert 10 * np.log10(255.0 ** 2 / max(mse, 1e-12)) > 28.0
+    assert psnr(torch.from_numpy(fixed), torch.from_numpy(tracked_view), data_range=255.0) > 28.0
     assert json.loads((tmp_path / "fixed" / "drive.json").read_text())["panels"][-1] == "avatar (orbit)"
 
 
@@ -112,8 +112,7 @@ def test_a_track_video_tracking_is_seen_from_its_own_camera_not_the_folders(setu
     middle = iio.imread(out / "frames" / "frame_00000.png")[:, w + 2:2 * w + 2].astype(np.float64)
     expected = to_uint8(run.render(run.gaussians(run.drive("FREE").frame(0)), cam)).astype(np.float64)
     # the same view up to SH colours (evaluated with world-space view directions)
-    mse = np.mean((middle - expected) ** 2)
-    assert 10 * np.log10(255.0 ** 2 / max(mse, 1e-12)) > 28.0
+    assert psnr(torch.from_numpy(middle), torch.from_numpy(expected), data_range=255.0) > 28.0
 
 
 def test_relative_formula(setup):
