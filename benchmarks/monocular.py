@@ -103,32 +103,55 @@ def video_for(pdir: Path, work: Path, camera_seed: int, static: bool) -> Path:
 
 
 # ----------------------------------------------------------------------------- tracking
+def video_mattes(video) -> torch.Tensor | None:
+    """(T, H, W) the video's mattes as a tensor, or None."""
+    return None if video.mattes is None else torch.from_numpy(video.mattes)
+
+
+def capture_world_pose(rot, trans, video) -> tuple[np.ndarray, np.ndarray]:
+    """Head poses (T, 3, 3), (T, 3) a tracker placed in the static video camera's world, moved to
+    the capture's world with the video's (hand-held) camera path, which the tracker never sees."""
+    views = np.stack([c.viewmat.double().numpy() for c in video.cameras])
+    return world_pose(rot, trans, views, video.static_camera.viewmat.double().numpy())
+
+
+def track_proxy(video, prior, landmarks: bool, quick: bool, for_avatar: bool = False):
+    """The prior proxy's track of ``video`` as ``npga track-video --labels`` makes it (poses in the
+    static video camera's world; the label measurements added), with
+    :data:`~npga_taichi.avatar_tracking.PROXY_POINTS` surfels when ``for_avatar`` (the start of
+    ``--avatar``)."""
+    from npga_taichi.avatar_tracking import PROXY_POINTS
+    from npga_taichi.prior.photometric import PhotometricConfig, add_video_labels, track_video
+
+    settings = dict(QUICK_PHOTOMETRIC if quick else {})
+    if for_avatar:
+        settings["num_points"] = min(settings.get("num_points", PROXY_POINTS), PROXY_POINTS)
+    lmk = None
+    if landmarks:
+        lmk = torch.from_numpy(np.where(video.visible[..., None], video.landmarks, np.nan).astype(np.float32))[:, None]
+    mattes = video_mattes(video)
+    tracking = track_video(torch.from_numpy(video.frames)[:, None], [video.static_camera], prior,
+                           mattes=None if mattes is None else mattes[:, None], landmarks=lmk,
+                           config=PhotometricConfig(**settings), sequence=video.sequence, progress=False)
+    if video.labels is not None:  # what npga track-video --labels measures (static camera's poses)
+        add_video_labels(tracking, video.labels, video.static_camera, source=f"{video.path}/labels")
+    return tracking
+
+
 def track_monocular(video, prior, landmarks: bool, quick: bool, save=None, run=None) -> tuple[object, float]:
     """(Tracking with poses mapped to the capture's world, seconds per frame), as ``npga
     track-video --labels [--avatar RUN]`` tracks: the prior's proxy, the label measurements, and
     with ``run`` (the video's own person's avatar) the track refined through it, the proxy with
     :data:`~npga_taichi.avatar_tracking.PROXY_POINTS` surfels; ``save``: also write the track as
     tracked (apparent poses: the static camera's world) there, for ``npga drive`` or a later look."""
-    from npga_taichi.avatar_tracking import PROXY_POINTS, AvatarTrackingConfig, track_through_avatar
-    from npga_taichi.prior.photometric import PhotometricConfig, add_video_labels, track_video
+    from npga_taichi.avatar_tracking import AvatarTrackingConfig, track_through_avatar
 
-    settings = dict(QUICK_PHOTOMETRIC if quick else {})
-    if run is not None:
-        settings["num_points"] = min(settings.get("num_points", PROXY_POINTS), PROXY_POINTS)
-    cfg = PhotometricConfig(**settings)
-    lmk = None
-    if landmarks:
-        lmk = torch.from_numpy(np.where(video.visible[..., None], video.landmarks, np.nan).astype(np.float32))[:, None]
     start, cpu_start = time.perf_counter(), time.process_time()
-    mattes = None if video.mattes is None else torch.from_numpy(video.mattes)
-    tracking = track_video(torch.from_numpy(video.frames)[:, None], [video.static_camera], prior,
-                           mattes=None if mattes is None else mattes[:, None],
-                           landmarks=lmk, config=cfg, sequence=video.sequence, progress=False)
-    if video.labels is not None:  # what npga track-video --labels measures (static camera's poses)
-        add_video_labels(tracking, video.labels, video.static_camera, source=f"{video.path}/labels")
+    tracking = track_proxy(video, prior, landmarks, quick, for_avatar=run is not None)
     if run is not None:
-        tracking = track_through_avatar(run, torch.from_numpy(video.frames), video.static_camera, tracking, mattes,
-                                        AvatarTrackingConfig(**(QUICK_AVATAR if quick else {})), progress=False)
+        tracking = track_through_avatar(run, torch.from_numpy(video.frames), video.static_camera, tracking,
+                                        video_mattes(video), AvatarTrackingConfig(**(QUICK_AVATAR if quick else {})),
+                                        progress=False)
     seconds = (time.perf_counter() - start) / len(video.frames)
     # CPU seconds of this process: what one core would take, unaffected by other jobs on the machine
     cpu_seconds = (time.process_time() - cpu_start) / len(video.frames)
@@ -136,8 +159,7 @@ def track_monocular(video, prior, landmarks: bool, quick: bool, save=None, run=N
         from npga_taichi.prior.tracking import save_tracking
 
         save_tracking(tracking, save)
-    views = np.stack([c.viewmat.double().numpy() for c in video.cameras])
-    rot, trans = world_pose(tracking.rot, tracking.trans, views, video.static_camera.viewmat.double().numpy())
+    rot, trans = capture_world_pose(tracking.rot, tracking.trans, video)
     apparent = (np.asarray(tracking.rot), np.asarray(tracking.trans))
     tracking = replace(tracking, rot=rot.astype(np.float32), trans=trans.astype(np.float32),
                        meta={**tracking.meta, "apparent": apparent, "cpu_seconds_per_frame": cpu_seconds})
@@ -405,13 +427,15 @@ def run_benchmark(run_dir, driver: Path | None, work: Path, quick: bool = False,
     return results
 
 
+def percent(share: float | None) -> str:
+    """A share as the tables print it ("87 %"; "n/a" for None or a non-finite one)."""
+    return "n/a" if share is None or not math.isfinite(share) else f"{100 * share:.0f} %"
+
+
 def markdown_table(results: dict) -> str:
     """The README table: one row per (protocol, landmarks)."""
     def f(x, d=2):
         return "n/a" if x is None or (isinstance(x, float) and not math.isfinite(x)) else f"{x:.{d}f}"
-
-    def pct(x):
-        return "n/a" if x is None else f"{100 * x:.0f} %"
 
     head = ("| protocol | landmarks | PSNR floor / mono / ceiling (dB) | gap closed | gap closed, unaligned pose | "
             "codes' gap at ceiling pose | SSIM mono | rotation ° | in-plane / depth mm | Chamfer mm | "
@@ -437,8 +461,8 @@ def markdown_table(results: dict) -> str:
                 codes = None if suffix == " (relative)" else e.get("at_ceiling_pose", {}).get("codes_gap_closed")
                 rows.append(
                     f"| {protocol}{suffix} | {'yes' if tag.startswith('with_') else 'no'} | "
-                    f"{f(e['floor']['psnr'])} / {f(m['mono']['psnr'])} / {f(ceil['psnr'])} | {pct(m['gap_closed'])} | {pct(w.get('gap_closed'))} | "
-                    f"{pct(codes)} | "
+                    f"{f(e['floor']['psnr'])} / {f(m['mono']['psnr'])} / {f(ceil['psnr'])} | {percent(m['gap_closed'])} | {percent(w.get('gap_closed'))} | "
+                    f"{percent(codes)} | "
                     f"{f(m['mono']['ssim'], 3)} | {f(p['rotation_deg_mean'])} | "
                     f"{f(p['translation_inplane_mm_mean'], 1)} / {f(p['translation_depth_mm_mean'], 1)} | "
                     f"{f(e['chamfer_mm_mean'])} | {f(e['jitter'], 3)} ({f(block['ceiling_jitter'], 3)}) | "

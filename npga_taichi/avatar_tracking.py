@@ -43,7 +43,8 @@ proxy track to start from, the fit drifted 24 mm in depth within 20 frames).
 
 Output: a :class:`~npga_taichi.prior.tracking.Tracking` in the video camera's world (as the input
 track), so ``npga drive`` and ``npga render --expressions`` read it like any other; its ``meta``
-names the run (``"tracked_through"``), the residual is each frame's final L1 x 1000. The codes and
+names the run (``"tracked_through"``) and lists each frame's final objective (``"objective"``: the
+image terms above, without ``w_code``), the residual is each frame's final L1 x 1000. The codes and
 poses are the avatar's own: another avatar should be driven by the proxy track instead.
 """
 from __future__ import annotations
@@ -119,7 +120,8 @@ class _FrameResult:
     trans: torch.Tensor
     z: torch.Tensor
     parts: dict
-    residual: float
+    residual: float    # final L1 x 1000
+    objective: float   # final image loss (L1, D-SSIM, silhouette as weighted in the fit)
 
 
 def border_colour(frame: torch.Tensor, width: int = 4) -> torch.Tensor:
@@ -141,7 +143,8 @@ def track_through_avatar(run, frames, camera: Camera, start, mattes=None, config
     (T, H, W) or (T, H, W, 1) in [0, 1] or uint8, or None. Returns a new Tracking of the T frames
     (the start's timesteps when it has T frames, else 0..T-1; its scale and identity codes;
     ``meta["tracked_through"]`` the run folder, ``meta["avatar_tracking"]`` the config,
-    ``meta["avatar_seconds_per_frame"]``; residual: the final L1 x 1000)."""
+    ``meta["avatar_seconds_per_frame"]``, ``meta["objective"]`` each frame's final image loss;
+    residual: the final L1 x 1000)."""
     cfg = (config or AvatarTrackingConfig()).validate()
     avatar, device = run.avatar, run.device
     if avatar.cnn is not None:
@@ -215,7 +218,8 @@ def track_through_avatar(run, frames, camera: Camera, start, mattes=None, config
     seconds = time.perf_counter() - clock
     stack = lambda xs: torch.stack(xs).cpu().numpy().astype(np.float32)  # noqa: E731
     meta = {**start.meta, "tracked_through": str(run.run_dir), "avatar_tracking": cfg.to_dict(),
-            "avatar_seconds_per_frame": seconds / T, "residual": "photometric L1 x 1000"}
+            "avatar_seconds_per_frame": seconds / T, "residual": "photometric L1 x 1000",
+            "objective": [r.objective for r in results]}
     timesteps = np.asarray(start.timesteps)[:T] if given == T else np.arange(T)
     return replace(start, timesteps=timesteps, z_exp=stack([r.z for r in results]),
                    rot=stack([r.rot for r in results]), trans=stack([r.trans for r in results]),
@@ -275,9 +279,9 @@ def _fit_frame(run, cam: Camera, frame: torch.Tensor, matte: torch.Tensor | None
         if cfg.pose_steps_per_frame == 0:  # else `head` is the final code's, deformed for the pose steps
             head = _head(run, z, parts)
         rot, trans = pose()
-        image, _ = _render(run, cam, head, rot, trans, scale, bg)
+        image, alpha = _render(run, cam, head, rot, trans, scale, bg)
         return _FrameResult(rot, trans, z.detach().clone(), {k: v.detach().clone() for k, v in parts.items()},
-                            float((image - target).abs().mean()) * 1000.0)
+                            float((image - target).abs().mean()) * 1000.0, float(image_loss(image, alpha)))
 
 
 def _head(run, z: torch.Tensor, parts: dict):

@@ -5,6 +5,7 @@ written once per module and checked against things the writer does not compute i
 renderer's matte, the head's analytic SDF, the capture's ground truth, the camera algebra.
 """
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -263,3 +264,31 @@ def test_benchmark_runs_both_trackers_end_to_end(tiny_demo, tmp_path):
     assert track.part_motion is not None and track.eye_closure is not None  # measured from the labels, refined
     table = bench.markdown_table(results)
     assert "| self | yes |" in table and "| self, through the avatar | yes |" in table
+
+
+def test_oracle_benchmark_holds_what_it_gives(tiny_demo, tmp_path):
+    """``benchmarks/monocular_oracle.py``: the track given everything reproduces the benchmark's
+    ceiling exactly (the poses' round trip through the video camera's world is exact), and each
+    half-given track keeps what it was given while the tracked one moves."""
+    oracle = load_benchmark("monocular_oracle")
+    results = oracle.run_oracle(tiny_demo["out"] / "run", tmp_path, quick=True, log=lambda message: None)
+    tracks = results["tracks"]
+    assert set(tracks) == {"tracked", "true_codes", "true_poses", "truth"}
+    truth = tracks["truth"]
+    assert truth["mono"]["psnr"] == pytest.approx(results["ceiling"]["psnr"], abs=1e-3)
+    assert truth["gap_closed"] == pytest.approx(1.0, abs=1e-3)
+    for name in ("truth", "true_poses"):
+        pose = tracks[name]["pose_vs_multiview"]
+        assert pose["rotation_deg_max"] < 1e-3 and pose["translation_inplane_mm_max"] < 1e-3
+        assert pose["translation_depth_mm_max"] < 1e-3
+    for name in ("truth", "true_codes"):
+        assert tracks[name]["code_vs_multiview"] < 1e-6
+    assert tracks["tracked"]["code_vs_multiview"] > 1e-3
+    assert tracks["tracked"]["pose_vs_multiview"]["rotation_deg_mean"] > 1e-3
+    for entry in tracks.values():
+        assert len(entry["video_l1_x1000_per_frame"]) == results["tracks"]["truth"]["mono"]["num_images"] // len(
+            results["cameras"])
+        assert all(math.isfinite(v) for v in entry["video_l1_x1000_per_frame"])
+        assert entry["video_objective_x1000"] > entry["video_l1_x1000"] > 0  # L1 plus D-SSIM and silhouette
+    table = oracle.markdown_table(results)
+    assert table.count("\n| ") == 4 and "| truth | everything |" in table
