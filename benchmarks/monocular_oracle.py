@@ -90,9 +90,36 @@ def multiview_start(proxy, multi: dict, video, codes: bool, poses: bool):
     return start
 
 
+def figure_strip(run, drives: dict, truth, serial: str, frames, margin: int = 8) -> np.ndarray:
+    """(rows * h, (1 + 2 * len(drives)) * w, 3) uint8: per frame index of ``frames``, the truth from
+    camera ``serial`` over the run's background, each drive's render and each render's |error| x 4,
+    cropped to the box around the truth's matte in those frames (+ ``margin`` pixels)."""
+    background = run.background.cpu().reshape(1, 1, 3)
+    rows, mattes = [], []
+    for i in frames:
+        image, alpha = truth(int(next(iter(drives.values())).timesteps[i]), serial)
+        alpha = alpha.cpu()
+        gt = image.cpu() * alpha + background * (1.0 - alpha)
+        renders = [run.render(run.gaussians(d.frame(i)), run.camera(serial)).cpu() for d in drives.values()]
+        errors = [((r - gt).abs() * 4.0).clamp(0, 1) for r in renders]
+        rows.append([gt, *renders, *errors])
+        mattes.append(alpha[..., 0] > 0.01)
+    seen = torch.stack(mattes).any(0)
+    ys, xs = torch.nonzero(seen.any(1))[:, 0], torch.nonzero(seen.any(0))[:, 0]
+    if len(ys):
+        y0, y1 = max(int(ys.min()) - margin, 0), int(ys.max()) + margin + 1
+        x0, x1 = max(int(xs.min()) - margin, 0), int(xs.max()) + margin + 1
+    else:
+        y0, y1, x0, x1 = 0, seen.shape[0], 0, seen.shape[1]
+    strip = torch.cat([torch.cat([panel[y0:y1, x0:x1] for panel in row], 1) for row in rows], 0)
+    return (strip.clamp(0, 1).numpy() * 255 + 0.5).astype(np.uint8)
+
+
 def run_oracle(run_dir, work: Path, quick: bool = False, camera_seed: int = 0, landmarks: bool = True,
-               log=print) -> dict:
-    """The four tracks' scores (module docstring) as a JSON-ready dict."""
+               log=print, figure: Path | None = None) -> dict:
+    """The four tracks' scores (module docstring) as a JSON-ready dict; ``figure``: also write
+    :func:`figure_strip` of the first held-out camera, the first, middle and last frame, for
+    every track (``truth`` is the ceiling's render: its errors are the avatar's own)."""
     from npga_taichi.avatar_tracking import AvatarTrackingConfig, track_through_avatar
     from npga_taichi.data.monocular import load_monocular
     from npga_taichi.prior.model import load_prior
@@ -115,6 +142,7 @@ def run_oracle(run_dir, work: Path, quick: bool = False, camera_seed: int = 0, l
     results["proxy_cpu_seconds_per_frame"] = (time.process_time() - clock) / len(video.frames)
     base = bench.QUICK_AVATAR if quick else {}
     frames = multiview_frames(multi, proxy.timesteps)
+    drives = {}
     for name, held in HELD.items():
         start = multiview_start(proxy, frames, video, codes=name in ("true_codes", "truth"),
                                 poses=name in ("true_poses", "truth"))
@@ -125,8 +153,9 @@ def run_oracle(run_dir, work: Path, quick: bool = False, camera_seed: int = 0, l
         cpu = (time.process_time() - clock) / len(video.frames)
         rot, trans = bench.capture_world_pose(track.rot, track.trans, video)
         t = track.timesteps
-        mono = bench.score(run, bench.make_drive(run, t, track.z_exp, rot, trans, track.scale, track.eye_closure,
-                                                 track.part_motion), truth, serials)
+        drives[name] = bench.make_drive(run, t, track.z_exp, rot, trans, track.scale, track.eye_closure,
+                                        track.part_motion)
+        mono = bench.score(run, drives[name], truth, serials)
         floor = bench.score(run, bench.make_drive(run, t, np.zeros_like(track.z_exp), rot, trans, track.scale),
                             truth, serials)
         results["tracks"][name] = {
@@ -139,6 +168,15 @@ def run_oracle(run_dir, work: Path, quick: bool = False, camera_seed: int = 0, l
         entry = results["tracks"][name]
         log(f"{name}: {mono['psnr']:.3f} dB (floor {floor['psnr']:.3f}), video L1 / objective x 1000 "
             f"{entry['video_l1_x1000']:.3f} / {entry['video_objective_x1000']:.3f}")
+    if figure is not None:
+        import imageio.v3 as iio
+
+        count = len(drives["tracked"])
+        shown = {name: drives[name] for name in ("truth", "tracked", "true_codes", "true_poses")}
+        figure.parent.mkdir(parents=True, exist_ok=True)
+        iio.imwrite(figure, figure_strip(run, shown, truth, serials[0], sorted({0, count // 2, count - 1})))
+        results["figure"] = {"path": str(figure), "camera": serials[0],
+                             "columns": ["ground truth", *shown, *(f"|{name} - ground truth| x 4" for name in shown)]}
     return results
 
 
@@ -172,6 +210,9 @@ def main(argv=None) -> int:
     parser.add_argument("--no-landmarks", action="store_true", help="track without the true 2D landmarks")
     parser.add_argument("--threads", type=int, default=None, help="torch threads")
     parser.add_argument("--out", type=Path, default=None, help="JSON results")
+    parser.add_argument("--figure", type=Path, default=None,
+                        help="PNG: ground truth | the four tracks' renders | their errors x 4, one held-out "
+                             "camera, three frames")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -180,7 +221,7 @@ def main(argv=None) -> int:
     start = time.perf_counter()
     try:
         results = run_oracle(args.run, args.work, args.quick, args.camera_seed, not args.no_landmarks,
-                             log=lambda m: print(m, file=sys.stderr))
+                             log=lambda m: print(m, file=sys.stderr), figure=args.figure)
     except (ValueError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

@@ -271,7 +271,8 @@ def test_oracle_benchmark_holds_what_it_gives(tiny_demo, tmp_path):
     ceiling exactly (the poses' round trip through the video camera's world is exact), and each
     half-given track keeps what it was given while the tracked one moves."""
     oracle = load_benchmark("monocular_oracle")
-    results = oracle.run_oracle(tiny_demo["out"] / "run", tmp_path, quick=True, log=lambda message: None)
+    results = oracle.run_oracle(tiny_demo["out"] / "run", tmp_path, quick=True, log=lambda message: None,
+                                figure=tmp_path / "oracle.png")
     tracks = results["tracks"]
     assert set(tracks) == {"tracked", "true_codes", "true_poses", "truth"}
     truth = tracks["truth"]
@@ -292,3 +293,18 @@ def test_oracle_benchmark_holds_what_it_gives(tiny_demo, tmp_path):
         assert entry["video_objective_x1000"] > entry["video_l1_x1000"] > 0  # L1 plus D-SSIM and silhouette
     table = oracle.markdown_table(results)
     assert table.count("\n| ") == 4 and "| truth | everything |" in table
+    # the picture: truth, three tracks and their errors side by side, first / middle / last frame
+    import imageio.v3 as iio
+
+    from npga_taichi.reenactment import LoadedRun
+
+    camera = LoadedRun(tiny_demo["out"] / "run").camera(results["figure"]["camera"])
+    frames = len(tracks["truth"]["video_l1_x1000_per_frame"])
+    rows = len({0, frames // 2, frames - 1})
+    strip = iio.imread(tmp_path / "oracle.png")
+    assert len(results["figure"]["columns"]) == 9
+    assert strip.shape[0] % rows == 0 and strip.shape[1] % 9 == 0 and strip.shape[2] == 3
+    assert strip.shape[0] // rows <= camera.height and strip.shape[1] // 9 <= camera.width
+    h, w = strip.shape[0] // rows, strip.shape[1] // 9
+    truth_panel, ceiling_error = strip[:h, :w].astype(float), strip[:h, 5 * w:6 * w].astype(float)
+    assert truth_panel.std() > 5.0 and ceiling_error.mean() < truth_panel.mean()  # a head, small errors
