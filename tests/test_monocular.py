@@ -293,7 +293,7 @@ def test_oracle_benchmark_holds_what_it_gives(tiny_demo, tmp_path):
         assert entry["video_objective_x1000"] > entry["video_l1_x1000"] > 0  # L1 plus D-SSIM and silhouette
     table = oracle.markdown_table(results)
     assert table.count("\n| ") == 4 and "| truth | everything |" in table
-    # the picture: truth, three tracks and their errors side by side, first / middle / last frame
+    # the picture: the ground truth, the four tracks and their errors side by side, first / middle / last frame
     import imageio.v3 as iio
 
     from npga_taichi.reenactment import LoadedRun
