@@ -67,7 +67,7 @@ import torch
 
 from npga_taichi import evaluation
 from npga_taichi.data.capture import CaptureConfig
-from npga_taichi.data.monocular import MonocularConfig, load_monocular, world_pose, write_monocular
+from npga_taichi.data.monocular import MonocularConfig, apparent_pose, load_monocular, world_pose, write_monocular
 
 # Few steps per frame: Adam moves a parameter by about its learning rate per step, so the pose's
 # rates are raised until 6 steps can follow ~5° / 15 mm of head motion between frames.
@@ -108,11 +108,33 @@ def video_mattes(video) -> torch.Tensor | None:
     return None if video.mattes is None else torch.from_numpy(video.mattes)
 
 
+def _camera_path(video) -> tuple[np.ndarray, np.ndarray]:
+    """(the hand-held camera's views (T, 4, 4), the static camera's view (4, 4)), float64."""
+    return (np.stack([c.viewmat.double().numpy() for c in video.cameras]),
+            video.static_camera.viewmat.double().numpy())
+
+
 def capture_world_pose(rot, trans, video) -> tuple[np.ndarray, np.ndarray]:
     """Head poses (T, 3, 3), (T, 3) a tracker placed in the static video camera's world, moved to
     the capture's world with the video's (hand-held) camera path, which the tracker never sees."""
-    views = np.stack([c.viewmat.double().numpy() for c in video.cameras])
-    return world_pose(rot, trans, views, video.static_camera.viewmat.double().numpy())
+    return world_pose(rot, trans, *_camera_path(video))
+
+
+def static_camera_pose(rot, trans, video) -> tuple[np.ndarray, np.ndarray]:
+    """The inverse of :func:`capture_world_pose`: capture-world head poses as the static video
+    camera sees them (what a tracker of the video would place)."""
+    return apparent_pose(np.asarray(rot, np.float64), np.asarray(trans, np.float64), *_camera_path(video))
+
+
+def run_prior(run):
+    """(folder, loaded prior) of the prior a :class:`~npga_taichi.reenactment.LoadedRun` was
+    trained with; ValueError when its config names none."""
+    from npga_taichi.prior.model import load_prior
+
+    prior_dir = run.extra.get("prior")
+    if not prior_dir:
+        raise ValueError(f"{run.run_dir}/config.json names no prior (extra.prior)")
+    return prior_dir, load_prior(prior_dir)
 
 
 def track_proxy(video, prior, landmarks: bool, quick: bool, for_avatar: bool = False):
@@ -318,16 +340,12 @@ def run_benchmark(run_dir, driver: Path | None, work: Path, quick: bool = False,
                   static: bool = False, landmark_modes=(True, False), log=print, checkpoint=lambda r: None) -> dict:
     """The benchmark's results (module docstring); ``checkpoint(results)`` is called with the
     results so far after each tracked video (partial JSON for long runs)."""
-    from npga_taichi.prior.model import load_prior
     from npga_taichi.prior.tracking import evaluate_against_groundtruth
     from npga_taichi.reenactment import LoadedRun, ground_truth
 
     run = LoadedRun(run_dir)
     pdir_a = run.capture_root / run.participant
-    prior_dir = run.extra.get("prior")
-    if not prior_dir:
-        raise ValueError(f"{run_dir}/config.json names no prior (extra.prior)")
-    prior = load_prior(prior_dir)
+    prior_dir, prior = run_prior(run)
     serials = run.heldout_cameras()
     work.mkdir(parents=True, exist_ok=True)
     results: dict = {"run": str(run_dir), "capture": str(pdir_a), "driver": str(driver) if driver else None,

@@ -71,18 +71,15 @@ def multiview_start(proxy, multi: dict, video, codes: bool, poses: bool):
     """The proxy's track with the multi-view codes and label measurements (``codes``) and / or
     its head poses moved into the static video camera's world (``poses``; the labels are then
     measured again at them, as ``--labels`` measures them at the tracked poses)."""
-    from npga_taichi.data.monocular import apparent_pose
     from npga_taichi.prior.photometric import add_video_labels
 
     start = proxy
     if poses:
-        views = np.stack([c.viewmat.double().numpy() for c in video.cameras])
-        rot, trans = apparent_pose(multi["rot"].astype(np.float64), multi["trans"].astype(np.float64), views,
-                                   video.static_camera.viewmat.double().numpy())
+        rot, trans = bench.static_camera_pose(multi["rot"], multi["trans"], video)
         start = replace(start, rot=rot.astype(np.float32), trans=trans.astype(np.float32),
                         scale=float(multi["scale"][0]))
-        if video.labels is not None:
-            start = add_video_labels(replace(start), video.labels, video.static_camera, source=f"{video.path}/labels")
+        if video.labels is not None:  # start is already a copy: the proxy's labels stay
+            start = add_video_labels(start, video.labels, video.static_camera, source=f"{video.path}/labels")
     if codes:
         start = replace(start, z_exp=multi["z_exp"],
                         **{name: multi[name] for name in ("eye_closure", "part_motion")
@@ -122,13 +119,10 @@ def run_oracle(run_dir, work: Path, quick: bool = False, camera_seed: int = 0, l
     every track (``truth`` is the ceiling's render: its errors are the avatar's own)."""
     from npga_taichi.avatar_tracking import AvatarTrackingConfig, track_through_avatar
     from npga_taichi.data.monocular import load_monocular
-    from npga_taichi.prior.model import load_prior
     from npga_taichi.reenactment import LoadedRun, ground_truth
 
     run = LoadedRun(run_dir)
-    if not run.extra.get("prior"):
-        raise ValueError(f"{run_dir}/config.json names no prior (extra.prior)")
-    prior = load_prior(run.extra["prior"])
+    _, prior = bench.run_prior(run)
     video = load_monocular(bench.video_for(run.capture_root / run.participant, work, camera_seed, False))
     serials = run.heldout_cameras()
     multi = run.drive("FREE")
